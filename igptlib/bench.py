@@ -1,0 +1,198 @@
+"""`igpt bench train`: training throughput of a preset, against the machine's matmul peak and a reference.
+
+A benchmark, not a test: it prints figures and asserts nothing. In one process it measures
+  1. the matmul GFLOP/s of this machine in float32 and bfloat16 (square matrices, best of a few),
+  2. our training step (GPT with scaled_dot_product_attention, under the chosen precision),
+  3. a straightforward reference of the same size: nn.MultiheadAttention called with an explicit
+     float causal mask and its default arguments, in float32, as many re-implementations are written.
+Every training step is forward + backward + AdamW update on random tokens of a full batch.
+
+FLOPs are counted as the work a training step needs, the same for both models:
+  per token: 6 * N + 6 * n_layer * T * n_embd   (AR)   or   6 * N + 12 * n_layer * T * n_embd   (BERT)
+where N counts the weights of every matmul on the loss's path (12 n_embd^2 per block, plus the
+n_embd x vocab head), 6 = 2 (multiply-add) x 3 (forward, and a backward twice as costly), and the
+attention term is QK^T plus AV: 4 T n_embd per token and layer forward, halved by the causal mask
+for AR (the masked half is work a kernel may skip, so it is not counted). Embedding lookups,
+norms, GELU and the optimizer are not counted: they are real time but no FLOPs by this measure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from igptlib.model import GPT, PRESETS, ModelConfig, ar_loss, model_config
+from igptlib.train import reuse_freed_memory
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n matmul in `dtype` (2 n^3 FLOPs each)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up: thread pool, kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def train_flops_per_token(config: ModelConfig) -> float:
+    """FLOPs of one training step per token, by the formula in the module docstring."""
+    C, T = config.n_embd, config.seq_len
+    matmul_weights = config.n_layer * 12 * C * C + C * config.vocab_size
+    attention = (6 if config.objective == "ar" else 12) * config.n_layer * T * C
+    return 6 * matmul_weights + attention
+
+
+class ReferenceBlock(nn.Module):
+    """The same pre-norm block written the straightforward way: nn.MultiheadAttention, a float mask."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = nn.MultiheadAttention(config.n_embd, config.n_head, batch_first=True)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(), nn.Linear(4 * config.n_embd, config.n_embd)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        # The default call, as most code makes it: it forms the [T, T] attention weights explicitly
+        # (need_weights=True), and the caller drops them. need_weights=False would reach SDPA inside.
+        x = x + self.attn(h, h, h, attn_mask=mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class ReferenceGPT(nn.Module):
+    """The baseline the benchmark carries: the same parameters and outputs as GPT, written plainly."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size + 1, config.n_embd)
+        self.wpe = nn.Embedding(config.seq_len, config.n_embd)
+        self.sos = nn.Parameter(torch.zeros(config.n_embd))
+        self.blocks = nn.ModuleList(ReferenceBlock(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        T = config.seq_len
+        # -inf above the diagonal: the explicit float mask added to every attention score.
+        self.register_buffer("mask", torch.full((T, T), float("-inf")).triu(1), persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.wte(tokens[:, :-1])
+        x = torch.cat([self.sos.expand(len(tokens), 1, -1), x], dim=1) + self.wpe.weight
+        for block in self.blocks:
+            x = block(x, self.mask)
+        return self.head(self.ln_f(x))
+
+
+def training_step(model: nn.Module, tokens: torch.Tensor, bf16: bool):
+    """A function that runs one training step of `model` on `tokens` and returns its seconds."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = ar_loss(model(tokens), tokens)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - started
+
+    return step
+
+
+def bench_train(size: str, batch_size: int, steps: int, precision: str, reference: bool, n_px: int, vocab_size: int) -> dict:
+    config = model_config(size, n_px=n_px, vocab_size=vocab_size, objective="ar")
+    tokens = torch.randint(0, vocab_size, (batch_size, config.seq_len), generator=torch.Generator().manual_seed(0))
+    flops_per_step = train_flops_per_token(config) * tokens.numel()
+    torch.manual_seed(0)
+    ours = GPT(config)
+    result = {
+        "size": size, "parameters": ours.num_parameters(), "batch_size": batch_size, "seq_len": config.seq_len,
+        "threads": torch.get_num_threads(), "flops_per_step": flops_per_step, "load_average_before": os.getloadavg()[0],
+    }
+    runs = {f"ours ({precision}, SDPA)": training_step(ours, tokens, precision == "bf16")}
+    if reference:
+        runs["reference (float32, MHA + float mask)"] = training_step(ReferenceGPT(config), tokens, False)
+    for step in runs.values():
+        step()  # warm-up: first-touch memory, kernel selection
+    # Rounds of one step each, and the matmul peak between them: a machine that gets busier or
+    # quieter during the run weighs on every figure alike.
+    times = {name: [] for name in runs}
+    peaks = {"float32": [], "bfloat16": []}
+    for _ in range(steps):
+        for dtype in peaks:
+            peaks[dtype].append(matmul_gflops(getattr(torch, dtype)))
+        for name, step in runs.items():
+            times[name].append(step())
+    for name, seconds in times.items():
+        seconds = statistics.median(seconds)
+        result[name] = {"seconds_per_step": seconds, "tokens_per_second": tokens.numel() / seconds,
+                        "gflops": flops_per_step / seconds / 1e9}
+    result["matmul_gflops"] = {dtype: max(values) for dtype, values in peaks.items()}  # the best: never flattering
+    result["load_average_after"] = os.getloadavg()[0]
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def print_report(result: dict, precision: str) -> None:
+    peaks = result["matmul_gflops"]
+    peak = peaks["bfloat16" if precision == "bf16" else "float32"]
+    print(f"igpt bench train: preset {result['size']} ({result['parameters'] / 1e6:.2f}M parameters), "
+          f"batch {result['batch_size']} x {result['seq_len']} tokens, {result['threads']} threads, malloc {result['malloc']}")
+    print(f"  FLOPs per step (formula in igptlib/bench.py): {result['flops_per_step'] / 1e12:.3f} TFLOP")
+    print(f"  matmul peak measured in this run: float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s "
+          f"(load average {result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after)")
+    rows = {k: v for k, v in result.items() if isinstance(v, dict) and "gflops" in v}
+    for name, row in rows.items():
+        row_peak = peaks["float32"] if "float32" in name else peak
+        print(f"  {name:40s} {row['seconds_per_step']:7.2f} s/step  {row['tokens_per_second']:9.0f} tokens/s  "
+              f"{row['gflops']:6.1f} GFLOP/s  ({100 * row['gflops'] / row_peak:.0f}% of its precision's matmul peak)")
+    if len(rows) == 2:
+        ours, ref = rows.values()
+        print(f"  speed-up over the reference: {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model, after one warm-up step")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="our model's precision")
+    parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference model")
+    parser.add_argument("--n-px", type=int, default=28)
+    parser.add_argument("--vocab-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    parser.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
+                        help="reuse: glibc keeps freed memory, as `igpt train` sets it on CPUs (for both models); "
+                             "default: glibc as it comes")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+
+
+def run_bench(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.malloc == "reuse":
+        reuse_freed_memory()  # process-wide: the reference profits as much as ours
+    result = bench_train(args.size, args.batch_size, args.steps, args.precision, args.reference, args.n_px, args.vocab_size)
+    result["malloc"] = args.malloc
+    print_report(result, args.precision)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":  # the same as `igpt bench train`
+    parser = argparse.ArgumentParser(prog="igpt bench train", description=__doc__.splitlines()[0])
+    add_bench_arguments(parser)
+    run_bench(parser.parse_args())

@@ -1,0 +1,346 @@
+"""The ImageGPT model: a GPT-2 decoder over palette tokens, with the AR and BERT objectives.
+
+An image of n_px x n_px pixels is a sequence of T = n_px * n_px tokens (palette indices, raster
+order). The model follows GPT-2 as iGPT uses it:
+
+    slots   = [SOS, x_0, ..., x_{T-2}]  (AR)   or   [x_0 or MASK, ..., x_{T-1} or MASK]  (BERT)
+    h       = slot embeddings + learned position embeddings
+    h       = h + attn(ln_1(h));  h = h + mlp(ln_2(h))      (pre-norm blocks, n_layer times)
+    logits  = head(ln_f(h))                                  [B, T, vocab_size]
+
+so that logits[:, t] predicts token t: from tokens 0..t-1 under the causal (AR) objective, from
+every unmasked token under the bidirectional (BERT) one. The residual stream h is never replaced
+by its normed copy: each block only adds to it.
+
+Public API (the sampler and the evaluation build on it):
+    ModelConfig, PRESETS, model_config(preset, **changes)
+    GPT(config)
+      .forward(tokens)             logits [B, T, V] for whole sequences
+      .new_cache(batch_size)       an empty KVCache; .forward(tokens, cache) then decodes incrementally
+      .features(tokens, layer)     normed, average-pooled features of a layer (linear probes)
+      .classify(tokens)            class logits from the average-pooled final features
+      .forward_with_classes(tokens) (logits, class logits) from one pass, for fine-tuning
+      .generative_loss(tokens)     L_AR or L_BERT in nats per pixel
+    mask_tokens, ar_loss, bert_loss  the objectives as plain functions
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from igptlib.config import Config, ConfigError
+
+OBJECTIVES = ("ar", "bert")
+
+
+@dataclasses.dataclass
+class ModelConfig(Config):
+    """The shape of the network and its pre-training objective."""
+
+    vocab_size: int = 16  # palette size K; token ids 0..K-1, and K is BERT's mask token
+    n_px: int = 28  # images are n_px x n_px, so sequences hold n_px * n_px tokens
+    n_embd: int = 256
+    n_layer: int = 8
+    n_head: int = 8
+    dropout: float = 0.0  # the paper trains without dropout
+    objective: str = "ar"  # "ar": causal, next pixel; "bert": bidirectional, masked pixels
+    mask_prob: float = 0.15  # BERT: the chance that each pixel is masked
+    num_classes: int = 10  # the classification head (fine-tuning, L_CLF)
+
+    def validate(self):
+        for name in ("vocab_size", "n_px", "n_embd", "n_layer", "n_head", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ModelConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.vocab_size < 2:
+            raise ConfigError(f"ModelConfig.vocab_size: expected at least 2 palette colours, got {self.vocab_size}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"ModelConfig: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"ModelConfig.objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"ModelConfig.mask_prob: expected a probability in (0, 1), got {self.mask_prob}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"ModelConfig.dropout: expected a probability in [0, 1), got {self.dropout}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.n_px * self.n_px
+
+    @property
+    def mask_token(self) -> int:
+        return self.vocab_size
+
+
+# Widths, depths and heads. Parameter counts for 28x28 MNIST with a 16-colour palette (from
+# GPT(model_config(name)).num_parameters()): xs 0.25M, s 6.5M, m 38.3M, l 114.0M,
+# igpt-s 76.1M, igpt-m 454.3M, igpt-l 1361.2M (the paper's 76M, 455M and 1.4B, there with 512
+# colours and longer contexts).
+PRESETS: dict[str, dict] = {
+    # Heads of 32 to 64 dimensions: CPU attention kernels run several times slower on narrower heads.
+    "xs": dict(n_embd=64, n_layer=4, n_head=2),  # CPU demos and tests: trains in minutes on 2 cores
+    "s": dict(n_embd=256, n_layer=8, n_head=4),  # the S/M/L sweep, each sized for one GPU
+    "m": dict(n_embd=512, n_layer=12, n_head=8),
+    "l": dict(n_embd=768, n_layer=16, n_head=12),
+    "igpt-s": dict(n_embd=512, n_layer=24, n_head=8),  # the paper's iGPT-S, -M and -L
+    "igpt-m": dict(n_embd=1024, n_layer=36, n_head=8),
+    "igpt-l": dict(n_embd=1536, n_layer=48, n_head=16),
+}
+
+
+def model_config(preset: str = "s", **changes) -> ModelConfig:
+    """The ModelConfig of a named preset, with some fields changed (e.g. vocab_size, objective)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {list(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[preset], **changes}, where=f"preset {preset!r}")
+
+
+class KVCache:
+    """Keys and values of the slots a model has already read, for decoding a few tokens at a time.
+
+    Make one with GPT.new_cache(batch_size) and hand it to GPT.forward with each new chunk of
+    tokens; `length` counts the slots read so far (the SOS slot included). Buffers are allocated on
+    first use, in the dtype and device of the keys (bfloat16 under autocast).
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, max_len: int):
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this chunk's keys/values [B, H, L, D] after the earlier ones; return all of them."""
+        if self.keys[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.keys[layer] = k.new_empty(shape)
+            self.values[layer] = v.new_empty(shape)
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)  # one matmul for queries, keys and values
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, L, C = x.shape
+        q, k, v = (t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+        mask = None
+        if cache is not None and cache.length > 0:
+            start = cache.length
+            k, v = cache.update(layer, k, v)
+            # The new queries sit at slots start..start+L-1 and may see every key up to their own
+            # slot; is_causal would align the triangle to the top-left corner instead, so build it.
+            causal = False
+            if L > 1:
+                mask = torch.ones(L, start + L, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        elif cache is not None:
+            cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, L, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))  # exact GELU: as good as GPT-2's tanh form, faster in bfloat16 on CPUs
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: the norms feed the sublayers, the residual stream stays raw."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, causal: bool = True, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.resid_dropout(self.attn(self.ln_1(x), causal, cache, layer))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2 over palette tokens; see the module docstring for the slot layout and the API."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size + 1, C)  # the extra row is BERT's mask token
+        self.wpe = nn.Embedding(config.seq_len, C)
+        self.sos = nn.Parameter(torch.zeros(C))  # learned start-of-sequence embedding (AR slot 0)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(C)
+        self.head = nn.Linear(C, config.vocab_size, bias=False)
+        self.clf_head = nn.Linear(C, config.num_classes)
+        self.apply(self._init_weights)
+        nn.init.normal_(self.sos, std=0.02)
+        # GPT-2: the projections that write into the residual stream start smaller, by 1/sqrt(2 n_layer),
+        # so that the stream's variance does not grow with depth.
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def causal(self) -> bool:
+        return self.config.objective == "ar"
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def _check_tokens(self, tokens: torch.Tensor, allow_mask: bool = False) -> None:
+        if tokens.dtype != torch.long or tokens.ndim != 2:
+            raise ValueError(f"expected tokens as a LongTensor [batch, length], got {tokens.dtype} {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.config.seq_len:
+            raise ValueError(f"sequences of {tokens.shape[1]} tokens, but the model reads at most {self.config.seq_len}")
+        top = self.config.vocab_size + (1 if allow_mask else 0)
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= top):
+            raise ValueError(
+                f"token ids must lie in 0..{top - 1} (palette of {self.config.vocab_size} colours), "
+                f"got {int(tokens.min())}..{int(tokens.max())}"
+            )
+
+    def _embed(self, tokens: torch.Tensor, start: int = 0, sos: bool = False) -> torch.Tensor:
+        """Slot embeddings from slot `start` on: SOS first when `sos`, then the tokens' own rows."""
+        x = self.wte(tokens)
+        if sos:
+            x = torch.cat([self.sos.expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
+        positions = torch.arange(start, start + x.shape[1], device=tokens.device)
+        return self.drop(x + self.wpe(positions))
+
+    def _whole_input(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Slots for a whole sequence: AR shifts right behind SOS (the last token is only a target)."""
+        if self.causal:
+            return self._embed(tokens[:, :-1], sos=True)
+        return self._embed(tokens)
+
+    # -- the network -----------------------------------------------------------------------------
+
+    def _blocks(self, x: torch.Tensor, layers: int | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        for index, block in enumerate(self.blocks[:layers]):
+            x = block(x, self.causal, cache, index)
+        return x
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Next-pixel logits.
+
+        Without a cache: tokens [B, T'] (T' <= seq_len; BERT inputs may hold the mask token) give
+        logits [B, T', V] where logits[:, t] predicts tokens[:, t] (AR: from tokens[:, :t]).
+
+        With a cache (AR only), for decoding: `tokens` [B, L] (L >= 0) are the next tokens of the
+        sequences, appended to what the cache has read. On an empty cache the SOS slot comes first
+        and the result is [B, L+1, V], predicting tokens 0..L; afterwards it is [B, L, V]. Either
+        way the last row predicts the first token not yet given, and the rows equal those of the
+        whole-sequence forward pass at the same positions.
+        """
+        if cache is None:
+            self._check_tokens(tokens, allow_mask=not self.causal)
+            return self.head(self.ln_f(self._blocks(self._whole_input(tokens))))
+        if not self.causal:
+            raise ValueError("a KV cache decodes left to right; it needs a model with objective 'ar', not 'bert'")
+        self._check_tokens(tokens)
+        if tokens.shape[0] != cache.batch_size:
+            raise ValueError(f"the cache holds {cache.batch_size} sequences, got a batch of {tokens.shape[0]}")
+        start = cache.length
+        slots = tokens.shape[1] + (start == 0)
+        if start + slots > cache.max_len:
+            raise ValueError(
+                f"the cache has read {start} of {cache.max_len} slots; {tokens.shape[1]} more tokens do not fit "
+                f"(the last pixel of an image is never an input)"
+            )
+        x = self._embed(tokens, start=start, sos=start == 0)
+        x = self._blocks(x, cache=cache)
+        cache.length += slots
+        return self.head(self.ln_f(x))
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for `batch_size` sequences (see forward)."""
+        return KVCache(self.config.n_layer, batch_size, self.config.seq_len)
+
+    def features(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Average-pooled features of `layer` for linear probes: [B, n_embd].
+
+        layer 0 is the input embeddings and layer k the output of block k (k = n_layer: the last).
+        Each position's vector is layer-normalised without learned scale, so layers compare on an
+        equal footing, then averaged over the sequence. Tokens are read whole, never masked.
+        """
+        if not 0 <= layer <= self.config.n_layer:
+            raise ValueError(f"layer must lie in 0..{self.config.n_layer}, got {layer}")
+        self._check_tokens(tokens)
+        h = self._blocks(self._whole_input(tokens), layers=layer)
+        return F.layer_norm(h, h.shape[-1:]).mean(dim=1)
+
+    def forward_with_classes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next-pixel logits [B, T, V], class logits [B, num_classes]) from one pass."""
+        self._check_tokens(tokens, allow_mask=not self.causal)
+        h = self.ln_f(self._blocks(self._whole_input(tokens)))
+        return self.head(h), self.clf_head(h.mean(dim=1))
+
+    def classify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, num_classes] from the average-pooled final features (ln_f applied)."""
+        return self.forward_with_classes(tokens)[1]
+
+    def generative_loss(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_AR (all pixels) or L_BERT (masked pixels only), mean cross-entropy in nats per pixel."""
+        if self.causal:
+            return ar_loss(self(tokens), tokens)
+        masked, mask = mask_tokens(tokens, self.config.mask_prob, self.config.mask_token, generator)
+        return bert_loss(self(masked), tokens, mask)
+
+
+# -- objectives ------------------------------------------------------------------------------------
+
+
+def ar_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """L_AR: mean next-pixel cross-entropy over every position (nats per pixel)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+
+
+def mask_tokens(
+    tokens: torch.Tensor, mask_prob: float, mask_token: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption: each pixel independently replaced by `mask_token` with chance `mask_prob`.
+
+    Returns (masked tokens, boolean mask of the replaced positions). A seeded `generator` makes the
+    masks reproducible (and resumable: the training module seeds one per step).
+    """
+    draws = torch.rand(tokens.shape, generator=generator, device=tokens.device if generator is None else generator.device)
+    mask = (draws < mask_prob).to(tokens.device)
+    return tokens.masked_fill(mask, mask_token), mask
+
+
+def bert_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L_BERT: mean cross-entropy over the masked positions only (zero if none is masked)."""
+    losses = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="none")
+    mask = mask.flatten()
+    return (losses * mask).sum() / mask.sum().clamp(min=1)

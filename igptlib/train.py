@@ -1,0 +1,423 @@
+"""Training runs: one config, one run folder, Lightning's Trainer, and resuming an interrupted run.
+
+A run folder holds everything a run produces:
+    config.yaml                the RunConfig (data, model, optim, train), loadable with RunConfig.load_yaml
+    checkpoints/last.ckpt      refreshed every train.save_every steps and at the end (resume from it)
+    checkpoints/best.ckpt      lowest validation nats per pixel so far
+    checkpoints/step-N.ckpt    at the chosen steps (the paper names checkpoints by iterations: 131000, ...)
+    logs/csv/version_*/        metrics.csv and hparams.yaml, one version per (re)start
+    logs/tensorboard/version_*/
+    metrics.json               final metrics, test metrics, step, wall time
+
+`igpt train` resumes with --resume: the Trainer restores weights, optimiser, schedule and step
+from last.ckpt, and TrainBatches replays the data from the same place with the same order and
+augmentation, so that the run goes on as if it had never stopped. Multi-GPU and multi-node runs are
+Lightning's DDP, chosen with --devices, --strategy ddp and --num-nodes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from igptlib.config import Config, ConfigError, DataConfig
+from igptlib.model import PRESETS, ModelConfig, model_config
+from igptlib.module import ImageGPT, OptimConfig, check_checkpoint, read_checkpoint
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+PAPER_CHECKPOINT_STEPS = [131000, 262000, 524000]
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    """How long and where to train, when to validate and save: the Trainer's side of a run."""
+
+    steps: int = 20_000  # optimizer steps (batches: no gradient accumulation)
+    val_every: int = 1000  # steps between validations
+    val_batches: int | None = None  # batches per validation (None: the whole validation split)
+    save_every: int = 1000  # steps between refreshes of checkpoints/last.ckpt
+    checkpoint_steps: list[int] = dataclasses.field(default_factory=lambda: list(PAPER_CHECKPOINT_STEPS))
+    test: bool = True  # evaluate the best checkpoint on the test split at the end
+    precision: str = "bf16-mixed"  # Lightning's precision; bf16 autocast is also the fast path on CPUs
+    accelerator: str = "auto"  # cpu, gpu, auto
+    devices: int | str = "auto"  # per node; with strategy "ddp", one process each
+    strategy: str = "auto"  # auto, ddp, ...
+    num_nodes: int = 1
+    log_every: int = 50  # steps between logged training metrics
+    progress_bar: bool = True
+    init_from: str | None = None  # a checkpoint whose weights start this run (fine-tuning)
+
+    def validate(self):
+        for name in ("steps", "val_every", "save_every", "num_nodes", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ConfigError(f"TrainConfig.val_batches: expected a positive integer or null, got {self.val_batches}")
+        if any(step < 1 for step in self.checkpoint_steps):
+            raise ConfigError(f"TrainConfig.checkpoint_steps: expected positive step numbers, got {self.checkpoint_steps}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"TrainConfig.precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ConfigError(f"TrainConfig.devices: expected a number of devices or 'auto', got {self.devices!r}")
+
+
+@dataclasses.dataclass
+class RunConfig(Config):
+    """Everything a run needs: data, model, optimiser, trainer. Saved as the run folder's config.yaml."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self):
+        if self.model.vocab_size != self.data.clusters:
+            raise ConfigError(
+                f"model.vocab_size is {self.model.vocab_size} but data.clusters is {self.data.clusters}: "
+                f"the palette's colours are the model's vocabulary, so they must be equal"
+            )
+        if self.model.n_px != self.data.n_px:
+            raise ConfigError(f"model.n_px is {self.model.n_px} but data.n_px is {self.data.n_px}: they must be equal")
+
+
+# Training settings per size: xs trains in minutes on 2 CPU cores; s, m, l are the one-GPU sweep.
+TRAIN_PRESETS: dict[str, dict] = {
+    "xs": dict(optim=dict(lr=3e-3, warmup_steps=50), train=dict(steps=500, val_every=100, val_batches=10, save_every=100)),
+    "s": dict(optim=dict(lr=1e-3, warmup_steps=1000), train=dict(steps=30_000)),
+    "m": dict(optim=dict(lr=6e-4, warmup_steps=2000), train=dict(steps=60_000)),
+    "l": dict(optim=dict(lr=3e-4, warmup_steps=3000), train=dict(steps=100_000)),
+    # The paper's shapes; the paper's own schedule (batch 128, 1M steps) is out of reach here.
+    "igpt-s": dict(optim=dict(lr=3e-4, warmup_steps=5000), train=dict(steps=100_000)),
+    "igpt-m": dict(optim=dict(lr=2e-4, warmup_steps=5000), train=dict(steps=100_000)),
+    "igpt-l": dict(optim=dict(lr=1e-4, warmup_steps=5000), train=dict(steps=100_000)),
+}
+
+
+def run_config(size: str = "s", dataset: str = "mnist", objective: str = "ar", **data) -> RunConfig:
+    """The RunConfig of a preset size for a dataset; `data` changes DataConfig fields (root, clusters...)."""
+    if size not in PRESETS:
+        raise ConfigError(f"unknown size {size!r}; choose one of {list(PRESETS)}")
+    data_config = DataConfig.from_dict({"dataset": dataset, **data})
+    model = model_config(size, vocab_size=data_config.clusters, n_px=data_config.n_px, objective=objective)
+    preset = TRAIN_PRESETS[size]
+    return RunConfig(data_config, model, OptimConfig.from_dict(preset["optim"]), TrainConfig.from_dict(preset["train"]))
+
+
+# -- data: resumable training batches --------------------------------------------------------------
+
+
+def _seed_for(*numbers: int) -> int:
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0])
+
+
+class TrainBatches:
+    """Training batches whose order and augmentation depend only on (seed, epoch, batch, rank).
+
+    Lightning restores an interrupted run's step but restarts a DataLoader from its first batch,
+    with other random numbers. These batches instead start where the global step says (read when
+    an epoch's iteration begins), so a resumed run sees exactly the batches it would have seen.
+    Like DistributedSampler: a seeded permutation per epoch, every world_size-th sample per process
+    (a remainder that cannot be shared evenly is left out of that epoch). Batches are fetched in
+    the main process, each under its own seed, so random augmentation is reproducible too.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_step=lambda: 0):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size, self.start_step = rank, world_size, start_step
+        self.per_rank = len(dataset) // world_size
+        if self.per_rank == 0:
+            raise ValueError(f"{len(dataset)} training samples cannot be shared among {world_size} processes")
+
+    def __len__(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def __iter__(self):
+        epoch, first = divmod(self.start_step(), len(self))
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(_seed_for(self.seed, epoch)))
+        mine = order[self.rank :: self.world_size][: self.per_rank]
+        for index in range(first, len(self)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed_for(self.seed, epoch, index, self.rank))
+                picked = mine[index * self.batch_size : (index + 1) * self.batch_size]
+                yield default_collate([self.dataset[int(i)] for i in picked])
+
+
+class ResumableData(L.LightningDataModule):
+    """A data module (PixelDataModule or any with the same loaders) whose training batches resume.
+
+    Validation and test loaders are the wrapped module's own; Lightning shards them under DDP.
+    """
+
+    def __init__(self, inner: L.LightningDataModule, seed: int):
+        super().__init__()
+        self.inner, self.seed = inner, seed
+
+    @property
+    def palette(self):
+        return getattr(self.inner, "palette", None)
+
+    def prepare_data(self):
+        self.inner.prepare_data()
+
+    def setup(self, stage: str):
+        self.inner.setup(stage)
+
+    def train_dataloader(self):
+        loader = self.inner.train_dataloader()
+        trainer = self.trainer
+        return TrainBatches(loader.dataset, loader.batch_size, self.seed, trainer.global_rank, trainer.world_size,
+                            start_step=lambda: trainer.global_step)
+
+    def val_dataloader(self):
+        return self.inner.val_dataloader()
+
+    def test_dataloader(self):
+        return self.inner.test_dataloader()
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+class RunCheckpoints(L.Callback):
+    """checkpoints/last.ckpt every `save_every` steps and at the last step; step-N.ckpt at chosen steps.
+
+    Saved after a whole optimizer step, never in the middle of one, so that resuming from any of
+    them continues exactly. last.ckpt is written beside and then renamed, so an interruption while
+    saving leaves the previous one intact.
+    """
+
+    def __init__(self, folder: Path, save_every: int, steps: list[int]):
+        self.folder, self.save_every, self.steps = Path(folder), save_every, set(steps)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step in self.steps:
+            trainer.save_checkpoint(self.folder / f"step-{step}.ckpt", weights_only=False)
+        if step % self.save_every == 0 or step == trainer.max_steps:
+            partial = self.folder / "last.ckpt.partial"
+            trainer.save_checkpoint(partial, weights_only=False)
+            if trainer.is_global_zero:
+                os.replace(partial, self.folder / "last.ckpt")
+            trainer.strategy.barrier("last.ckpt")
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    On a CPU every activation is a malloc. glibc serves blocks over 32 MiB with mmap and unmaps
+    them when freed, so each training step faults its gigabytes of activations in anew, and the
+    threads queue on the kernel's memory lock: at batch 64 here a step took 2.3x as long. With mmap
+    and trimming off, freed blocks are reused. The process keeps its peak memory until it ends,
+    which suits a training process. Returns False where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def _first_process() -> bool:
+    """True in the process a user started (not in the ranks Lightning or a cluster launches besides it)."""
+    return all(int(os.environ.get(name, "0")) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _prepare_folder(config: RunConfig, run_dir: Path, resume: bool) -> None:
+    saved = run_dir / "config.yaml"
+    if not resume and (saved.exists() or any((run_dir / "checkpoints").glob("*.ckpt"))):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with --resume (resume=True) or choose another run folder"
+        )
+    if resume and not saved.exists():
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no config.yaml")
+    config.save_yaml(saved)
+
+
+def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
+          datamodule: L.LightningDataModule | None = None, callbacks: list[L.Callback] = ()) -> dict:
+    """Train (or go on training) the run in `run_dir`; return the metrics also written to metrics.json.
+
+    resume: continue from checkpoints/last.ckpt (the folder must hold this run's config.yaml).
+    datamodule: defaults to PixelDataModule(config.data); any module whose loaders yield
+    (tokens [B, T], labels [B]) and which has a .palette after setup() will do.
+    callbacks: more Lightning callbacks for the Trainer.
+    """
+    from lightning.pytorch.accelerators import CPUAccelerator
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from igptlib.data import PixelDataModule
+
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    ckpt_path = None
+    if resume and last.exists():
+        check_checkpoint(last, config.model)  # a clear error before Lightning meets another shape
+        ckpt_path = str(last.resolve())
+    if _first_process():
+        _prepare_folder(config, run_dir, resume)  # only after the checks: a refused run changes no file
+        if resume and ckpt_path is None:
+            print(f"{run_dir}: no checkpoint saved yet; starting from step 0")
+
+    # On 2 cores the main process loads data (num_workers=0) on purpose; TrainBatches resumes
+    # mid-epoch though Lightning cannot tell; a resumed run's checkpoint folder is not empty.
+    for message in ("does not have many workers", "your dataloader is not resumable", "exists and is not empty"):
+        warnings.filterwarnings("ignore", f".*{message}.*")
+    seed = config.data.seed  # the one seed: split, palette, initialisation, data order, masks
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = ResumableData(datamodule if datamodule is not None else PixelDataModule(config.data), seed)
+    t = config.train
+    if t.init_from:
+        module = ImageGPT.from_pretrained(t.init_from, config.optim, seed=seed, model=config.model)
+    else:
+        module = ImageGPT(config.model, config.optim, seed=seed)
+
+    best = ModelCheckpoint(
+        dirpath=checkpoints, filename="best", monitor="val/nats_per_pixel", mode="min", save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        max_steps=t.steps, max_epochs=-1, val_check_interval=t.val_every, check_val_every_n_epoch=None,
+        limit_val_batches=t.val_batches if t.val_batches is not None else 1.0,
+        precision=t.precision, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False)],
+        callbacks=[RunCheckpoints(checkpoints, t.save_every, t.checkpoint_steps), best, *callbacks],
+        enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar, log_every_n_steps=t.log_every,
+        default_root_dir=run_dir,
+    )
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        reuse_freed_memory()
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    wall = time.perf_counter() - started
+    metrics = {
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "wall_seconds": round(wall, 1),
+        "parameters": module.model.num_parameters(),
+        "best_checkpoint": best.best_model_path or None,
+        "best_val_nats_per_pixel": None if best.best_model_score is None else float(best.best_model_score),
+        "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
+    }
+    if t.test:
+        results = trainer.test(module, datamodule=data, ckpt_path=best.best_model_path or None,
+                               weights_only=True, verbose=t.progress_bar)
+        metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# -- the `igpt train` command -----------------------------------------------------------------------
+
+# Flags that change one config field: flag destination -> (section, field).
+_OVERRIDES = {
+    "root": ("data", "root"), "batch_size": ("data", "batch_size"), "seed": ("data", "seed"),
+    "augment": ("data", "augment"), "limit_train": ("data", "limit_train"), "limit_val": ("data", "limit_val"),
+    "limit_test": ("data", "limit_test"), "lr": ("optim", "lr"), "warmup_steps": ("optim", "warmup_steps"),
+    "steps": ("train", "steps"), "val_every": ("train", "val_every"), "val_batches": ("train", "val_batches"),
+    "save_every": ("train", "save_every"), "checkpoint_steps": ("train", "checkpoint_steps"),
+    "precision": ("train", "precision"), "accelerator": ("train", "accelerator"), "devices": ("train", "devices"),
+    "strategy": ("train", "strategy"), "num_nodes": ("train", "num_nodes"), "log_every": ("train", "log_every"),
+    "progress_bar": ("train", "progress_bar"), "test": ("train", "test"),
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10 (default: mnist)")
+    parser.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
+    parser.add_argument("--objective", choices=["ar", "bert"], help="pre-training objective (default: ar)")
+    parser.add_argument("--config", help="a RunConfig YAML to start from instead of the --size preset")
+    parser.add_argument("--run-dir", help="the run folder (default: runs/<dataset>-<size>-<objective>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--finetune-from", metavar="CKPT", help="fine-tune (L_GEN + L_CLF) from a pre-trained checkpoint")
+    group = parser.add_argument_group("data")
+    group.add_argument("--root", help="data root (default: data)")
+    group.add_argument("--clusters", type=int, help="palette size, which is also the vocabulary (default: 16)")
+    group.add_argument("--n-px", type=int, help="image side after context reduction (default: 28)")
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--seed", type=int)
+    group.add_argument("--augment", nargs="*", help="crop, flip, rotate (no values: none)")
+    group.add_argument("--limit-train", type=int, help="smoke runs: only the first N training images")
+    group.add_argument("--limit-val", type=int)
+    group.add_argument("--limit-test", type=int)
+    group = parser.add_argument_group("optimisation and trainer")
+    group.add_argument("--lr", type=float)
+    group.add_argument("--warmup-steps", type=int)
+    group.add_argument("--steps", type=int, help="optimizer steps in all")
+    group.add_argument("--val-every", type=int)
+    group.add_argument("--val-batches", type=int)
+    group.add_argument("--save-every", type=int, help="steps between refreshes of last.ckpt")
+    group.add_argument("--checkpoint-steps", type=int, nargs="*", help="steps that keep a checkpoint of their own")
+    group.add_argument("--precision", choices=PRECISIONS)
+    group.add_argument("--accelerator", help="cpu, gpu or auto")
+    group.add_argument("--devices", type=lambda v: v if v == "auto" else int(v), help="devices per node, or auto")
+    group.add_argument("--strategy", help="auto or ddp")
+    group.add_argument("--num-nodes", type=int)
+    group.add_argument("--log-every", type=int)
+    group.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None)
+    group.add_argument("--no-test", dest="test", action="store_false", default=None, help="skip the final test")
+
+
+def config_from_args(args) -> tuple[RunConfig, Path]:
+    """The RunConfig and run folder that the `igpt train` flags ask for."""
+    objective = args.objective or "ar"
+    run_dir = Path(args.run_dir or f"runs/{args.dataset}-{args.size}-{objective}")
+    if args.resume:
+        config = RunConfig.load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
+        if config is None:
+            raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no config.yaml")
+    elif args.config:
+        config = RunConfig.load_yaml(args.config)
+    else:
+        config = run_config(args.size, args.dataset, objective)
+    values = config.to_dict()
+    for flag, (section, field) in _OVERRIDES.items():
+        if getattr(args, flag) is not None:
+            values[section][field] = getattr(args, flag)
+    if args.objective:
+        values["model"]["objective"] = args.objective
+    if args.clusters is not None:
+        values["data"]["clusters"] = values["model"]["vocab_size"] = args.clusters
+    if args.n_px is not None:
+        values["data"]["n_px"] = values["model"]["n_px"] = args.n_px
+    if args.finetune_from:
+        # The model is the pre-trained one; the new stage adds the classification loss.
+        values["model"] = read_checkpoint(args.finetune_from)["hyper_parameters"]["model"]
+        values["optim"]["finetune"] = True
+        values["train"]["init_from"] = args.finetune_from
+    return RunConfig.from_dict(values), run_dir
+
+
+def run_train(args) -> None:
+    config, run_dir = config_from_args(args)
+    metrics = train(config, run_dir, resume=args.resume)
+    if _first_process():
+        print(f"run folder: {run_dir}  (step {metrics['global_step']}, {metrics['wall_seconds']} s)")
+        if metrics["best_val_nats_per_pixel"] is not None:
+            print(f"  best validation nats/pixel: {metrics['best_val_nats_per_pixel']:.4f}")
+        for key, value in metrics.get("test", {}).items():
+            print(f"  {key}: {value:.4f}")
+
+
+if __name__ == "__main__":  # the same as `igpt train`
+    parser = argparse.ArgumentParser(prog="igpt train", description=__doc__.splitlines()[0])
+    add_train_arguments(parser)
+    run_train(parser.parse_args())

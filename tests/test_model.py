@@ -1,0 +1,188 @@
+"""The GPT model: residual stream, causality, KV cache, BERT masking, overfitting, configs."""
+import pytest
+import torch
+
+from igptlib.config import ConfigError
+from igptlib.model import (
+    GPT,
+    PRESETS,
+    Block,
+    ModelConfig,
+    ar_loss,
+    bert_loss,
+    mask_tokens,
+    model_config,
+)
+
+
+def tiny(**changes) -> ModelConfig:
+    return ModelConfig.from_dict({"vocab_size": 8, "n_px": 6, "n_embd": 32, "n_layer": 2, "n_head": 4, **changes})
+
+
+def random_tokens(config: ModelConfig, batch: int = 3, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.vocab_size, (batch, config.seq_len), generator=generator)
+
+
+def test_block_keeps_the_residual_stream_when_its_outputs_are_zeroed():
+    torch.manual_seed(0)
+    block = Block(tiny())
+    for proj in (block.attn.proj, block.mlp.proj):
+        torch.nn.init.zeros_(proj.weight)
+        torch.nn.init.zeros_(proj.bias)
+    # Give the norms a non-trivial scale and shift: a block that added its sublayers to the normed
+    # input (x = ln(x) + attn(ln(x))) would then visibly change x.
+    for norm in (block.ln_1, block.ln_2):
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 36, 32) * 3 + 1
+    torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("t", [0, 17, 35])
+def test_ar_logits_before_t_plus_one_ignore_pixel_t(t):
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    tokens = random_tokens(model.config)
+    changed = tokens.clone()
+    changed[:, t] = (changed[:, t] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        before, after = model(tokens), model(changed)
+    torch.testing.assert_close(before[:, : t + 1], after[:, : t + 1], rtol=0, atol=0)
+    if t + 1 < model.config.seq_len:
+        assert not torch.allclose(before[:, t + 1], after[:, t + 1])  # and the next one does see it
+
+
+def test_bert_attention_is_bidirectional():
+    torch.manual_seed(0)
+    model = GPT(tiny(objective="bert")).eval()
+    tokens = random_tokens(model.config)
+    changed = tokens.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        assert not torch.allclose(model(tokens)[:, 0], model(changed)[:, 0])
+
+
+def test_kv_cache_decoding_matches_the_full_forward_pass():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    tokens = random_tokens(model.config)
+    T = model.config.seq_len
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(len(tokens))
+        rows = [model(tokens[:, :5], cache)]  # a prefix: SOS plus 5 tokens -> predictions of tokens 0..5
+        rows.append(model(tokens[:, 5:9], cache))  # a chunk
+        for t in range(9, T - 1):  # then one token at a time; the last pixel is never an input
+            rows.append(model(tokens[:, t : t + 1], cache))
+        decoded = torch.cat(rows, dim=1)
+        assert cache.length == T
+        with pytest.raises(ValueError, match="do not fit"):
+            model(tokens[:, -1:], cache)
+        # An empty prefix gives the prediction of the first pixel from SOS alone.
+        first = model(tokens[:, :0], model.new_cache(len(tokens)))
+    assert decoded.shape == full.shape
+    torch.testing.assert_close(decoded, full, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first[:, 0], full[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_kv_cache_is_refused_for_bert():
+    model = GPT(tiny(objective="bert"))
+    with pytest.raises(ValueError, match="objective 'ar'"):
+        model(random_tokens(model.config)[:, :3], model.new_cache(3))
+
+
+def test_bert_masking_rate_and_loss_positions():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 16, (64, 784), generator=generator)
+    masked, mask = mask_tokens(tokens, 0.15, mask_token=16, generator=generator)
+    assert abs(mask.float().mean().item() - 0.15) < 0.005
+    assert (masked[mask] == 16).all() and torch.equal(masked[~mask], tokens[~mask])
+
+    # Only masked positions count: changing the logits elsewhere leaves the loss as it is.
+    logits = torch.randn(64, 784, 16, generator=generator)
+    loss = bert_loss(logits, tokens, mask)
+    scrambled = logits.clone()
+    scrambled[~mask] = torch.randn(int((~mask).sum()), 16, generator=generator)
+    torch.testing.assert_close(bert_loss(scrambled, tokens, mask), loss)
+    expected = torch.nn.functional.cross_entropy(logits[mask], tokens[mask])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_bert_model_reads_the_mask_token_and_masks_with_its_rate():
+    model = GPT(tiny(objective="bert", mask_prob=0.5))
+    tokens = random_tokens(model.config, batch=2)
+    loss = model.generative_loss(tokens, generator=torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="token ids must lie in 0..7"):
+        GPT(tiny())(tokens.masked_fill(tokens == 0, 8))  # the mask id is no valid AR input
+
+
+@pytest.mark.parametrize("objective", ["ar", "bert"])
+def test_a_tiny_model_overfits_one_batch(objective):
+    torch.manual_seed(0)
+    model = GPT(tiny(objective=objective, mask_prob=0.3))
+    tokens = random_tokens(model.config, batch=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    first = None
+    for _ in range(80):
+        # BERT: the same mask every step, so that one batch means one fixed set of targets.
+        loss = model.generative_loss(tokens, generator=torch.Generator().manual_seed(0))
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # Random tokens over 8 colours start near ln 8 = 2.08 nats; memorising them drives it towards 0.
+    assert first > 1.8
+    assert loss.item() < 0.2
+
+
+def test_features_and_classification_shapes():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    tokens = random_tokens(model.config)
+    for layer in range(model.config.n_layer + 1):
+        features = model.features(tokens, layer)
+        assert features.shape == (3, 32)
+    assert model.classify(tokens).shape == (3, 10)
+    logits, classes = model.forward_with_classes(tokens)
+    torch.testing.assert_close(logits, model(tokens))
+    torch.testing.assert_close(classes, model.classify(tokens))
+    with pytest.raises(ValueError, match="layer must lie in 0..2"):
+        model.features(tokens, 3)
+
+
+def test_ar_loss_of_a_uniform_model_is_log_vocab():
+    logits = torch.zeros(2, 10, 16)
+    tokens = torch.randint(0, 16, (2, 10))
+    torch.testing.assert_close(ar_loss(logits, tokens), torch.tensor(16.0).log())
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_round_trips_through_yaml(name, tmp_path):
+    config = model_config(name, vocab_size=16)
+    path = config.save_yaml(tmp_path / f"{name}.yaml")
+    assert ModelConfig.load_yaml(path) == config
+
+
+def test_paper_presets_have_the_papers_shapes():
+    shapes = {name: (PRESETS[name]["n_embd"], PRESETS[name]["n_layer"], PRESETS[name]["n_head"]) for name in PRESETS}
+    assert shapes["igpt-s"] == (512, 24, 8)
+    assert shapes["igpt-m"] == (1024, 36, 8)
+    assert shapes["igpt-l"] == (1536, 48, 16)
+
+
+def test_bad_model_configs_are_refused_clearly(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_embed'\]"):
+        ModelConfig.from_dict({"n_embed": 64})
+    with pytest.raises(ConfigError, match="ModelConfig.n_layer: expected an integer, got '8'"):
+        ModelConfig.from_dict({"n_layer": "8"})
+    with pytest.raises(ConfigError, match="multiple of n_head"):
+        ModelConfig(n_embd=100, n_head=8)
+    with pytest.raises(ConfigError, match="objective"):
+        ModelConfig(objective="mlm")
+    with pytest.raises(ConfigError, match="unknown model preset 'xl'"):
+        model_config("xl")
+    (tmp_path / "bad.yaml").write_text("n_layer: 2\nwidth: 64\n")
+    with pytest.raises(ConfigError, match="width"):
+        ModelConfig.load_yaml(tmp_path / "bad.yaml")

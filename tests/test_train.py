@@ -1,0 +1,179 @@
+"""Training runs on real MNIST: run folder, checkpoints, resume after an interruption, DDP on the CPU."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from igptlib.config import ConfigError
+from igptlib.model import PRESETS
+from igptlib.module import CheckpointError
+from igptlib.train import RunConfig, TrainBatches, add_train_arguments, config_from_args, run_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, mnist_root):
+    """A data root of our own (palettes are written there) that shares the verified MNIST files."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "MNIST").symlink_to(Path(mnist_root) / "MNIST", target_is_directory=True)
+    return root
+
+
+def smoke_config(root, objective: str = "ar", **train) -> RunConfig:
+    """A tiny model on 40 real, augmented MNIST images: a few steps take seconds."""
+    values = run_config(
+        "xs", "mnist", objective, root=str(root), clusters=8, batch_size=8, augment=["crop", "flip"],
+        limit_train=40, limit_val=16, limit_test=16,
+    ).to_dict()
+    values["model"].update(n_embd=32, n_layer=1, n_head=2)
+    values["optim"].update(warmup_steps=2)
+    values["train"].update({
+        "steps": 6, "val_every": 3, "val_batches": 1, "save_every": 2, "checkpoint_steps": [3], "precision": "32-true",
+        "progress_bar": False, "log_every": 1, "test": False, "accelerator": "cpu", "devices": 1, **train,
+    })
+    return RunConfig.from_dict(values)
+
+
+class Crash(L.Callback):
+    """Stops a run the hard way after `step` optimizer steps, as a crash or a pre-emption would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_every_preset_makes_a_run_config_that_round_trips(tmp_path):
+    for size in PRESETS:
+        config = run_config(size, "mnist", "bert")
+        assert config.model.vocab_size == config.data.clusters == 16
+        assert RunConfig.load_yaml(config.save_yaml(tmp_path / f"{size}.yaml")) == config
+
+
+def test_run_configs_are_strict():
+    values = run_config("xs").to_dict()
+    with pytest.raises(ConfigError, match=r"train: unknown key\(s\) \['max_steps'\]"):
+        RunConfig.from_dict({**values, "train": {**values["train"], "max_steps": 3}})
+    with pytest.raises(ConfigError, match="RunConfig.train.steps: expected an integer, got 'many'"):
+        RunConfig.from_dict({**values, "train": {**values["train"], "steps": "many"}})
+    with pytest.raises(ConfigError, match="model.vocab_size is 16 but data.clusters is 8"):
+        RunConfig.from_dict({**values, "data": {**values["data"], "clusters": 8}})
+    with pytest.raises(ConfigError, match="precision"):
+        RunConfig.from_dict({**values, "train": {**values["train"], "precision": "bf16"}})
+
+
+def test_command_line_flags_map_onto_the_config(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--size", "m", "--objective", "bert", "--clusters", "8", "--steps", "7", "--devices", "2",
+                              "--strategy", "ddp", "--num-nodes", "3", "--checkpoint-steps", "5", "--run-dir", str(tmp_path)])
+    config, run_dir = config_from_args(args)
+    assert (config.model.n_embd, config.model.objective, config.model.vocab_size, config.data.clusters) == (512, "bert", 8, 8)
+    assert (config.train.steps, config.train.devices, config.train.strategy, config.train.num_nodes) == (7, 2, "ddp", 3)
+    assert config.train.checkpoint_steps == [5] and run_dir == tmp_path
+    default_run_dir = config_from_args(parser.parse_args([]))[1]
+    assert default_run_dir == Path("runs/mnist-s-ar")
+
+
+def test_train_batches_resume_mid_epoch_and_shard_without_overlap():
+    data = TensorDataset(torch.arange(20))
+    step = {"now": 0}
+    batches = TrainBatches(data, batch_size=3, seed=1, start_step=lambda: step["now"])
+    epoch0, epoch0_again = list(batches), list(batches)
+    assert len(batches) == 7 and torch.equal(torch.cat([b[0] for b in epoch0]).sort().values, torch.arange(20))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch0, epoch0_again))  # the order depends on (seed, epoch)
+    step["now"] = 4  # resumed after 4 steps: the rest of epoch 0
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(epoch0[4:], list(batches), strict=True))
+    step["now"] = 7  # epoch 1: another order
+    assert not torch.equal(list(batches)[0][0], epoch0[0][0])
+    shards = [torch.cat([b[0] for b in TrainBatches(data, 4, seed=1, rank=r, world_size=3)]) for r in range(3)]
+    assert sum(len(s) for s in shards) == 18 and len(torch.cat(shards).unique()) == 18
+
+
+@pytest.mark.parametrize("objective", ["ar", "bert"])
+def test_an_interrupted_run_resumes_as_if_never_stopped(data_root, tmp_path, objective):
+    config = smoke_config(data_root, objective)
+    straight = train(config, tmp_path / "straight")
+    assert straight["global_step"] == 6
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "resumed", callbacks=[Crash(5)])  # last.ckpt was saved at step 4
+    assert torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = train(config, tmp_path / "resumed", resume=True)
+    assert resumed["global_step"] == 6
+
+    # Same batches, augmentation and masks in the same order: the very same weights.
+    expected, actual = weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(tmp_path / "resumed/checkpoints/last.ckpt")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    # The resumed session logs from step 4 on, in a log version of its own.
+    with open(tmp_path / "resumed/logs/csv/version_1/metrics.csv") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert min(steps) >= 4 and max(steps) >= 5
+
+    folder = tmp_path / "straight"
+    assert {p.name for p in (folder / "checkpoints").iterdir()} == {"last.ckpt", "best.ckpt", "step-3.ckpt"}
+    assert RunConfig.load_yaml(folder / "config.yaml") == config
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved["global_step"] == 6 and saved["best_val_nats_per_pixel"] > 0
+    assert (folder / "logs/tensorboard/version_0").is_dir()
+
+
+def test_a_run_folder_is_never_overwritten_and_resumes_only_its_own_model(data_root, tmp_path):
+    config = smoke_config(data_root, steps=2, checkpoint_steps=[], test=True)
+    metrics = train(config, tmp_path / "run")
+    assert metrics["test"]["test/nats_per_pixel"] > 0
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(config, tmp_path / "run")
+    other = RunConfig.from_dict({**config.to_dict(), "model": {**config.model.to_dict(), "n_layer": 2}})
+    with pytest.raises(CheckpointError, match=r"another model: n_layer 1 \(here 2\)"):
+        train(other, tmp_path / "run", resume=True)
+    assert RunConfig.load_yaml(tmp_path / "run/config.yaml") == config  # the refused run changed nothing
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(config, tmp_path / "empty", resume=True)
+
+
+def test_finetuning_from_a_pretrained_run_adds_the_classifier(data_root, tmp_path):
+    import argparse
+
+    train(smoke_config(data_root, steps=2, checkpoint_steps=[]), tmp_path / "pre")
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--finetune-from", str(tmp_path / "pre/checkpoints/last.ckpt"), "--run-dir", str(tmp_path / "ft"),
+                              "--config", str(tmp_path / "pre/config.yaml"), "--steps", "2", "--val-every", "2"])
+    config, run_dir = config_from_args(args)
+    assert config.optim.finetune and config.train.init_from.endswith("last.ckpt")
+    metrics = train(config, run_dir)
+    assert 0.0 <= metrics["final"]["val/acc"] <= 1.0 and "val/clf_loss" in metrics["final"]
+
+
+def test_two_process_ddp_on_the_cpu_trains_a_few_steps(data_root, tmp_path):
+    command = [
+        sys.executable, "-m", "igptlib.train", "--size", "xs", "--root", str(data_root), "--clusters", "8",
+        "--limit-train", "32", "--limit-val", "8", "--limit-test", "8", "--batch-size", "4", "--steps", "3",
+        "--val-every", "3", "--val-batches", "1", "--no-test", "--no-progress-bar", "--precision", "32-true",
+        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--run-dir", str(tmp_path / "ddp"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr + result.stdout  # the second process joined
+    metrics = json.loads((tmp_path / "ddp/metrics.json").read_text())
+    assert metrics["global_step"] == 3
+    assert (tmp_path / "ddp/checkpoints/last.ckpt").exists()
