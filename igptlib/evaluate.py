@@ -1,0 +1,516 @@
+"""Evaluation: likelihood, linear probes, classification metrics and completion quality.
+
+What the paper reports, and what this module computes from a model and a PixelDataModule:
+  likelihood        mean next-pixel cross-entropy on the test set, nats and bits per pixel (AR)
+  linear probes     per layer: average-pooled normed features, standardised, logistic regression;
+                    fitted on the training split, the best layer chosen on validation, scored on test
+  classification    the fine-tuned head's accuracy, confusion matrix, Cohen's kappa, and
+                    precision/recall/F1 per class (a generative checkpoint's head is untrained: chance)
+  completion        keep the top half of test images, sample the rest; then the share of
+                    completions that a separately trained digit classifier labels as the original's
+                    class, and how many completed pixels agree with the original's
+
+`igpt evaluate --checkpoint C` (run_evaluate) writes all of it as evaluation.json in the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from igptlib import plots
+from igptlib.config import DataConfig
+from igptlib.data import PixelDataModule, encode_all, load_split
+from igptlib.module import check_same_palette, load_checkpoint
+from igptlib.quantize import decode
+from igptlib.sampling import complete
+from igptlib.train import RunConfig
+
+
+def nats_to_bits(nats: float) -> float:
+    """Nats per pixel to bits per pixel: divide by ln 2."""
+    return nats / math.log(2)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(loader, desc: str, progress: bool):
+    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
+
+
+# -- likelihood ------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def likelihood(model, loader, progress: bool = False) -> dict:
+    """Mean next-pixel cross-entropy over every pixel of every image the loader yields.
+
+    The model must be autoregressive: model(tokens)[:, t] predicts tokens[:, t] from the ones
+    before it. The sum over all pixels is divided once at the end, so unequal batch sizes weigh right.
+    """
+    if model.config.objective != "ar":
+        raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
+    model.eval()
+    device = _device(model)
+    total, pixels = 0.0, 0
+    for tokens, _ in _batches(loader, "likelihood", progress):
+        tokens = tokens.to(device)
+        logits = model(tokens).float()  # float32 even if the model runs in lower precision
+        total += F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="sum").item()
+        pixels += tokens.numel()
+    if pixels == 0:
+        raise ValueError("the loader yielded no images")
+    nats = total / pixels
+    return {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
+
+
+# -- linear probes ---------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def layer_features(model, loader, layers: list[int] | None = None, progress: bool = False) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Features of several layers from one pass per batch: ({layer: [N, n_embd]}, labels [N]).
+
+    Each layer's features equal model.features(tokens, layer) (layer 0: the input embeddings,
+    layer k: the output of block k), but model.features runs the blocks again for every layer;
+    hooks on the blocks read all layers from a single forward pass instead.
+    """
+    n_layer = model.config.n_layer
+    layers = list(range(n_layer + 1)) if layers is None else list(layers)
+    bad = [layer for layer in layers if not 0 <= layer <= n_layer]
+    if bad or not layers:
+        raise ValueError(f"layers must lie in 0..{n_layer}, got {layers}")
+    model.eval()
+    device = _device(model)
+    stream: dict[int, torch.Tensor] = {}
+    hooks = [model.blocks[0].register_forward_pre_hook(lambda block, args: stream.__setitem__(0, args[0]))]
+    for index, block in enumerate(model.blocks, start=1):
+        hooks.append(block.register_forward_hook(lambda block, args, out, index=index: stream.__setitem__(index, out)))
+    features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    labels = []
+    try:
+        for tokens, batch_labels in _batches(loader, "features", progress):
+            model(tokens.to(device))
+            for layer in layers:
+                h = stream[layer].float()
+                features[layer].append(F.layer_norm(h, h.shape[-1:]).mean(dim=1).cpu())  # as GPT.features
+            labels.append(batch_labels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not labels:
+        raise ValueError("the loader yielded no images")
+    return {layer: torch.cat(chunks).numpy() for layer, chunks in features.items()}, torch.cat(labels).numpy()
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, max_iter: int = 1000, seed: int = 0) -> float:
+    """Accuracy on the test features of a logistic regression fitted on the train features.
+
+    Features are standardised with the training set's mean and spread first: the probe then
+    converges in a few hundred L-BFGS steps, whatever the scale of the layer.
+    """
+    for name, features, labels in (("train", train_features, train_labels), ("test", test_features, test_labels)):
+        if len(features) != len(labels):
+            raise ValueError(f"{name}: {len(features)} feature rows but {len(labels)} labels")
+        if len(labels) == 0:
+            raise ValueError(f"{name}: no examples")
+    if len(np.unique(train_labels)) < 2:
+        raise ValueError("the training labels hold a single class: a probe needs at least two")
+    scaler = StandardScaler().fit(train_features)
+    probe = LogisticRegression(max_iter=max_iter, random_state=seed)
+    probe.fit(scaler.transform(train_features), train_labels)
+    return float(probe.score(scaler.transform(test_features), test_labels))
+
+
+def linear_probes(model, train_loader, val_loader, test_loader, layers: list[int] | None = None,
+                  max_iter: int = 1000, seed: int = 0, progress: bool = False) -> dict:
+    """A linear probe per layer; the best layer is picked on validation and reported on test.
+
+    Picking on validation keeps the test accuracy an honest estimate (picking the best of several
+    test scores would flatter it). The train loader should yield unaugmented images.
+    """
+    train, train_labels = layer_features(model, train_loader, layers, progress)
+    val, val_labels = layer_features(model, val_loader, layers, progress)
+    test, test_labels = layer_features(model, test_loader, layers, progress)
+    val_accuracy, test_accuracy = {}, {}
+    for layer in tqdm(train, desc="probes", unit="layer", leave=False, disable=not progress):
+        val_accuracy[layer] = linear_probe(train[layer], train_labels, val[layer], val_labels, max_iter, seed)
+        test_accuracy[layer] = linear_probe(train[layer], train_labels, test[layer], test_labels, max_iter, seed)
+    best = max(val_accuracy, key=val_accuracy.get)
+    return {
+        "val_accuracy": val_accuracy,
+        "test_accuracy": test_accuracy,
+        "best_layer": best,
+        "best_test_accuracy": test_accuracy[best],
+        "train_examples": len(train_labels),
+    }
+
+
+# -- classification --------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict_classes(model, loader, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(actual labels, the classification head's predictions) over every image of the loader."""
+    model.eval()
+    device = _device(model)
+    actual, predicted = [], []
+    for tokens, labels in _batches(loader, "classify", progress):
+        predicted.append(model.classify(tokens.to(device)).argmax(dim=-1).cpu())
+        actual.append(labels)
+    if not actual:
+        raise ValueError("the loader yielded no images")
+    return torch.cat(actual).numpy(), torch.cat(predicted).numpy()
+
+
+def classification_metrics(actual, predicted, num_classes: int = 10) -> dict:
+    """Accuracy, Cohen's kappa, confusion matrix and per-class precision/recall/F1.
+
+    confusion_matrix[i][j] counts images of class i predicted as class j. Every class in
+    0..num_classes-1 gets a row and a column, present or not, so matrices of runs compare.
+    """
+    actual, predicted = np.asarray(actual), np.asarray(predicted)
+    if actual.ndim != 1 or actual.shape != predicted.shape:
+        raise ValueError(f"expected two equally long 1-d label arrays, got shapes {actual.shape} and {predicted.shape}")
+    if len(actual) == 0:
+        raise ValueError("no labels to compare")
+    for name, values in (("actual", actual), ("predicted", predicted)):
+        if values.min() < 0 or values.max() >= num_classes:
+            raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}, got {values.min()}..{values.max()}")
+    classes = list(range(num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=classes, zero_division=0)
+    return {
+        "accuracy": float((actual == predicted).mean()),
+        "kappa": float(cohen_kappa_score(actual, predicted, labels=classes)),
+        "confusion_matrix": confusion_matrix(actual, predicted, labels=classes).tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "macro_f1": float(f1.mean()),
+    }
+
+
+# -- the separately trained digit classifier -------------------------------------------------------
+
+
+class DigitClassifier(nn.Module):
+    """A tiny CNN that judges completions: two strided convolutions and a linear layer.
+
+    It is deliberately independent of the GPT (other architecture, raw pixels, own training), so
+    that "the classifier sees the right digit" measures the completion, not the model's own view.
+    """
+
+    def __init__(self, channels: int = 1, image_size: int = 28, classes: int = 10):
+        super().__init__()
+        self.channels, self.image_size, self.classes = channels, image_size, classes
+        side = math.ceil(math.ceil(image_size / 2) / 2)  # each strided convolution halves the side, rounding up
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 16, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(32 * side * side, classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits for uint8 images [N, C, H, W]; other sizes are resized to image_size first."""
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise ValueError(f"expected images [N, {self.channels}, H, W], got shape {tuple(images.shape)}")
+        x = images.float() / 255
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            # Context-reduced images (n_px < 28) are scaled back up to what the classifier learnt on.
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+        return self.net(x)
+
+
+@torch.inference_mode()
+def classify_images(classifier: DigitClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The classifier's label for each uint8 image [N, C, H, W]."""
+    classifier.eval()
+    return torch.cat([classifier(chunk).argmax(dim=-1) for chunk in torch.as_tensor(images).split(batch_size)])
+
+
+def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 1, batch_size: int = 128,
+                           lr: float = 2e-3, seed: int = 0, progress: bool = False) -> DigitClassifier:
+    """Fit a DigitClassifier to uint8 images [N, C, H, W]; one epoch of MNIST gives about 97-98%."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    # The seed sets initialisation and batch order without disturbing the caller's random state.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        classifier = DigitClassifier(images.shape[1], images.shape[-1], int(labels.max()) + 1)
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+        classifier.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(images))
+            for batch in tqdm(order.split(batch_size), desc="digit classifier", unit="batch", leave=False, disable=not progress):
+                loss = F.cross_entropy(classifier(images[batch]), labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return classifier.eval()
+
+
+def digit_classifier(root: str | Path = "data", dataset: str = "mnist", seed: int = 0, epochs: int = 1,
+                     progress: bool = False) -> tuple[DigitClassifier, dict]:
+    """The reference classifier for `dataset`, trained once and cached under root/classifiers.
+
+    Returns (classifier, info) where info holds its test accuracy and how it was trained. The cache
+    is a safetensors file (no pickled code) whose metadata carries info.
+    """
+    path = Path(root) / "classifiers" / f"{dataset}-cnn-seed{seed}-epochs{epochs}.safetensors"
+    if path.exists():
+        with safe_open(str(path), framework="pt") as file:
+            info = json.loads(file.metadata()["info"])
+        classifier = DigitClassifier(info["channels"], info["image_size"], info["classes"])
+        classifier.load_state_dict(load_file(str(path)))
+        return classifier.eval(), info
+    images, labels = load_split(dataset, root, train=True)
+    started = time.perf_counter()
+    classifier = train_digit_classifier(images, labels, epochs=epochs, seed=seed, progress=progress)
+    seconds = time.perf_counter() - started
+    test_images, test_labels = load_split(dataset, root, train=False)
+    accuracy = float((classify_images(classifier, test_images) == test_labels).float().mean())
+    info = {
+        "dataset": dataset, "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1),
+        "test_accuracy": accuracy, "channels": classifier.channels, "image_size": classifier.image_size,
+        "classes": classifier.classes,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A half-written cache is never mistaken for one, even with two processes training at once.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    save_file(classifier.state_dict(), str(partial), metadata={"info": json.dumps(info)})
+    partial.replace(path)
+    return classifier, info
+
+
+# -- completion quality ----------------------------------------------------------------------------
+
+
+def _check_completions(originals: torch.Tensor, completions: torch.Tensor, keep: int) -> None:
+    if originals.ndim != 2 or completions.ndim != 3:
+        raise ValueError(f"expected originals [N, T] and completions [N, samples, T], got shapes "
+                         f"{tuple(originals.shape)} and {tuple(completions.shape)}")
+    if completions.shape[0] != originals.shape[0] or completions.shape[2] != originals.shape[1]:
+        raise ValueError(f"completions {tuple(completions.shape)} do not match originals {tuple(originals.shape)}: "
+                         f"expected [{originals.shape[0]}, samples, {originals.shape[1]}]")
+    if not 0 <= keep < originals.shape[1]:
+        raise ValueError(f"keep must lie in 0..{originals.shape[1] - 1} (something must be completed), got {keep}")
+    if not torch.equal(completions[:, :, :keep], originals[:, None, :keep].expand(-1, completions.shape[1], -1)):
+        raise ValueError(f"the completions' first {keep} tokens differ from the originals': "
+                         f"are they in the same order, and was the same `keep` used?")
+
+
+def pixel_agreement(originals: torch.Tensor, completions: torch.Tensor, keep: int) -> float:
+    """The share of completed tokens (positions keep..T-1) equal to the original's token there."""
+    originals, completions = torch.as_tensor(originals), torch.as_tensor(completions)
+    _check_completions(originals, completions, keep)
+    return float((completions[:, :, keep:] == originals[:, None, keep:]).float().mean())
+
+
+def completion_quality(originals: torch.Tensor, completions: torch.Tensor, labels: torch.Tensor, keep: int,
+                       palette: np.ndarray, classifier: DigitClassifier) -> dict:
+    """How good are completions [N, samples, T] of the originals' tokens [N, T], first `keep` kept?
+
+    class_agreement: the share of completions the classifier labels as the original's class
+    (agreeing_completions: how many they are).
+    original_accuracy: the classifier's accuracy on the (palette-coloured) originals themselves,
+    the ceiling class_agreement should be read against. pixel_agreement: see pixel_agreement.
+    """
+    originals, completions, labels = torch.as_tensor(originals), torch.as_tensor(completions), torch.as_tensor(labels)
+    _check_completions(originals, completions, keep)
+    if labels.shape != originals.shape[:1]:
+        raise ValueError(f"expected one label per original ({originals.shape[0]}), got shape {tuple(labels.shape)}")
+    count, samples, _ = completions.shape
+    predicted = classify_images(classifier, decode(completions.flatten(0, 1), palette)).view(count, samples)
+    original_predicted = classify_images(classifier, decode(originals, palette))
+    agreeing = int((predicted == labels[:, None]).sum())
+    return {
+        "class_agreement": agreeing / (count * samples),
+        "agreeing_completions": agreeing,
+        "original_accuracy": float((original_predicted == labels).float().mean()),
+        "pixel_agreement": pixel_agreement(originals, completions, keep),
+        "images": count,
+        "samples": samples,
+        "kept_tokens": keep,
+    }
+
+
+# -- everything at once ----------------------------------------------------------------------------
+
+
+def unaugmented_train_loader(datamodule, limit: int | None = None):
+    """The training split as the probes need it: no augmentation, no shuffling, at most `limit` images."""
+    train = datamodule.train_set
+    dataset = encode_all(train.images[:limit], train.labels[:limit], datamodule.palette, datamodule.config.n_px)
+    return DataLoader(dataset, batch_size=datamodule.config.batch_size, shuffle=False)
+
+
+def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list[int] | None = None,
+                   probe_train: int | None = None, classification: bool = True, completions: int = 16,
+                   samples: int = 4, keep_rows: int | None = None, temperature: float = 1.0, seed: int = 0,
+                   figures: str | Path | None = None, progress: bool = True) -> dict:
+    """Every metric of this module for a GPT on a PixelDataModule's test split, as a JSON-ready dict.
+
+    probes: linear probes on `probe_layers` (default all), fitted on the first `probe_train`
+    training images (default all). classification: the classification head's metrics.
+    completions: how many test images to complete (0: none), `samples` each, keeping the top
+    `keep_rows` rows (default half). Likelihood and completion need an AR model; a BERT model
+    skips them. figures: a folder to save the confusion matrix, actual-vs-predicted, probe and
+    completion figures into.
+    """
+    if datamodule.palette is None:
+        datamodule.prepare_data()
+        datamodule.setup()
+    config = model.config
+    if (config.vocab_size, config.n_px) != (datamodule.vocab_size, datamodule.config.n_px):
+        raise ValueError(f"the model reads {config.n_px}x{config.n_px} images over {config.vocab_size} colours, "
+                         f"the data is {datamodule.config.n_px}x{datamodule.config.n_px} over {datamodule.vocab_size}")
+    ar = config.objective == "ar"
+    if keep_rows is not None and not 0 <= keep_rows < config.n_px:
+        raise ValueError(f"keep_rows must lie in 0..{config.n_px - 1} (some rows must be left to complete), got {keep_rows}")
+    test_loader = datamodule.test_dataloader()
+    results: dict = {"test_images": len(datamodule.test_set), "objective": config.objective}
+    started = time.perf_counter()
+    if ar:
+        results["likelihood"] = likelihood(model, test_loader, progress)
+    if probes:
+        results["probes"] = linear_probes(
+            model, unaugmented_train_loader(datamodule, probe_train), datamodule.val_dataloader(), test_loader,
+            probe_layers, seed=seed, progress=progress,
+        )
+    if classification:
+        actual, predicted = predict_classes(model, test_loader, progress)
+        results["classification"] = classification_metrics(actual, predicted, config.num_classes)
+    if ar and completions > 0:
+        keep_rows = config.n_px // 2 if keep_rows is None else keep_rows
+        tokens, labels = datamodule.test_set.tensors
+        tokens, labels = tokens[:completions], labels[:completions]
+        keep = keep_rows * config.n_px
+        sampled = complete(model, tokens, keep, samples=samples, temperature=temperature, seed=seed, progress=progress)
+        classifier, info = digit_classifier(datamodule.config.root, datamodule.config.dataset, progress=progress)
+        results["completion"] = {
+            **completion_quality(tokens, sampled, labels, keep, datamodule.palette, classifier),
+            "temperature": temperature, "classifier": info,
+        }
+        if figures is not None:
+            fig = plots.completion_figure(decode(tokens, datamodule.palette), decode(sampled, datamodule.palette), keep_rows)
+            plots.save_figure(fig, "completions", figures, close=True)
+    if figures is not None and "classification" in results:
+        matrix = results["classification"]["confusion_matrix"]
+        plots.save_figure(plots.confusion_matrix_plot(matrix), "confusion_matrix", figures, close=True)
+        plots.save_figure(plots.actual_vs_predicted(matrix), "actual_vs_predicted", figures, close=True)
+    if figures is not None and "probes" in results:
+        plots.save_figure(plots.probe_accuracy_plot(results["probes"]), "linear_probes", figures, close=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+# -- the `igpt evaluate` command --------------------------------------------------------------------
+
+
+def find_run_folder(checkpoint: str | Path) -> Path | None:
+    """The run folder of a checkpoint: the folder holding config.yaml, the checkpoint's or its parent's."""
+    checkpoint = Path(checkpoint)
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / "config.yaml").exists():
+            return folder
+    return None
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of a run, e.g. runs/mnist-s-ar/checkpoints/best.ckpt")
+    parser.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder)")
+    parser.add_argument("--root", help="data root (default: the run's)")
+    parser.add_argument("--dataset", default="mnist", help="for a checkpoint without a run folder (default: mnist)")
+    parser.add_argument("--limit-test", type=int, help="only the first N test images")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
+    parser.add_argument("--probe-layers", type=int, nargs="+", help="layers to probe (default: all, 0 = embeddings)")
+    parser.add_argument("--probe-train", type=int, help="fit the probes on the first N training images (default: all)")
+    parser.add_argument("--classification", action=argparse.BooleanOptionalAction, default=None,
+                        help="the classification head's metrics (default: only for fine-tuned checkpoints)")
+    parser.add_argument("--completions", type=int, default=16, help="test images to complete (0: none; default 16)")
+    parser.add_argument("--samples", type=int, default=4, help="completions per image (default 4)")
+    parser.add_argument("--keep-rows", type=int, help="rows kept of each image (default: half)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
+
+
+def run_evaluate(args) -> dict:
+    """Evaluate a checkpoint and write its metrics (and figures) into its run folder."""
+    checkpoint = Path(args.checkpoint)
+    module = load_checkpoint(checkpoint)
+    model_config = module.model_config
+    run_dir = find_run_folder(checkpoint)
+    if run_dir is not None:
+        data = RunConfig.load_yaml(run_dir / "config.yaml").data
+    else:  # a checkpoint on its own: the data is described by the flags and the model's shape
+        run_dir = checkpoint.parent
+        data = DataConfig(dataset=args.dataset, n_px=model_config.n_px, clusters=model_config.vocab_size)
+    changes = {name: getattr(args, name) for name in ("root", "limit_test", "batch_size") if getattr(args, name) is not None}
+    data = data.replace(**changes)
+    datamodule = PixelDataModule(data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    if module.palette is not None:  # tokens of another palette would mean other colours
+        check_same_palette(module.palette, datamodule.palette, checkpoint)
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = module.model.to(device).eval()
+    finetuned = module.optim_config.finetune
+    results = evaluate_model(
+        model, datamodule, probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
+        classification=finetuned if args.classification is None else args.classification,
+        completions=args.completions, samples=args.samples, keep_rows=args.keep_rows,
+        temperature=args.temperature, seed=args.seed, figures=run_dir / "figures" if args.figures else None,
+    )
+    # mmap: reading one number must not load a large checkpoint's tensors a second time.
+    step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    results = {"checkpoint": str(checkpoint), "global_step": step, "finetuned": finetuned,
+               "model": model_config.to_dict(), "data": data.to_dict(), **results}
+    out = Path(args.out) if args.out else run_dir / "evaluation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # an interrupted write never replaces a good file
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    partial.replace(out)
+    print(summary(results))
+    print(f"metrics: {out}")
+    return results
+
+
+def summary(results: dict) -> str:
+    """A few lines for the terminal: the headline number of each part of an evaluation."""
+    lines = [f"evaluated on {results['test_images']} test images in {results['seconds']} s"]
+    if "likelihood" in results:
+        nll = results["likelihood"]
+        lines.append(f"  likelihood: {nll['nats_per_pixel']:.4f} nats/pixel, {nll['bits_per_pixel']:.4f} bits/pixel")
+    if "probes" in results:
+        probes = results["probes"]
+        lines.append(f"  linear probe: {probes['best_test_accuracy']:.4f} test accuracy at layer {probes['best_layer']}")
+    if "classification" in results:
+        clf = results["classification"]
+        lines.append(f"  classification: accuracy {clf['accuracy']:.4f}, kappa {clf['kappa']:.4f}")
+    if "completion" in results:
+        done = results["completion"]
+        lines.append(f"  completion: class agreement {done['class_agreement']:.3f} (originals {done['original_accuracy']:.3f}), "
+                     f"pixel agreement {done['pixel_agreement']:.3f}")
+    return "\n".join(lines)

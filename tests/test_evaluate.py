@@ -1,0 +1,290 @@
+"""Evaluation: likelihood, probes, classification metrics, completion quality, the `igpt evaluate` path."""
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import cohen_kappa_score
+from torch.utils.data import DataLoader, TensorDataset
+
+from igptlib.config import DataConfig
+from igptlib.data import PixelDataModule, load_split
+from igptlib.evaluate import (
+    add_evaluate_arguments,
+    classification_metrics,
+    classify_images,
+    completion_quality,
+    digit_classifier,
+    evaluate_model,
+    layer_features,
+    likelihood,
+    linear_probe,
+    linear_probes,
+    nats_to_bits,
+    pixel_agreement,
+    run_evaluate,
+    train_digit_classifier,
+    unaugmented_train_loader,
+)
+from igptlib.model import GPT, ModelConfig, ar_loss, model_config
+
+
+def tiny(**changes) -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig.from_dict({"vocab_size": 8, "n_px": 6, "n_embd": 32, "n_layer": 2, "n_head": 4, **changes}))
+
+
+def token_loader(model: GPT, count: int = 7, batch_size: int = 3, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.config.vocab_size, (count, model.config.seq_len), generator=generator)
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    return DataLoader(TensorDataset(tokens, labels), batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def datamodule(mnist_root) -> PixelDataModule:
+    """Real MNIST tokens, a few hundred images per split (the 16-colour palette under the data root)."""
+    module = PixelDataModule(DataConfig(root=str(mnist_root), limit_train=400, limit_val=100, limit_test=100, batch_size=100))
+    module.prepare_data()
+    module.setup()
+    return module
+
+
+@pytest.fixture(scope="module")
+def classifier(mnist_root):
+    return digit_classifier(mnist_root)
+
+
+# -- likelihood ------------------------------------------------------------------------------------
+
+
+def test_bits_are_nats_over_ln2():
+    assert nats_to_bits(math.log(2)) == pytest.approx(1.0)
+    model = tiny()
+    result = likelihood(model, token_loader(model))
+    assert result["bits_per_pixel"] == pytest.approx(result["nats_per_pixel"] / math.log(2))
+
+
+def test_uniform_model_has_likelihood_ln_vocab():
+    model = tiny()
+    torch.nn.init.zeros_(model.head.weight)  # equal logits for every colour: the uniform distribution
+    result = likelihood(model, token_loader(model))  # batches of 3, 3 and 1: unequal sizes must weigh right
+    assert result["nats_per_pixel"] == pytest.approx(math.log(8), abs=1e-6)
+    assert result["bits_per_pixel"] == pytest.approx(3.0, abs=1e-6)
+    assert result["pixels"] == 7 * 36
+
+
+def test_likelihood_is_the_mean_ar_loss_over_all_pixels():
+    model = tiny()
+    loader = token_loader(model, count=5, batch_size=2)
+    tokens = torch.cat([batch for batch, _ in loader])
+    with torch.no_grad():
+        expected = ar_loss(model(tokens), tokens).item()
+    assert likelihood(model, loader)["nats_per_pixel"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_likelihood_refuses_a_bert_model_and_an_empty_loader():
+    with pytest.raises(ValueError, match="autoregressive"):
+        likelihood(tiny(objective="bert"), token_loader(tiny()))
+    model = tiny()
+    with pytest.raises(ValueError, match="no images"):
+        likelihood(model, DataLoader(TensorDataset(torch.zeros(0, 36, dtype=torch.long), torch.zeros(0)), batch_size=2))
+
+
+# -- classification metrics ------------------------------------------------------------------------
+
+
+def test_a_perfect_classifier_has_kappa_and_accuracy_one():
+    labels = np.arange(10).repeat(5)
+    metrics = classification_metrics(labels, labels)
+    assert metrics["kappa"] == pytest.approx(1.0)
+    assert metrics["accuracy"] == 1.0
+    assert metrics["confusion_matrix"] == (np.eye(10, dtype=int) * 5).tolist()
+    assert metrics["precision"] == metrics["recall"] == metrics["f1"] == [1.0] * 10
+    json.dumps(metrics)  # plain numbers only: it goes into evaluation.json
+
+
+def test_kappa_agrees_with_sklearn_on_a_random_case():
+    rng = np.random.default_rng(0)
+    actual = rng.integers(0, 10, 500)
+    predicted = np.where(rng.random(500) < 0.7, actual, rng.integers(0, 10, 500))  # 70% right, the rest random
+    metrics = classification_metrics(actual, predicted)
+    assert metrics["kappa"] == pytest.approx(cohen_kappa_score(actual, predicted))
+    assert 0.5 < metrics["kappa"] < metrics["accuracy"] < 0.9  # kappa discounts agreement by chance
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 500
+
+
+def test_confusion_matrix_and_per_class_scores_on_a_hand_made_case():
+    actual = [0, 0, 1, 1, 2]
+    predicted = [0, 1, 1, 1, 0]
+    metrics = classification_metrics(actual, predicted, num_classes=3)
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]  # rows actual, columns predicted
+    assert metrics["precision"] == pytest.approx([0.5, 2 / 3, 0.0])
+    assert metrics["recall"] == pytest.approx([0.5, 1.0, 0.0])
+    assert metrics["support"] == [2, 2, 1]
+    assert metrics["accuracy"] == pytest.approx(0.6)
+
+
+def test_classification_metrics_reject_bad_input():
+    with pytest.raises(ValueError, match="equally long"):
+        classification_metrics([0, 1, 2], [0, 1])
+    with pytest.raises(ValueError, match="no labels"):
+        classification_metrics([], [])
+    with pytest.raises(ValueError, match=r"predicted labels must lie in 0\.\.9"):
+        classification_metrics([0, 1], [0, 10])
+
+
+# -- linear probes ---------------------------------------------------------------------------------
+
+
+def test_one_pass_features_equal_the_models_own():
+    model = tiny()
+    loader = token_loader(model)
+    features, labels = layer_features(model, loader)
+    tokens = torch.cat([batch for batch, _ in loader])
+    assert sorted(features) == [0, 1, 2] and len(labels) == 7
+    for layer, values in features.items():
+        torch.testing.assert_close(torch.from_numpy(values), model.features(tokens, layer), rtol=1e-5, atol=1e-5)
+    assert not model.blocks[0]._forward_pre_hooks and not model.blocks[1]._forward_hooks  # hooks removed
+    with pytest.raises(ValueError, match=r"layers must lie in 0\.\.2"):
+        layer_features(model, loader, layers=[3])
+
+
+def test_linear_probe_rejects_mismatched_lengths():
+    features = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="train: 4 feature rows but 3 labels"):
+        linear_probe(features, [0, 1, 0], features, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="single class"):
+        linear_probe(features, [1, 1, 1, 1], features, [0, 1, 0, 1])
+
+
+def test_linear_probes_on_an_untrained_xs_model_beat_chance(datamodule):
+    torch.manual_seed(0)
+    model = GPT(model_config("xs", vocab_size=16, n_px=28))
+    probes = linear_probes(model, unaugmented_train_loader(datamodule), datamodule.val_dataloader(),
+                           datamodule.test_dataloader(), layers=[0, 2, 4])
+    assert sorted(probes["test_accuracy"]) == [0, 2, 4]
+    assert probes["train_examples"] == 400
+    assert probes["best_layer"] == max(probes["val_accuracy"], key=probes["val_accuracy"].get)
+    # Even random features of pooled embeddings carry where the ink is: well above 10% chance.
+    assert probes["best_test_accuracy"] > 0.25
+
+
+# -- the digit classifier and completion quality ---------------------------------------------------
+
+
+def test_digit_classifier_is_accurate_on_real_mnist_and_cached(mnist_root, classifier):
+    model, info = classifier
+    assert (mnist_root / "classifiers" / "mnist-cnn-seed0-epochs1.safetensors").exists()
+    images, labels = load_split("mnist", mnist_root, train=False)
+    accuracy = (classify_images(model, images) == labels).float().mean().item()
+    assert accuracy > 0.95
+    assert accuracy == pytest.approx(info["test_accuracy"], abs=1e-6)  # the cache holds what it says
+    again, _ = digit_classifier(mnist_root)
+    torch.testing.assert_close(classify_images(again, images[:500]), classify_images(model, images[:500]))
+
+
+def test_digit_classifier_training_is_seeded(mnist_root):
+    images, labels = load_split("mnist", mnist_root, train=True)
+    first = train_digit_classifier(images[:256], labels[:256], seed=3)
+    second = train_digit_classifier(images[:256], labels[:256], seed=3)
+    for a, b in zip(first.parameters(), second.parameters()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="256 images but 10 labels"):
+        train_digit_classifier(images[:256], labels[:10])
+
+
+def test_pixel_agreement_on_hand_made_completions():
+    originals = torch.arange(12).view(2, 6) % 4
+    identical = originals[:, None].repeat(1, 3, 1)
+    assert pixel_agreement(originals, identical, keep=2) == 1.0
+    changed = identical.clone()
+    changed[:, :, -1] = (changed[:, :, -1] + 1) % 4  # the last of 4 completed tokens wrong everywhere
+    assert pixel_agreement(originals, changed, keep=2) == pytest.approx(0.75)
+
+
+def test_completion_checks_say_what_is_wrong():
+    originals = torch.zeros(2, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match="do not match originals"):
+        pixel_agreement(originals, torch.zeros(3, 1, 6, dtype=torch.long), keep=2)
+    with pytest.raises(ValueError, match="something must be completed"):
+        pixel_agreement(originals, torch.zeros(2, 1, 6, dtype=torch.long), keep=6)
+    wrong_prefix = torch.zeros(2, 1, 6, dtype=torch.long)
+    wrong_prefix[0, 0, 0] = 1
+    with pytest.raises(ValueError, match="first 2 tokens differ"):
+        pixel_agreement(originals, wrong_prefix, keep=2)
+
+
+def test_completion_quality_on_real_digits(datamodule, classifier):
+    model, _ = classifier
+    tokens, labels = (tensor[:50] for tensor in datamodule.test_set.tensors)
+    keep = 14 * 28
+    identical = tokens[:, None].repeat(1, 2, 1)
+    quality = completion_quality(tokens, identical, labels, keep, datamodule.palette, model)
+    assert quality["pixel_agreement"] == 1.0
+    assert quality["class_agreement"] == quality["original_accuracy"] >= 0.9
+    assert quality["agreeing_completions"] == round(quality["class_agreement"] * 100)
+    # Blank bottom halves (the background colour everywhere) lose pixels and, for most digits, the class.
+    background = int(np.argmin(datamodule.palette[:, 0]))
+    blank = identical.clone()
+    blank[:, :, keep:] = background
+    quality = completion_quality(tokens, blank, labels, keep, datamodule.palette, model)
+    assert quality["pixel_agreement"] < 1.0
+    assert quality["class_agreement"] < quality["original_accuracy"] - 0.2
+    with pytest.raises(ValueError, match="one label per original"):
+        completion_quality(tokens, identical, labels[:10], keep, datamodule.palette, model)
+
+
+# -- everything at once, and the command -----------------------------------------------------------
+
+
+def test_evaluate_model_writes_every_metric_and_figure(datamodule, classifier, tmp_path):
+    torch.manual_seed(0)
+    model = GPT(model_config("xs", vocab_size=16, n_px=28))
+    results = evaluate_model(model, datamodule, probe_layers=[0, 4], probe_train=100, completions=3, samples=2,
+                             figures=tmp_path, progress=False)
+    assert set(results) >= {"likelihood", "probes", "classification", "completion"}
+    assert results["likelihood"]["nats_per_pixel"] > 0
+    assert results["completion"]["images"] == 3 and results["completion"]["samples"] == 2
+    assert results["probes"]["train_examples"] == 100
+    json.loads(json.dumps(results))
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["actual_vs_predicted.png", "completions.png", "confusion_matrix.png", "linear_probes.png"]
+
+
+def test_evaluate_model_skips_what_a_bert_model_cannot_do(datamodule):
+    torch.manual_seed(0)
+    model = GPT(model_config("xs", vocab_size=16, n_px=28, objective="bert"))
+    results = evaluate_model(model, datamodule, probes=False, progress=False)
+    assert results["objective"] == "bert"
+    assert "classification" in results and "likelihood" not in results and "completion" not in results
+
+
+def test_evaluate_model_refuses_data_of_another_shape(datamodule):
+    with pytest.raises(ValueError, match="14x14 images over 16 colours"):
+        evaluate_model(GPT(model_config("xs", vocab_size=16, n_px=14)), datamodule, progress=False)
+    with pytest.raises(ValueError, match=r"keep_rows must lie in 0\.\.27"):
+        evaluate_model(GPT(model_config("xs", vocab_size=16, n_px=28)), datamodule, keep_rows=28, progress=False)
+
+
+def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, classifier):
+    from igptlib.train import run_config, train
+
+    config = run_config("xs", root=str(mnist_root), limit_train=64, limit_val=32, limit_test=32, batch_size=16)
+    config = config.replace(train={**config.train.to_dict(), "steps": 2, "val_every": 2, "save_every": 2,
+                                   "checkpoint_steps": [], "test": False, "progress_bar": False, "precision": "32-true",
+                                   "log_every": 1})
+    run = tmp_path / "run"
+    train(config, run)
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    args = parser.parse_args(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--probe-layers", "0", "4",
+                              "--probe-train", "64", "--completions", "2", "--samples", "2"])
+    run_evaluate(args)
+    saved = json.loads((run / "evaluation.json").read_text())
+    assert saved["global_step"] == 2 and saved["finetuned"] is False
+    assert "classification" not in saved  # a generative checkpoint's head is untrained: left out by default
+    assert saved["test_images"] == 32 and set(saved["probes"]["test_accuracy"]) == {"0", "4"}
+    assert (run / "figures" / "completions.png").exists()
