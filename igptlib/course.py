@@ -1,0 +1,155 @@
+"""What the notebooks share: their parameters (validated, since papermill only warns about unknown
+names), the smoke mode the tests switch on, and where a run's files go.
+
+Every notebook's first cell does its imports and ends with `_names_before = set(globals())`; then
+comes the cell tagged `parameters` (which papermill follows with its injected cell), then
+`params = course.parameters(globals(), _names_before)`: any name that appeared in between must be
+a known parameter of the right type. Notebooks run from the repository root (course.go_to_root),
+so their paths mean the same under JupyterLab, papermill and nbval.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from igptlib.config import Config, ConfigError, DataConfig
+
+
+def on_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def install_on_colab() -> None:
+    """On Colab: install the project's requirements except torch, torchvision and numpy (Colab's
+    own builds match its GPU; pinning them would replace them), then the project itself."""
+    import subprocess
+    import tomllib
+
+    keep = {"torch", "torchvision", "numpy"}
+    requirements = tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [r for r in requirements if r.split("=")[0].split(">")[0].split("<")[0].strip() not in keep]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "."], check=True)
+
+
+def go_to_root() -> Path:
+    """Make the repository root the working directory (notebooks start in notebooks/)."""
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "igptlib").is_dir() and (folder / "notebooks").is_dir():
+            os.chdir(folder)
+            return folder
+    return here
+
+
+def smoke_default() -> bool:
+    """Smoke mode is on when IGPT_SMOKE=1: how the test suite runs every notebook in seconds."""
+    return os.environ.get("IGPT_SMOKE") == "1"
+
+
+@dataclasses.dataclass
+class CourseParameters(Config):
+    """The parameters any notebook of the course may take (each uses the ones it needs)."""
+
+    dataset: str = "mnist"
+    size: str = "xs"  # model preset: xs (CPU), s, m, l
+    objective: str = "ar"
+    steps: int = 300  # pre-training steps (the xs default fits the 20-minute CPU pipeline)
+    finetune_steps: int = 150  # fine-tuning steps (L_GEN + L_CLF) from the pre-trained checkpoint
+    probe_train: int = 5000  # training images the linear probes are fitted on
+    batch_size: int = 64
+    seed: int = 0
+    data_root: str = "data"
+    run_dir: str | None = None  # where a run's checkpoints, logs and metrics live (None: see run_path)
+    figures_dir: str | None = None  # None: figures/ (runs/smoke/figures in smoke mode)
+    checkpoint: str | None = None  # a checkpoint to complete or evaluate with (None: the run's best)
+    samples: int = 8
+    rows: int = 14  # rows of the image kept for completion
+    smoke: bool = False  # tiny data and steps: what the tests run
+
+    def validate(self):
+        DataConfig(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size, seed=self.seed)
+        for name in ("steps", "finetune_steps", "samples", "probe_train"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"parameter {name}: expected a positive integer, got {getattr(self, name)}")
+
+    def data_config(self, **changes) -> DataConfig:
+        """The DataConfig these parameters describe; smoke mode keeps a few hundred images."""
+        limits = dict(limit_train=512, limit_val=64, limit_test=64, batch_size=16) if self.smoke else {}
+        values = dict(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size, seed=self.seed)
+        return DataConfig(**{**values, **limits, **changes})
+
+    @property
+    def run_path(self) -> Path:
+        """The run folder: run_dir, else runs/<dataset>-<size>; smoke runs default to runs/smoke/..."""
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        return Path("runs/smoke" if self.smoke else "runs") / f"{self.dataset}-{self.size}"
+
+    @property
+    def figures(self) -> Path:
+        """Where figures go: figures/ for real runs; smoke runs keep their throwaway plots apart."""
+        if self.figures_dir is not None:
+            return Path(self.figures_dir)
+        return Path("runs/smoke/figures") if self.smoke else Path("figures")
+
+
+def parameters(namespace: dict, names_before: set[str]) -> CourseParameters:
+    """The notebook's parameters as a validated CourseParameters.
+
+    `namespace` is the notebook's globals(); names_before, the names that existed before the
+    parameters cell. A new name that is not a parameter (a typo in a papermill call, say) is an error.
+    """
+    known = {field.name for field in dataclasses.fields(CourseParameters)}
+    new = {name for name in namespace if name not in names_before and not name.startswith("_")}
+    unknown = sorted(new - known)
+    if unknown:
+        raise ConfigError(f"unknown notebook parameter(s) {unknown}; known parameters are {sorted(known)}")
+    return CourseParameters.from_dict({name: namespace[name] for name in new}, where="notebook parameters")
+
+
+def run_configs(params: CourseParameters):
+    """(pre-training, fine-tuning) RunConfigs for the parameters: the size's preset with the
+    notebook's steps, batch size and seed; smoke mode shrinks data, steps and validation."""
+    from igptlib.train import run_config
+
+    config = run_config(params.size, params.dataset, params.objective, root=params.data_root,
+                        batch_size=params.batch_size, seed=params.seed)
+    # Smoke runs still have to pass the notebooks' checks (the loss falls, accuracy beats chance).
+    steps, finetune_steps = (20, 60) if params.smoke else (params.steps, params.finetune_steps)
+    data = params.data_config() if params.smoke else config.data
+    every = max(steps // 5, 1)
+    pretrain = config.replace(
+        data=data.to_dict(),
+        optim=config.optim.replace(warmup_steps=min(config.optim.warmup_steps, steps // 5)).to_dict(),
+        train=config.train.replace(steps=steps, val_every=every, save_every=every, checkpoint_steps=[], log_every=max(steps // 30, 1),
+                                   val_batches=2 if params.smoke else 20, progress_bar=not params.smoke).to_dict(),
+    )
+    finetune = pretrain.replace(
+        optim=pretrain.optim.replace(finetune=True, lr=pretrain.optim.lr / 3,
+                                     warmup_steps=max(finetune_steps // 10, 1)).to_dict(),
+        train=pretrain.train.replace(steps=finetune_steps, val_every=max(finetune_steps // 3, 1),
+                                     save_every=max(finetune_steps // 3, 1),
+                                     init_from=str(params.run_path / "checkpoints" / "best.ckpt")).to_dict(),
+    )
+    return pretrain, finetune
+
+
+def train_once(config, run_dir: str | Path) -> dict:
+    """Train the run unless run_dir already holds this very run, finished: then return its metrics.
+
+    This is what makes the README's main command cheap to repeat. A folder holding another
+    config, or an unfinished run, is left to train.train, which refuses to overwrite it.
+    """
+    import json
+
+    from igptlib.train import RunConfig, train
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.json"
+    if metrics.exists() and RunConfig.load_yaml(run_dir / "config.yaml") == config:
+        print(f"{run_dir} already holds this run, finished; delete the folder to train again")
+        return json.loads(metrics.read_text())
+    return train(config, run_dir)

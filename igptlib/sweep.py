@@ -1,0 +1,67 @@
+"""Papermill runs of the course: the notebooks of one model size executed into that size's run folder.
+
+`igpt sweep --sizes s m l` runs the training, completion and evaluation notebooks once per size;
+the executed notebooks are kept in each run folder (runs/<dataset>-<size>/notebooks/), beside the
+checkpoints, logs and metrics the notebooks write there. `igpt report` then builds the report from
+those folders.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+PIPELINE = ("05_training", "06_completion", "07_evaluation")
+
+
+def run_folder(dataset: str, size: str, runs: str | Path = "runs") -> Path:
+    return Path(runs) / f"{dataset}-{size}"
+
+
+def execute(notebook: str, out: Path, parameters: dict) -> Path:
+    """Execute notebooks/<notebook>.ipynb with `parameters` into `out` (kept even when a cell fails)."""
+    import papermill
+
+    source = NOTEBOOKS / f"{notebook}.ipynb"
+    if not source.exists():
+        known = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+        raise FileNotFoundError(f"no notebook {notebook!r}; the course has {known}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The kernel is named explicitly: papermill would otherwise look for the notebook's own, which a
+    # virtual environment's Jupyter may not know by that name.
+    papermill.execute_notebook(
+        str(source), str(out), parameters=parameters, kernel_name="python3", cwd=str(NOTEBOOKS),
+        progress_bar=False, log_output=False,
+    )
+    return out
+
+
+def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, runs: str | Path = "runs",
+          steps: int | None = None, smoke: bool = False) -> list[Path]:
+    """Run `notebooks` for every size; return the run folders, in order."""
+    folders = []
+    for size in sizes:
+        folder = run_folder(dataset, size, runs)
+        parameters = {"dataset": dataset, "size": size, "run_dir": str(folder.resolve()), "smoke": smoke}
+        if steps is not None:
+            parameters["steps"] = steps
+        for notebook in notebooks:
+            started = time.perf_counter()
+            out = execute(notebook, folder / "notebooks" / f"{notebook}.ipynb", parameters)
+            print(f"{size}: {notebook} done in {time.perf_counter() - started:.0f} s -> {out}", flush=True)
+        folders.append(folder)
+    return folders
+
+
+def add_sweep_arguments(parser) -> None:
+    parser.add_argument("--sizes", nargs="+", default=["s", "m", "l"], help="model presets (default: s m l)")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--notebooks", nargs="+", default=list(PIPELINE), help=f"default: {' '.join(PIPELINE)}")
+    parser.add_argument("--runs", default="runs", help="where the run folders go (default: runs)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the notebook's)")
+    parser.add_argument("--smoke", action="store_true", help="tiny data and steps, as the tests run them")
+
+
+def run_sweep(args) -> None:
+    sweep(args.sizes, args.dataset, args.notebooks, args.runs, args.steps, args.smoke)
