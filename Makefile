@@ -6,10 +6,14 @@ IGPT := $(VENV)/bin/igpt
 STAMP := $(VENV)/.installed
 DATASET ?= mnist
 
-.PHONY: all setup data centroids augment test clean
+SIZES ?= s m l
+COURSE := 01_data 02_augmentation 03_centroids 04_model 05_training 06_completion 07_evaluation
 
-# The main job: set up, fetch the data, and run the pipeline on its default configuration.
-all: setup data centroids augment
+.PHONY: all setup data centroids augment pipeline sweep report test clean
+
+# The main job: set up, fetch the data, run every notebook on the default configuration (the xs
+# model, trained on the CPU), then rebuild figures/ and report/ from the run folder.
+all: setup data centroids augment pipeline report
 
 # A virtual environment with the project installed (editable) and its test tools.
 setup: $(STAMP)
@@ -26,6 +30,18 @@ centroids: data
 
 augment: data
 	$(IGPT) augment --dataset $(DATASET) --grid figures/$(DATASET)_augmented.png
+
+# The course notebooks for the xs model, executed by papermill into runs/$(DATASET)-xs/notebooks/.
+# Training skips a run folder that already holds the same finished run.
+pipeline: data
+	$(IGPT) sweep --sizes xs --dataset $(DATASET) --notebooks $(COURSE)
+
+# The S/M/L sweep (sized for a GPU): training, completion and evaluation notebooks per size.
+sweep: data
+	$(IGPT) sweep --sizes $(SIZES) --dataset $(DATASET)
+
+report: setup
+	$(IGPT) report
 
 test: setup
 	$(PY) -m pytest

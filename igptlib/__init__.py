@@ -15,6 +15,19 @@ from igptlib.data import (
     verify_dataset,
     write_augmented_set,
 )
+from igptlib.evaluate import (
+    classification_metrics,
+    completion_quality,
+    digit_classifier,
+    evaluate_model,
+    likelihood,
+    linear_probes,
+    nats_to_bits,
+    pixel_agreement,
+)
+from igptlib.images import ImageLoadError, load_image
+from igptlib.model import GPT, PRESETS, KVCache, ModelConfig, ar_loss, bert_loss, mask_tokens, model_config
+from igptlib.module import CheckpointError, ImageGPT, OptimConfig, check_checkpoint, load_checkpoint
 from igptlib.quantize import (
     PaletteError,
     check_palette,
@@ -25,5 +38,7 @@ from igptlib.quantize import (
     reduce_context,
     save_palette,
 )
+from igptlib.sampling import complete, generate, keep_from_mask, keep_rows
+from igptlib.train import RunConfig, TrainBatches, TrainConfig, reuse_freed_memory, run_config, train
 
 __version__ = "0.1.0"

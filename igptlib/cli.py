@@ -8,6 +8,8 @@ from pathlib import Path
 
 from igptlib.config import ConfigError, DataConfig
 from igptlib.data import DATASETS, DataError
+from igptlib.images import ImageLoadError
+from igptlib.module import CheckpointError
 from igptlib.quantize import PaletteError
 
 
@@ -75,8 +77,47 @@ def run_augment(args) -> None:
         print(f"grid: {save_figure(fig, Path(args.grid).name, Path(args.grid).parent)}")
 
 
+def run_complete(args) -> None:
+    from igptlib.images import load_image
+    from igptlib.module import load_checkpoint
+    from igptlib.plots import completion_figure, save_figure
+    from igptlib.quantize import decode, encode
+    from igptlib.sampling import complete, keep_rows
+
+    module = load_checkpoint(args.checkpoint)
+    if module.palette is None:
+        raise ValueError(f"{args.checkpoint}: the checkpoint holds no palette, so its tokens cannot be turned into colours")
+    n_px, channels = module.model_config.n_px, module.palette.shape[1]
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
+    image, notes = load_image(args.image, n_px=n_px, channels=channels, invert=invert)
+    print("\n".join(notes))
+    rows = n_px // 2 if args.rows is None else args.rows
+    tokens = encode(image[None], module.palette)
+    started = time.perf_counter()
+    completed = complete(module.model, tokens, keep_rows(n_px, rows), samples=args.samples,
+                         temperature=args.temperature, top_k=args.top_k, seed=args.seed, progress=True)
+    print(f"{args.samples} completions of the bottom {n_px - rows} rows in {time.perf_counter() - started:.2f} s")
+    original = decode(tokens, module.palette)  # what the model saw: the image in palette colours
+    fig = completion_figure(original, decode(completed, module.palette), keep_rows=rows)
+    print(f"figure: {save_figure(fig, Path(args.out).name, Path(args.out).parent)}")
+
+
+def _add_bench_commands(commands) -> None:
+    from igptlib.bench import add_bench_arguments, run_bench
+    from igptlib.bench_sampling import add_bench_sample_arguments, run_bench_sample
+
+    bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    train = kinds.add_parser("train", help="training throughput and GFLOP/s against a plain reference model")
+    add_bench_arguments(train)
+    train.set_defaults(run=run_bench)
+    sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler")
+    add_bench_sample_arguments(sample)
+    sample.set_defaults(run=run_bench_sample)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="igpt", description="ImageGPT on MNIST-sized images: data, palette, tokens.")
+    parser = argparse.ArgumentParser(prog="igpt", description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="fetch and verify a dataset (offline sources included)")
@@ -106,6 +147,43 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--grid", help="a PNG of originals beside augmented versions, a row per label")
     augment.add_argument("--per-label", type=int, default=6)
     augment.set_defaults(run=run_augment)
+
+    from igptlib.evaluate import add_evaluate_arguments, run_evaluate
+    from igptlib.train import add_train_arguments, run_train
+
+    train = commands.add_parser("train", help="train a model (pre-training or fine-tuning) into a run folder")
+    add_train_arguments(train)
+    train.set_defaults(run=run_train)
+
+    complete = commands.add_parser("complete", help="complete a PNG/JPG/JPEG image with a checkpoint")
+    complete.add_argument("--checkpoint", required=True)
+    complete.add_argument("--image", required=True, help="PNG, JPG or JPEG of any size or mode")
+    complete.add_argument("--samples", type=int, default=8)
+    complete.add_argument("--rows", type=int, help="rows kept from the top (default: half the image)")
+    complete.add_argument("--temperature", type=float, default=1.0)
+    complete.add_argument("--top-k", type=int)
+    complete.add_argument("--seed", type=int, default=0)
+    complete.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                          help="white-background images are inverted when detected (auto), always or never")
+    complete.add_argument("--out", default="completion.png", help="the figure to write")
+    complete.set_defaults(run=run_complete)
+
+    evaluate = commands.add_parser("evaluate", help="likelihood, probes, classification, completions -> JSON")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
+    from igptlib.report import add_report_arguments, run_report
+    from igptlib.sweep import add_sweep_arguments, run_sweep
+
+    sweep = commands.add_parser("sweep", help="run the training, completion and evaluation notebooks per size (papermill)")
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(run=run_sweep)
+
+    report = commands.add_parser("report", help="build report/README.md and report/index.html from the run folders")
+    add_report_arguments(report)
+    report.set_defaults(run=run_report)
+
+    _add_bench_commands(commands)
     return parser
 
 
@@ -113,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DataError, PaletteError, ConfigError, FileNotFoundError, ValueError) as error:
+    except (DataError, PaletteError, ConfigError, CheckpointError, ImageLoadError, FileNotFoundError,
+            FileExistsError, ValueError) as error:
         print(f"igpt {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -175,4 +175,6 @@ class DataConfig(Config):
     def palette_path(self) -> Path:
         if self.palette is not None:
             return Path(self.palette)
-        return Path(self.root) / "palettes" / f"{self.dataset}-k{self.clusters}-{self.n_px}px-seed{self.seed}.npy"
+        # A palette fitted on a subset (smoke runs) is another palette: it gets its own name.
+        subset = f"-first{self.limit_train}" if self.limit_train is not None else ""
+        return Path(self.root) / "palettes" / f"{self.dataset}-k{self.clusters}-{self.n_px}px-seed{self.seed}{subset}.npy"

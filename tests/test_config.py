@@ -52,3 +52,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 def test_default_palette_path_names_what_it_holds():
     path = DataConfig(dataset="mnist", clusters=16, n_px=28, seed=3).palette_path
     assert path.name == "mnist-k16-28px-seed3.npy"
+
+
+def test_a_palette_fitted_on_a_subset_gets_its_own_file():
+    assert DataConfig(limit_train=512).palette_path.name == "mnist-k16-28px-seed0-first512.npy"
