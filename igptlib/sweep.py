@@ -27,6 +27,9 @@ def execute(notebook: str, out: Path, parameters: dict) -> Path:
     if not source.exists():
         known = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
         raise FileNotFoundError(f"no notebook {notebook!r}; the course has {known}")
+    # The sweep's common settings go only to the notebooks that declare them (04_model has no run folder).
+    declared = papermill.inspect_notebook(str(source))
+    parameters = {name: value for name, value in parameters.items() if name in declared}
     out.parent.mkdir(parents=True, exist_ok=True)
     # The kernel is named explicitly: papermill would otherwise look for the notebook's own, which a
     # virtual environment's Jupyter may not know by that name.

@@ -44,3 +44,40 @@ def test_errors_are_clear_and_exit_2(tmp_path, capsys):
         main(["data", "--dataset", "mnsit"])
     assert caught.value.code == 2
     assert "invalid choice: 'mnsit'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(mnist_root, tmp_path_factory):
+    from igptlib.train import run_config, train
+
+    config = run_config("xs", root=str(mnist_root), limit_train=64, limit_val=32, limit_test=32, batch_size=16)
+    config = config.replace(train={**config.train.to_dict(), "steps": 2, "val_every": 2, "save_every": 2,
+                                   "checkpoint_steps": [], "test": False, "progress_bar": False})
+    run = tmp_path_factory.mktemp("run")
+    train(config, run)
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_igpt_complete_draws_the_completion_figure(mnist_root, tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from igptlib.data import load_split
+
+    digit = load_split("mnist", mnist_root, train=False)[0][0, 0].numpy()
+    Image.fromarray(255 - np.kron(digit, np.ones((2, 2), np.uint8))).save(tmp_path / "paper.jpg")  # dark on white
+    out = tmp_path / "figs" / "completion.png"
+    args = ["complete", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "paper.jpg"),
+            "--samples", "3", "--rows", "20", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "resized 56x56 to 28x28" in printed and "white background detected" in printed
+    assert "3 completions of the bottom 8 rows" in printed
+    assert out.stat().st_size > 0
+
+
+def test_igpt_complete_errors_are_clear(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not a picture")
+    assert main(["complete", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "notes.png")]) == 2
+    assert "not an image (expected a PNG, JPG or JPEG file)" in capsys.readouterr().err
+    assert main(["complete", "--checkpoint", str(tmp_path / "notes.png"), "--image", str(tmp_path / "notes.png")]) == 2
+    assert "not a loadable checkpoint" in capsys.readouterr().err
