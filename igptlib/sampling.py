@@ -96,18 +96,10 @@ def complete(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="sampling", unit="px", leave=False)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        # Each step is a handful of tiny matmuls: handing them between OpenMP threads costs more
-        # than it saves, and 20-40x more when another process holds a core (measured here).
-        torch.set_num_threads(1)
-    try:
-        for position in steps:
-            sequences[:, position] = sample_next(logits, temperature, top_k, generator)
-            if position + 1 < seq_len:  # the last pixel is only ever a target, never an input
-                logits = model(sequences[:, position : position + 1], cache)[:, -1]
-    finally:
-        torch.set_num_threads(threads)
+    for position in steps:
+        sequences[:, position] = sample_next(logits, temperature, top_k, generator)
+        if position + 1 < seq_len:  # the last pixel is only ever a target, never an input
+            logits = model(sequences[:, position : position + 1], cache)[:, -1]
     return sequences.view(count, samples, seq_len).cpu()
 
 
