@@ -79,14 +79,14 @@ def run_augment(args) -> None:
 
 def run_complete(args) -> None:
     from igptlib.images import load_image
-    from igptlib.module import load_checkpoint
     from igptlib.plots import completion_figure, save_figure
     from igptlib.quantize import decode, encode
     from igptlib.sampling import complete, keep_rows
+    from igptlib.shipped import load_model
 
-    module = load_checkpoint(args.checkpoint)
+    module = load_model(args.model)
     if module.palette is None:
-        raise ValueError(f"{args.checkpoint}: the checkpoint holds no palette, so its tokens cannot be turned into colours")
+        raise ValueError(f"{args.model}: the checkpoint holds no palette, so its tokens cannot be turned into colours")
     n_px, channels = module.model_config.n_px, module.palette.shape[1]
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
     image, notes = load_image(args.image, n_px=n_px, channels=channels, invert=invert)
@@ -100,6 +100,18 @@ def run_complete(args) -> None:
     original = decode(tokens, module.palette)  # what the model saw: the image in palette colours
     fig = completion_figure(original, decode(completed, module.palette), keep_rows=rows)
     print(f"figure: {save_figure(fig, Path(args.out).name, Path(args.out).parent)}")
+
+
+def run_export(args) -> None:
+    from igptlib.shipped import MODELS_DIR, export_model
+
+    out = Path(args.out) if args.out else MODELS_DIR / f"{args.name}.safetensors"
+    bad = [note for note in args.note if "=" not in note]
+    if bad:
+        raise ValueError(f"--note {bad[0]!r}: expected KEY=VALUE")
+    notes = {"checkpoint": str(args.checkpoint), **dict(note.split("=", 1) for note in args.note)}
+    path = export_model(args.checkpoint, out, notes)
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
 
 def _add_bench_commands(commands) -> None:
@@ -155,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(run=run_train)
 
-    complete = commands.add_parser("complete", help="complete a PNG/JPG/JPEG image with a checkpoint")
-    complete.add_argument("--checkpoint", required=True)
+    complete = commands.add_parser("complete", help="complete a PNG/JPG/JPEG image with a shipped model or a checkpoint")
+    complete.add_argument("--model", "--checkpoint", default="mnist",
+                          help="a shipped model's name, a .safetensors file or a .ckpt checkpoint (default: mnist)")
     complete.add_argument("--image", required=True, help="PNG, JPG or JPEG of any size or mode")
     complete.add_argument("--samples", type=int, default=8)
     complete.add_argument("--rows", type=int, help="rows kept from the top (default: half the image)")
@@ -167,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="white-background images are inverted when detected (auto), always or never")
     complete.add_argument("--out", default="completion.png", help="the figure to write")
     complete.set_defaults(run=run_complete)
+
+    export = commands.add_parser("export", help="ship a checkpoint as one safetensors file (weights, config, palette)")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--name", default="mnist", help="the shipped model's name: models/<name>.safetensors")
+    export.add_argument("--out", help="another place to write the .safetensors file")
+    export.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE", help="provenance kept in the metadata")
+    export.set_defaults(run=run_export)
 
     evaluate = commands.add_parser("evaluate", help="likelihood, probes, classification, completions -> JSON")
     add_evaluate_arguments(evaluate)

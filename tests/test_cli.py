@@ -46,18 +46,6 @@ def test_errors_are_clear_and_exit_2(tmp_path, capsys):
     assert "invalid choice: 'mnsit'" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(mnist_root, tmp_path_factory):
-    from igptlib.train import run_config, train
-
-    config = run_config("xs", root=str(mnist_root), limit_train=64, limit_val=32, limit_test=32, batch_size=16)
-    config = config.replace(train={**config.train.to_dict(), "steps": 2, "val_every": 2, "save_every": 2,
-                                   "checkpoint_steps": [], "test": False, "progress_bar": False})
-    run = tmp_path_factory.mktemp("run")
-    train(config, run)
-    return run / "checkpoints" / "last.ckpt"
-
-
 def test_igpt_complete_draws_the_completion_figure(mnist_root, tiny_checkpoint, tmp_path, capsys):
     from PIL import Image
 

@@ -1,0 +1,93 @@
+"""Shipped models: trained weights that come with the repository, one safetensors file each.
+
+models/<name>.safetensors holds the GPT's weights (float32) and the palette (tensor "palette");
+its metadata holds the model config (YAML) and where the weights came from (the run, the step, the
+command). load_model opens a shipped name, a .safetensors file or a Lightning .ckpt alike, so the
+explorer, the notebooks and `igpt complete` accept any of them.
+
+    shipped_models()                       names of the models in models/
+    export_model(checkpoint, out, notes)   a .ckpt -> a .safetensors file with config and palette
+    load_model(source)                     an ImageGPT module in eval mode, on the CPU
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from igptlib.model import ModelConfig
+from igptlib.module import CheckpointError, ImageGPT, load_checkpoint
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def shipped_models(models_dir: str | os.PathLike = MODELS_DIR) -> list[str]:
+    """The names of the shipped models (files models/<name>.safetensors), sorted."""
+    return sorted(path.stem for path in Path(models_dir).glob("*.safetensors"))
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, notes: dict | None = None) -> Path:
+    """Write a checkpoint's weights, config and palette to one safetensors file; return its path.
+
+    `notes` (plain data: run folder, step, command, metrics...) goes into the metadata as JSON.
+    """
+    module = load_checkpoint(checkpoint)
+    if module.palette is None:
+        raise CheckpointError(f"{checkpoint}: holds no palette, so a shipped model could not turn tokens into colours")
+    tensors = {name: tensor.detach().float().contiguous() for name, tensor in module.model.state_dict().items()}
+    tensors["palette"] = torch.from_numpy(module.palette)
+    metadata = {"model": yaml.safe_dump(module.model_config.to_dict()), "notes": json.dumps(notes or {})}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # a crash leaves no half-written model behind
+    save_file(tensors, partial, metadata=metadata)
+    partial.replace(out)
+    return out
+
+
+def read_notes(path: str | os.PathLike) -> dict:
+    """The provenance notes stored in a shipped model's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {}).get("notes", "{}"))
+
+
+def _load_safetensors(path: Path) -> ImageGPT:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+    if "model" not in metadata or "palette" not in tensors:
+        raise CheckpointError(f"{path}: not a shipped igpt model (no model config or palette in it)")
+    config = ModelConfig.from_dict(yaml.safe_load(metadata["model"]), where=f"{path}: model")
+    module = ImageGPT(config, palette=tensors.pop("palette").numpy())
+    missing, unexpected = module.model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights of another shape than the model's "
+                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return module.eval()
+
+
+def load_model(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> ImageGPT:
+    """An ImageGPT module from a shipped model's name, a .safetensors file or a .ckpt checkpoint."""
+    if str(source) in shipped_models(models_dir):
+        return _load_safetensors(Path(models_dir) / f"{source}.safetensors")
+    path = Path(source)
+    if path.suffix == ".safetensors":
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such model file")
+        return _load_safetensors(path)
+    if path.suffix == ".ckpt" or path.exists():
+        return load_checkpoint(path)
+    raise CheckpointError(f"{source!r} is neither a shipped model ({', '.join(shipped_models(models_dir)) or 'none yet'}) "
+                          "nor a .safetensors or .ckpt file")

@@ -1,0 +1,57 @@
+"""Shipped models: a checkpoint exported to safetensors loads back as the same model, or fails clearly."""
+import numpy as np
+import pytest
+import torch
+
+from igptlib.cli import main
+from igptlib.module import CheckpointError, load_checkpoint
+from igptlib.shipped import export_model, load_model, read_notes, shipped_models
+
+
+def test_an_exported_model_gives_the_checkpoints_logits_and_palette(tiny_checkpoint, tmp_path):
+    path = export_model(tiny_checkpoint, tmp_path / "tiny.safetensors", {"steps": 2})
+    original, shipped = load_checkpoint(tiny_checkpoint), load_model(path)
+    tokens = torch.randint(0, 16, (2, 784), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shipped.model(tokens), original.model(tokens), rtol=0, atol=0)
+    np.testing.assert_array_equal(shipped.palette, original.palette)
+    assert shipped.model_config == original.model_config
+    assert read_notes(path) == {"steps": 2}
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_models_load_by_name_from_the_models_folder(tiny_checkpoint, tmp_path):
+    export_model(tiny_checkpoint, tmp_path / "digits.safetensors")
+    assert shipped_models(tmp_path) == ["digits"]
+    assert load_model("digits", tmp_path).model_config.n_px == 28
+    with pytest.raises(CheckpointError, match=r"'mnist' is neither a shipped model \(digits\)"):
+        load_model("mnist", tmp_path)
+
+
+def test_files_that_are_not_models_are_refused_clearly(tmp_path):
+    (tmp_path / "text.safetensors").write_text("not tensors")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(tmp_path / "text.safetensors")
+    with pytest.raises(CheckpointError, match="no such model file"):
+        load_model(tmp_path / "absent.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"weights": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="not a shipped igpt model"):
+        load_model(tmp_path / "other.safetensors")
+
+
+def test_igpt_export_then_complete_with_the_exported_model(mnist_root, tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from igptlib.data import load_split
+
+    out = tmp_path / "tiny.safetensors"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "data=mnist"]) == 0
+    assert read_notes(out) == {"checkpoint": str(tiny_checkpoint), "data": "mnist"}
+    Image.fromarray(load_split("mnist", mnist_root, train=False)[0][0, 0].numpy()).save(tmp_path / "digit.png")
+    args = ["complete", "--model", str(out), "--image", str(tmp_path / "digit.png"), "--samples", "2",
+            "--out", str(tmp_path / "fig.png")]
+    assert main(args) == 0
+    assert "2 completions of the bottom 14 rows" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "oops"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
