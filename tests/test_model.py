@@ -86,6 +86,19 @@ def test_kv_cache_decoding_matches_the_full_forward_pass():
     torch.testing.assert_close(first[:, 0], full[:, 0], rtol=1e-4, atol=1e-5)
 
 
+def test_single_query_attention_equals_sdpa_over_a_cache_slice():
+    import torch.nn.functional as F
+
+    from igptlib.model import single_query_attention
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(2, 3, 8, 50, 16).unbind(0)  # a cache buffer [B, H, max_len, D]
+    query = torch.randn(3, 8, 1, 16)
+    k, v = keys[..., :37, :], values[..., :37, :]  # the slots read so far: a strided view, as in decoding
+    expected = F.scaled_dot_product_attention(query, k, v)
+    torch.testing.assert_close(single_query_attention(query, k, v), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_kv_cache_is_refused_for_bert():
     model = GPT(tiny(objective="bert"))
     with pytest.raises(ValueError, match="objective 'ar'"):
