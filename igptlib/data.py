@@ -229,7 +229,7 @@ def _from_debian(spec: DatasetSpec, stage: Path, timeout: float) -> None:
     if DEBIAN_FASHION_DIR.is_dir():
         _copy_idx_files(spec, DEBIAN_FASHION_DIR, stage)
         return
-    download = stage / "deb"
+    download = (stage / "deb").resolve()  # dpkg-deb runs inside it: a relative data root would point elsewhere
     download.mkdir()
     _run(["apt-get", "download", DEBIAN_FASHION_PACKAGE], cwd=download, timeout=timeout)
     debs = list(download.glob("*.deb"))

