@@ -8,6 +8,8 @@ batch.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from igptlib.model import GPT
@@ -107,3 +109,54 @@ def generate(model: GPT, count: int, temperature: float = 1.0, top_k: int | None
     """Unconditional samples: `count` whole images drawn from the model, [count, T]."""
     empty = torch.zeros(1, 0, dtype=torch.long)
     return complete(model, empty, keep=0, samples=count, temperature=temperature, top_k=top_k, seed=seed)[0]
+
+
+@torch.inference_mode()
+def complete_masked(
+    model: GPT,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    samples: int = 8,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    on_pixel: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Keep the pixels where `mask` ([H, W] or [T], True = kept) is set and sample the others: [N, T] -> [N, samples, T].
+
+    Pixels are still drawn in raster order, and a kept pixel is copied in when the model reaches
+    it: a missing pixel is conditioned on the kept pixels above it and to its left, never on those
+    after it. So the bottom or right half gives the model less to go on than the top or left half.
+    With a prefix mask (whole top rows) this is `complete`, the same samples for the same seed.
+
+    on_pixel(drawn, sequences) runs after each drawn pixel with the count drawn so far and the
+    sequences as they stand, [N, samples, T] (missing pixels not yet drawn hold token 0).
+    """
+    flat = torch.as_tensor(mask, dtype=torch.bool).flatten()
+    seq_len = model.config.seq_len
+    if flat.numel() != seq_len or tokens.ndim != 2 or tokens.shape[1] != seq_len:
+        raise ValueError(f"expected tokens [images, {seq_len}] and a mask of {seq_len} pixels, "
+                         f"got shapes {tuple(tokens.shape)} and {tuple(torch.as_tensor(mask).shape)}")
+    missing = (~flat).nonzero().flatten()
+    keep = int(missing[0]) if len(missing) else seq_len  # the kept prefix, read in one pass
+    _check_sampling(model, tokens, keep, samples, temperature, top_k)
+    model.eval()
+    device = next(model.parameters()).device
+    count = tokens.shape[0]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sequences = tokens.to(device).repeat_interleave(samples, dim=0)
+    sequences[:, ~flat.to(device)] = 0  # nothing of the missing pixels may leak into the samples
+
+    if not len(missing):
+        return sequences.view(count, samples, seq_len).cpu()
+    cache = model.new_cache(count * samples)
+    logits = model(sequences[:, :keep], cache)[:, -1]
+    for drawn, position in enumerate(missing.tolist(), start=1):
+        sequences[:, position] = sample_next(logits, temperature, top_k, generator)
+        if on_pixel is not None:
+            on_pixel(drawn, sequences.view(count, samples, seq_len))
+        # The kept pixels up to the next missing one are read with this one, in one step.
+        end = int(missing[drawn]) if drawn < len(missing) else seq_len
+        if end < seq_len:
+            logits = model(sequences[:, position:end], cache)[:, -1]
+    return sequences.view(count, samples, seq_len).cpu()
