@@ -9,18 +9,25 @@ DATASET ?= mnist
 SIZES ?= s m l
 COURSE := 01_data 02_augmentation 03_centroids 04_model 05_training 06_completion 07_evaluation
 
-.PHONY: all setup data centroids augment pipeline sweep report test clean
+.PHONY: all setup data centroids augment pipeline sweep report test explorer explorer-screenshot clean
 
 # The main job: set up, fetch the data, run every notebook on the default configuration (the xs
 # model, trained on the CPU), then rebuild figures/ and report/ from the run folder.
 all: setup data centroids augment pipeline report
 
-# A virtual environment with the project installed (editable) and its test tools.
-setup: $(STAMP)
+# A virtual environment with the project installed (editable) and its test tools, and Debian's
+# chromium for the explorer's browser test (Playwright's own browser download needs the open web).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+setup: $(STAMP) $(CHROMIUM)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 data: setup
 	$(IGPT) data --dataset $(DATASET)
@@ -45,6 +52,20 @@ report: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The completion explorer as a page of its own (Voila): open http://$(HOST):$(PORT)/ in a browser.
+# MODEL picks the model (a shipped name or a .ckpt/.safetensors path; default: the shipped mnist).
+HOST ?= 127.0.0.1
+PORT ?= 8866
+MODEL ?= $(IGPT_EXPLORER_MODEL)
+explorer: setup
+	IGPT_EXPLORER_MODEL='$(MODEL)' $(VENV)/bin/voila notebooks/08_explorer.ipynb --no-browser --Voila.ip=$(HOST) --port=$(PORT)
+
+# figures/explorer.png: the browser test's page after its completion, by MODEL, else the shipped
+# mnist model, else the tests' tiny checkpoint.
+explorer-screenshot: setup
+	IGPT_EXPLORER_MODEL='$(or $(MODEL),$(if $(wildcard models/mnist.safetensors),mnist))' \
+	IGPT_EXPLORER_SCREENSHOT=figures/explorer.png $(PY) -m pytest tests/test_explorer_page.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
