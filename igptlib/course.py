@@ -124,8 +124,9 @@ def run_configs(params: CourseParameters):
     pretrain = config.replace(
         data=data.to_dict(),
         optim=config.optim.replace(warmup_steps=min(config.optim.warmup_steps, steps // 5)).to_dict(),
+        # The test split is 07_evaluation's: a test pass here would only repeat it.
         train=config.train.replace(steps=steps, val_every=every, save_every=every, checkpoint_steps=[], log_every=max(steps // 30, 1),
-                                   val_batches=2 if params.smoke else 20, progress_bar=not params.smoke).to_dict(),
+                                   val_batches=2 if params.smoke else 10, progress_bar=not params.smoke, test=False).to_dict(),
     )
     finetune = pretrain.replace(
         optim=pretrain.optim.replace(finetune=True, lr=pretrain.optim.lr / 3,

@@ -59,26 +59,38 @@ def _batches(loader, desc: str, progress: bool):
 
 
 @torch.inference_mode()
-def likelihood(model, loader, progress: bool = False) -> dict:
+def likelihood(model, loader, progress: bool = False, classes: bool = False):
     """Mean next-pixel cross-entropy over every pixel of every image the loader yields.
 
     The model must be autoregressive: model(tokens)[:, t] predicts tokens[:, t] from the ones
     before it. The sum over all pixels is divided once at the end, so unequal batch sizes weigh right.
+    With classes=True the same pass also reads the classification head, and the result is
+    (likelihood dict, actual labels, predicted labels), as predict_classes gives them.
     """
     if model.config.objective != "ar":
         raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
     model.eval()
     device = _device(model)
     total, pixels = 0.0, 0
-    for tokens, _ in _batches(loader, "likelihood", progress):
+    actual, predicted = [], []
+    for tokens, labels in _batches(loader, "likelihood", progress):
         tokens = tokens.to(device)
-        logits = model(tokens).float()  # float32 even if the model runs in lower precision
+        if classes:
+            logits, class_logits = model.forward_with_classes(tokens)
+            predicted.append(class_logits.argmax(dim=-1).cpu())
+            actual.append(labels)
+        else:
+            logits = model(tokens)
+        logits = logits.float()  # float32 even if the model runs in lower precision
         total += F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="sum").item()
         pixels += tokens.numel()
     if pixels == 0:
         raise ValueError("the loader yielded no images")
     nats = total / pixels
-    return {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
+    result = {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
+    if classes:
+        return result, torch.cat(actual).numpy(), torch.cat(predicted).numpy()
+    return result
 
 
 # -- linear probes ---------------------------------------------------------------------------------
@@ -388,7 +400,9 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     test_loader = datamodule.test_dataloader()
     results: dict = {"test_images": len(datamodule.test_set), "objective": config.objective}
     started = time.perf_counter()
-    if ar:
+    if ar and classification:  # one pass over the test split serves both
+        results["likelihood"], actual, predicted = likelihood(model, test_loader, progress, classes=True)
+    elif ar:
         results["likelihood"] = likelihood(model, test_loader, progress)
     if probes:
         results["probes"] = linear_probes(
@@ -396,7 +410,8 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
             probe_layers, seed=seed, progress=progress,
         )
     if classification:
-        actual, predicted = predict_classes(model, test_loader, progress)
+        if not ar:
+            actual, predicted = predict_classes(model, test_loader, progress)
         results["classification"] = classification_metrics(actual, predicted, config.num_classes)
     if ar and completions > 0:
         keep_rows = config.n_px // 2 if keep_rows is None else keep_rows

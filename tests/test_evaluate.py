@@ -24,6 +24,7 @@ from igptlib.evaluate import (
     linear_probes,
     nats_to_bits,
     pixel_agreement,
+    predict_classes,
     run_evaluate,
     train_digit_classifier,
     unaugmented_train_loader,
@@ -83,6 +84,16 @@ def test_likelihood_is_the_mean_ar_loss_over_all_pixels():
     with torch.no_grad():
         expected = ar_loss(model(tokens), tokens).item()
     assert likelihood(model, loader)["nats_per_pixel"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_pass_for_likelihood_and_classes_equals_the_separate_passes():
+    model = tiny()
+    loader = token_loader(model, count=5, batch_size=2)
+    result, actual, predicted = likelihood(model, loader, classes=True)
+    assert result["nats_per_pixel"] == pytest.approx(likelihood(model, loader)["nats_per_pixel"], rel=1e-6)
+    expected_actual, expected_predicted = predict_classes(model, loader)
+    np.testing.assert_array_equal(actual, expected_actual)
+    np.testing.assert_array_equal(predicted, expected_predicted)
 
 
 def test_likelihood_refuses_a_bert_model_and_an_empty_loader():
