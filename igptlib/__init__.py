@@ -38,7 +38,7 @@ from igptlib.quantize import (
     reduce_context,
     save_palette,
 )
-from igptlib.sampling import complete, generate, keep_from_mask, keep_rows
+from igptlib.sampling import complete, complete_masked, generate, keep_from_mask, keep_rows
 from igptlib.shipped import export_model, load_model, shipped_models
 from igptlib.train import RunConfig, TrainBatches, TrainConfig, reuse_freed_memory, run_config, train
 

@@ -109,7 +109,14 @@ def run_export(args) -> None:
     bad = [note for note in args.note if "=" not in note]
     if bad:
         raise ValueError(f"--note {bad[0]!r}: expected KEY=VALUE")
-    notes = {"checkpoint": str(args.checkpoint), **dict(note.split("=", 1) for note in args.note)}
+    notes: dict = {"checkpoint": str(args.checkpoint)}
+    for key, value in (note.split("=", 1) for note in args.note):
+        if key not in notes:
+            notes[key] = value
+        elif isinstance(notes[key], list):
+            notes[key].append(value)
+        else:
+            notes[key] = [notes[key], value]
     path = export_model(args.checkpoint, out, notes)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
@@ -185,14 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--name", default="mnist", help="the shipped model's name: models/<name>.safetensors")
     export.add_argument("--out", help="another place to write the .safetensors file")
-    export.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE", help="provenance kept in the metadata")
+    export.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE", help="provenance kept in the metadata (a repeated KEY makes a list: command=... command=...)")
     export.set_defaults(run=run_export)
 
     evaluate = commands.add_parser("evaluate", help="likelihood, probes, classification, completions -> JSON")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
-    from igptlib.report import add_report_arguments, run_report
+    from igptlib.report import add_card_arguments, add_report_arguments, run_card, run_report
     from igptlib.sweep import add_sweep_arguments, run_sweep
 
     sweep = commands.add_parser("sweep", help="run the training, completion and evaluation notebooks per size (papermill)")
@@ -202,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="build report/README.md and report/index.html from the run folders")
     add_report_arguments(report)
     report.set_defaults(run=run_report)
+
+    card = commands.add_parser("card", help="write a shipped model's card (report/models/<name>.md) from its run folder")
+    add_card_arguments(card)
+    card.set_defaults(run=run_card)
 
     _add_bench_commands(commands)
     return parser

@@ -142,6 +142,10 @@ def build_report(runs: str | Path = "runs", out: str | Path = "report") -> Path:
         for run in found:
             lines += ["", f"## `{run['folder']}`", "", "```yaml", _config_summary(run["config"]), "```", ""]
             lines += [f"**{caption}**\n\n![{caption}]({path})\n" for caption, path in _copy_figures(run, figures)]
+    cards = sorted((out / "models").glob("*.md"))
+    if cards:
+        lines += ["", "## Shipped models", "", "Each model card states how its model was trained and what it measures:", ""]
+        lines += [f"- [`models/{card.stem}.safetensors`](models/{card.name})" for card in cards]
     lines += [
         "",
         "## For comparison (not measured here)",
@@ -163,6 +167,153 @@ def build_report(runs: str | Path = "runs", out: str | Path = "report") -> Path:
     return out / "README.md"
 
 
+# -- model cards for the shipped models -------------------------------------------------------------
+
+# Issue 7's targets for the shipped MNIST model: (what, the key in the card's numbers, target, direction)
+MNIST_TARGETS = [
+    ("test likelihood (nats/px)", "nats_per_pixel", 0.31, "at most"),
+    ("fine-tuned test accuracy", "accuracy", 0.993, "at least"),
+    ("fine-tuned Cohen's kappa", "kappa", 0.992, "at least"),
+    ("linear probe, best layer", "probe", 0.97, "at least"),
+]
+
+
+def training_seconds(run_dir: str | Path) -> float:
+    """Wall time of a run's training, resumptions included: for each process (a TensorBoard
+    version folder), the time from its first to its last logged value, summed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    total = 0.0
+    for version in sorted((Path(run_dir) / "logs" / "tensorboard").glob("version_*")):
+        events = EventAccumulator(str(version), size_guidance={"scalars": 0})
+        events.Reload()
+        times = [event.wall_time for tag in events.Tags()["scalars"] for event in events.Scalars(tag)]
+        if times:
+            total += max(times) - min(times)
+    return total
+
+
+def card_numbers(run_dir: str | Path) -> dict:
+    """The headline test numbers of a shipped model's run folder (and its finetune/ folder)."""
+    run = read_run(Path(run_dir))
+    if run is None or not run["evaluation"]:
+        raise FileNotFoundError(f"{run_dir}: no finished, evaluated run (metrics.json and evaluation.json)")
+    evaluation, finetuned = run["evaluation"], run["finetune_evaluation"]
+    probes = evaluation.get("probes", {})
+    return {
+        "nats_per_pixel": evaluation["likelihood"]["nats_per_pixel"],
+        "bits_per_pixel": evaluation["likelihood"]["bits_per_pixel"],
+        "test_images": evaluation["test_images"],
+        "probe": probes.get("best_test_accuracy"), "probe_layer": probes.get("best_layer"),
+        "probe_train": probes.get("train_examples"),
+        "accuracy": finetuned.get("classification", {}).get("accuracy"),
+        "kappa": finetuned.get("classification", {}).get("kappa"),
+        "class_agreement": evaluation.get("completion", {}).get("class_agreement"),
+        "pixel_agreement": evaluation.get("completion", {}).get("pixel_agreement"),
+    }
+
+
+def _target_lines(numbers: dict) -> list[str]:
+    lines = ["| target | measured | status |", "|---|---|---|"]
+    for what, key, target, direction in MNIST_TARGETS:
+        value = numbers.get(key)
+        if value is None:
+            lines.append(f"| {what} {direction} {target} | not measured | – |")
+            continue
+        met = value <= target if direction == "at most" else value >= target
+        gap = "met" if met else f"missed by {abs(value - target):.4f}"
+        lines.append(f"| {what} {direction} {target} | {value:.4f} | {gap} |")
+    return lines
+
+
+def write_model_card(name: str, run_dir: str | Path, out: str | Path = "report/models", models_dir=None) -> Path:
+    """report/models/<name>.md: what a shipped model is, how it was made, and what it measures.
+
+    Every number is read from the model file and its run folder: config, metrics.json and
+    evaluation.json of pre-training and fine-tuning, and the TensorBoard logs' timestamps.
+    """
+    from igptlib.shipped import MODELS_DIR, read_notes
+
+    model_path = Path(models_dir or MODELS_DIR) / f"{name}.safetensors"
+    notes = read_notes(model_path)
+    run_dir, out = Path(run_dir), Path(out)
+    run = read_run(run_dir)
+    numbers = card_numbers(run_dir)
+    config, metrics = run["config"], run["metrics"]
+    d, m, o, t = config.data, config.model, config.optim, config.train
+    figures = out / name
+    figures.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for caption, source in [
+        ("completions of test images (first column the cut input, last the original)", run_dir / "figures" / "completions.png"),
+        ("linear probe accuracy per layer", run_dir / "figures" / "linear_probes.png"),
+        ("fine-tuned confusion matrix", run_dir / "finetune" / "figures" / "confusion_matrix.png"),
+    ]:
+        if source.exists():
+            shutil.copyfile(source, figures / source.name)
+            shown.append(f"**{caption}**\n\n![{caption}]({name}/{source.name})\n")
+    loss = plots.save_figure(plots.loss_curves(run_dir, title=f"{name}: pre-training"), "pretraining_loss", figures, close=True)
+    shown.insert(0, f"**pre-training loss**\n\n![pre-training loss]({name}/{loss.name})\n")
+    finetune_line = "not fine-tuned"
+    if run["finetune_metrics"]:
+        finetune_line = (f"{run['finetune_metrics']['global_step']} steps of L_GEN + L_CLF from the best pre-training "
+                         f"checkpoint, {training_seconds(run_dir / 'finetune') / 60:.0f} min")
+
+    def number(key, digits=4):
+        return _number(numbers.get(key), digits)
+
+    lines = [
+        f"# Model card: `models/{name}.safetensors`",
+        "",
+        f"- **File**: {model_path.stat().st_size / 1e6:.1f} MB of float32 weights, with the palette and the model config in the same file; "
+        f"load it with `igptlib.load_model({name!r})`.",
+        f"- **Model**: GPT-2 over pixel tokens, width {m.n_embd}, {m.n_layer} layers, {m.n_head} heads, "
+        f"{metrics['parameters'] / 1e6:.2f}M parameters, objective {m.objective}.",
+        f"- **Data**: {d.dataset}, {d.n_px}x{d.n_px}, a {d.clusters}-colour k-means palette; the seeded 90/10 split of the "
+        f"training images, augmentation {d.augment or 'none'}, batch {d.batch_size}.",
+        f"- **Pre-training**: {metrics['global_step']} steps, lr {o.lr} with {o.warmup_steps} warm-up steps then {o.schedule} decay, "
+        f"{t.precision}; {training_seconds(run_dir) / 60:.0f} min of training wall time (all processes of the run, from its logs).",
+        f"- **Fine-tuning**: {finetune_line}.",
+        f"- **Hardware**: {notes.get('hardware', 'not recorded')}.",
+        f"- **Run folder**: `{run_dir}` (not committed; the commands below rebuild it).",
+        "",
+        "## How it was made",
+        "",
+        "```sh",
+        *([commands] if isinstance(commands := notes.get("command", "not recorded"), str) else commands),
+        "```",
+        "",
+        "## Test results",
+        "",
+        f"| measure | value |",
+        "|---|---|",
+        f"| test likelihood, nats per pixel ({numbers['test_images']} test images) | {number('nats_per_pixel')} |",
+        f"| test likelihood, bits per pixel | {number('bits_per_pixel')} |",
+        f"| linear probe, best layer (picked on validation; fitted on {numbers['probe_train']} training images) | "
+        f"{number('probe')} (layer {numbers['probe_layer']}) |",
+        f"| fine-tuned test accuracy | {number('accuracy')} |",
+        f"| fine-tuned Cohen's kappa | {number('kappa')} |",
+        f"| completions a separate digit classifier labels as the original's class | {number('class_agreement', 3)} |",
+        f"| pixel agreement with the original in the completed half | {number('pixel_agreement', 3)} |",
+        "",
+    ]
+    if d.dataset == "mnist":
+        lines += ["## Against the targets", "", *_target_lines(numbers), ""]
+    lines += [
+        "## Beside the seed report and the paper (not measured here)",
+        "",
+        "- The seed report fine-tuned iGPT-S on MNIST on a Colab GPU and states Cohen's kappa 0.992.",
+        "- The paper (Chen et al. 2020) trained iGPT-S/M/L (76M to 1.4B parameters) for up to 1M steps of",
+        "  batch 128 on 2048 TPU cores and reports CIFAR-10/100 and STL-10, not MNIST.",
+        "",
+        *shown,
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    card = out / f"{name}.md"
+    card.write_text("\n".join(lines) + "\n")
+    return card
+
+
 def _config_summary(config: RunConfig) -> str:
     d, m, o, t = config.data, config.model, config.optim, config.train
     return "\n".join([
@@ -180,3 +331,13 @@ def add_report_arguments(parser) -> None:
 
 def run_report(args) -> None:
     print(f"report: {build_report(args.runs, args.out)}")
+
+
+def add_card_arguments(parser) -> None:
+    parser.add_argument("--name", required=True, help="the shipped model: models/<name>.safetensors")
+    parser.add_argument("--run", required=True, help="its run folder (with finetune/ and evaluation.json)")
+    parser.add_argument("--out", default="report/models", help="where the card goes (default: report/models)")
+
+
+def run_card(args) -> None:
+    print(f"model card: {write_model_card(args.name, args.run, args.out)}")
