@@ -457,6 +457,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-test", type=int, help="only the first N test images")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--precision", choices=["32", "bf16"], default="32",
+                        help="32 (default) or bf16: bfloat16 autocast, about twice as fast on the CPU")
     parser.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
     parser.add_argument("--probe-layers", type=int, nargs="+", help="layers to probe (default: all, 0 = embeddings)")
     parser.add_argument("--probe-train", type=int, help="fit the probes on the first N training images (default: all)")
@@ -492,15 +494,18 @@ def run_evaluate(args) -> dict:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = module.model.to(device).eval()
     finetuned = module.optim_config.finetune
-    results = evaluate_model(
-        model, datamodule, probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
-        classification=finetuned if args.classification is None else args.classification,
-        completions=args.completions, samples=args.samples, keep_rows=args.keep_rows,
-        temperature=args.temperature, seed=args.seed, figures=run_dir / "figures" if args.figures else None,
-    )
+    # bfloat16 autocast (as in training) about halves the time of the large passes on CPUs with
+    # bf16 instructions; the logits are still summed in float32.
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        results = evaluate_model(
+            model, datamodule, probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
+            classification=finetuned if args.classification is None else args.classification,
+            completions=args.completions, samples=args.samples, keep_rows=args.keep_rows,
+            temperature=args.temperature, seed=args.seed, figures=run_dir / "figures" if args.figures else None,
+        )
     # mmap: reading one number must not load a large checkpoint's tensors a second time.
     step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step")
-    results = {"checkpoint": str(checkpoint), "global_step": step, "finetuned": finetuned,
+    results = {"checkpoint": str(checkpoint), "global_step": step, "finetuned": finetuned, "precision": args.precision,
                "model": model_config.to_dict(), "data": data.to_dict(), **results}
     out = Path(args.out) if args.out else run_dir / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)

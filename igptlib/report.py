@@ -203,7 +203,7 @@ def card_numbers(run_dir: str | Path) -> dict:
     return {
         "nats_per_pixel": evaluation["likelihood"]["nats_per_pixel"],
         "bits_per_pixel": evaluation["likelihood"]["bits_per_pixel"],
-        "test_images": evaluation["test_images"],
+        "test_images": evaluation["test_images"], "precision": evaluation.get("precision", "32"),
         "probe": probes.get("best_test_accuracy"), "probe_layer": probes.get("best_layer"),
         "probe_train": probes.get("train_examples"),
         "accuracy": finetuned.get("classification", {}).get("accuracy"),
@@ -284,6 +284,8 @@ def write_model_card(name: str, run_dir: str | Path, out: str | Path = "report/m
         "```",
         "",
         "## Test results",
+        "",
+        f"Evaluated with `igpt evaluate` ({'bfloat16 autocast' if numbers['precision'] == 'bf16' else 'float32'}).",
         "",
         f"| measure | value |",
         "|---|---|",

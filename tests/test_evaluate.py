@@ -299,3 +299,10 @@ def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, cla
     assert "classification" not in saved  # a generative checkpoint's head is untrained: left out by default
     assert saved["test_images"] == 32 and set(saved["probes"]["test_accuracy"]) == {"0", "4"}
     assert (run / "figures" / "completions.png").exists()
+    # bfloat16 autocast: the same measures, written to another file, nearly the same likelihood
+    args = parser.parse_args(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--no-probes", "--completions", "0",
+                              "--precision", "bf16", "--out", str(run / "bf16.json"), "--no-figures"])
+    run_evaluate(args)
+    fast = json.loads((run / "bf16.json").read_text())
+    assert fast["precision"] == "bf16" and saved["precision"] == "32"
+    assert fast["likelihood"]["nats_per_pixel"] == pytest.approx(saved["likelihood"]["nats_per_pixel"], abs=0.01)
