@@ -82,7 +82,7 @@ class ModelConfig(Config):
 PRESETS: dict[str, dict] = {
     # Heads of 32 to 64 dimensions: CPU attention kernels run several times slower on narrower heads.
     "xs": dict(n_embd=64, n_layer=4, n_head=2),  # CPU demos and tests: trains in minutes on 2 cores
-    "cpu": dict(n_embd=128, n_layer=4, n_head=4),  # the shipped default: trains on 2 CPU cores in about an hour
+    "cpu": dict(n_embd=128, n_layer=4, n_head=4),  # the shipped models: about an hour on 2 CPU cores
     "s": dict(n_embd=256, n_layer=8, n_head=4),  # the S/M/L sweep, each sized for one GPU
     "m": dict(n_embd=512, n_layer=12, n_head=8),
     "l": dict(n_embd=768, n_layer=16, n_head=12),
