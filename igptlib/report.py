@@ -235,6 +235,8 @@ def write_model_card(name: str, run_dir: str | Path, out: str | Path = "report/m
     from igptlib.shipped import MODELS_DIR, read_notes
 
     model_path = Path(models_dir or MODELS_DIR) / f"{name}.safetensors"
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path}: no such shipped model; ship one with `igpt export` first")
     notes = read_notes(model_path)
     run_dir, out = Path(run_dir), Path(out)
     run = read_run(run_dir)
@@ -304,7 +306,7 @@ def write_model_card(name: str, run_dir: str | Path, out: str | Path = "report/m
     lines += [
         "## Beside the seed report and the paper (not measured here)",
         "",
-        "- The seed report fine-tuned iGPT-S on MNIST on a Colab GPU and states Cohen's kappa 0.992.",
+        "- The seed report fine-tuned iGPT-S on MNIST on Colab and states Cohen's kappa 0.992.",
         "- The paper (Chen et al. 2020) trained iGPT-S/M/L (76M to 1.4B parameters) for up to 1M steps of",
         "  batch 128 on 2048 TPU cores and reports CIFAR-10/100 and STL-10, not MNIST.",
         "",
@@ -337,9 +339,9 @@ def run_report(args) -> None:
 
 def add_card_arguments(parser) -> None:
     parser.add_argument("--name", required=True, help="the shipped model: models/<name>.safetensors")
-    parser.add_argument("--run", required=True, help="its run folder (with finetune/ and evaluation.json)")
+    parser.add_argument("--run", dest="run_dir", required=True, help="its run folder (with finetune/ and evaluation.json)")
     parser.add_argument("--out", default="report/models", help="where the card goes (default: report/models)")
 
 
 def run_card(args) -> None:
-    print(f"model card: {write_model_card(args.name, args.run, args.out)}")
+    print(f"model card: {write_model_card(args.name, args.run_dir, args.out)}")

@@ -57,7 +57,7 @@ def test_igpt_export_then_complete_with_the_exported_model(mnist_root, tiny_chec
     assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
-def test_a_model_card_states_the_runs_numbers_and_the_targets(tiny_checkpoint, tmp_path):
+def test_a_model_card_states_the_runs_numbers_and_the_targets(tiny_checkpoint, tmp_path, capsys):
     import json
     import shutil
 
@@ -78,5 +78,7 @@ def test_a_model_card_states_the_runs_numbers_and_the_targets(tiny_checkpoint, t
     assert f"| test likelihood (nats/px) at most 0.31 | {evaluation['likelihood']['nats_per_pixel']:.4f} | missed by {missed:.4f} |" in card
     assert "| fine-tuned test accuracy at least 0.993 | not measured | – |" in card
     assert (tmp_path / "report" / "models" / "tiny" / "pretraining_loss.png").exists()
+    assert main(["card", "--name", "absent", "--run", str(run)]) == 2
+    assert "absent.safetensors: no such shipped model" in capsys.readouterr().err
     readme = build_report(tmp_path / "runs", tmp_path / "report").read_text()
     assert "[`models/tiny.safetensors`](models/tiny.md)" in readme
