@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from igptlib.model import ModelConfig
@@ -52,15 +52,11 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, notes: d
 
 def read_notes(path: str | os.PathLike) -> dict:
     """The provenance notes stored in a shipped model's metadata."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         return json.loads((handle.metadata() or {}).get("notes", "{}"))
 
 
 def _load_safetensors(path: Path) -> ImageGPT:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
