@@ -55,7 +55,7 @@ def _row(run: dict) -> str:
         f"`{run['folder']}`", config.data.dataset, f"{config.model.n_embd}/{config.model.n_layer}/{config.model.n_head}",
         f"{metrics['parameters'] / 1e6:.2f}M", str(metrics["global_step"]), f"{metrics['wall_seconds'] / 60:.1f}",
         _number(nll.get("nats_per_pixel")), _number(nll.get("bits_per_pixel")),
-        f"{nll.get('test_images', evaluation.get('test_images', '–'))}", probe,
+        f"{nll.get('test_images', evaluation.get('test_images', '–'))}", evaluation.get("precision", "32"), probe,
         _number(classification.get("accuracy")), _number(classification.get("kappa")),
         _number(completion.get("class_agreement"), 3), _number(completion.get("pixel_agreement"), 3),
     ])
@@ -105,7 +105,7 @@ def _comparisons(runs: list[dict], figures: Path) -> list[tuple[str, str]]:
 
 HEADER = [
     "run folder", "dataset", "width/layers/heads", "parameters", "steps", "train min",
-    "test nats/px", "test bits/px", "test images", "best linear probe", "fine-tuned acc", "kappa",
+    "test nats/px", "test bits/px", "test images", "eval precision", "best linear probe", "fine-tuned acc", "kappa",
     "completion class agreement", "completion pixel agreement",
 ]
 

@@ -265,6 +265,19 @@ def test_evaluate_model_writes_every_metric_and_figure(datamodule, classifier, t
     assert names == ["actual_vs_predicted.png", "completions.png", "confusion_matrix.png", "linear_probes.png"]
 
 
+def test_evaluate_model_in_bfloat16_agrees_with_float32(datamodule):
+    torch.manual_seed(0)
+    model = GPT(model_config("xs", vocab_size=16, n_px=28))
+    options = dict(probes=False, completions=0, progress=False)
+    full = evaluate_model(model, datamodule, **options)
+    half = evaluate_model(model, datamodule, precision="bf16", **options)
+    assert (full["precision"], half["precision"]) == ("32", "bf16")
+    assert half["likelihood"]["nats_per_pixel"] == pytest.approx(full["likelihood"]["nats_per_pixel"], rel=0.01)
+    assert half["likelihood"]["nats_per_pixel"] != full["likelihood"]["nats_per_pixel"]  # autocast was on
+    with pytest.raises(ValueError, match=r"precision must be one of \['32', 'bf16'\], got '16'"):
+        evaluate_model(model, datamodule, precision="16", **options)
+
+
 def test_evaluate_model_skips_what_a_bert_model_cannot_do(datamodule):
     torch.manual_seed(0)
     model = GPT(model_config("xs", vocab_size=16, n_px=28, objective="bert"))

@@ -23,6 +23,7 @@ def test_sweep_runs_the_notebooks_into_run_folders_and_the_report_reads_them(mni
     # The numbers in the row are the run folder's own.
     assert f"{evaluation['likelihood']['nats_per_pixel']:.4f}" in row
     assert f"| {metrics['global_step']} |" in row
+    assert evaluation["precision"] == "bf16" and "| bf16 |" in row  # 07 evaluates under bfloat16 autocast
     finetuned = json.loads((folder / "finetune" / "evaluation.json").read_text())
     assert f"{finetuned['classification']['kappa']:.4f}" in row
     assert (tmp_path / "report" / "index.html").read_text().count("<img") >= 4
