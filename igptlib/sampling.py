@@ -66,7 +66,6 @@ def _check_sampling(model: GPT, tokens: torch.Tensor, keep: int, samples: int, t
         raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
 
 
-@torch.inference_mode()
 def complete(
     model: GPT,
     tokens: torch.Tensor,
@@ -80,29 +79,19 @@ def complete(
     """Keep the first `keep` tokens of each image and sample the rest: [N, >=keep] -> [N, samples, T].
 
     The kept tokens are copied unchanged into every sample. The same seed gives the same samples;
-    temperature 0 (or top_k=1) is greedy decoding.
+    temperature 0 (or top_k=1) is greedy decoding. This is complete_masked with a prefix mask.
     """
     _check_sampling(model, tokens, keep, samples, temperature, top_k)
-    model.eval()
-    device = next(model.parameters()).device
     seq_len = model.config.seq_len
-    count = tokens.shape[0]
-    generator = torch.Generator(device=device).manual_seed(seed)
-    sequences = torch.zeros(count * samples, seq_len, dtype=torch.long, device=device)
-    sequences[:, :keep] = tokens[:, :keep].to(device).repeat_interleave(samples, dim=0)
+    prefix = torch.zeros(tokens.shape[0], seq_len, dtype=torch.long)
+    prefix[:, :keep] = tokens[:, :keep]
+    if not progress:
+        return complete_masked(model, prefix, torch.arange(seq_len) < keep, samples, temperature, top_k, seed)
+    from tqdm.auto import tqdm
 
-    cache = model.new_cache(count * samples)
-    logits = model(sequences[:, :keep], cache)[:, -1]  # SOS plus the kept prefix, read once
-    steps = range(keep, seq_len)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="sampling", unit="px", leave=False)
-    for position in steps:
-        sequences[:, position] = sample_next(logits, temperature, top_k, generator)
-        if position + 1 < seq_len:  # the last pixel is only ever a target, never an input
-            logits = model(sequences[:, position : position + 1], cache)[:, -1]
-    return sequences.view(count, samples, seq_len).cpu()
+    with tqdm(total=seq_len - keep, desc="sampling", unit="px", leave=False) as bar:
+        return complete_masked(model, prefix, torch.arange(seq_len) < keep, samples, temperature, top_k, seed,
+                               on_pixel=lambda drawn, sequences: bar.update())
 
 
 def generate(model: GPT, count: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -137,8 +126,8 @@ def complete_masked(
     if flat.numel() != seq_len or tokens.ndim != 2 or tokens.shape[1] != seq_len:
         raise ValueError(f"expected tokens [images, {seq_len}] and a mask of {seq_len} pixels, "
                          f"got shapes {tuple(tokens.shape)} and {tuple(torch.as_tensor(mask).shape)}")
-    missing = (~flat).nonzero().flatten()
-    keep = int(missing[0]) if len(missing) else seq_len  # the kept prefix, read in one pass
+    missing = (~flat).nonzero().flatten().tolist()
+    keep = missing[0] if missing else seq_len  # the kept prefix, read in one pass
     _check_sampling(model, tokens, keep, samples, temperature, top_k)
     model.eval()
     device = next(model.parameters()).device
@@ -147,16 +136,16 @@ def complete_masked(
     sequences = tokens.to(device).repeat_interleave(samples, dim=0)
     sequences[:, ~flat.to(device)] = 0  # nothing of the missing pixels may leak into the samples
 
-    if not len(missing):
+    if not missing:
         return sequences.view(count, samples, seq_len).cpu()
     cache = model.new_cache(count * samples)
     logits = model(sequences[:, :keep], cache)[:, -1]
-    for drawn, position in enumerate(missing.tolist(), start=1):
+    for drawn, position in enumerate(missing, start=1):
         sequences[:, position] = sample_next(logits, temperature, top_k, generator)
         if on_pixel is not None:
             on_pixel(drawn, sequences.view(count, samples, seq_len))
         # The kept pixels up to the next missing one are read with this one, in one step.
-        end = int(missing[drawn]) if drawn < len(missing) else seq_len
+        end = missing[drawn] if drawn < len(missing) else seq_len
         if end < seq_len:
             logits = model(sequences[:, position:end], cache)[:, -1]
     return sequences.view(count, samples, seq_len).cpu()

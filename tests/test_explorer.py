@@ -11,7 +11,8 @@ from PIL import Image
 from igptlib.data import load_split
 from igptlib.explorer import PATH_CHOICE, Explorer, default_model, keep_mask, upright_turns
 from igptlib.quantize import encode
-from igptlib.sampling import complete, complete_masked
+from igptlib.bench_sampling import complete_naive
+from igptlib.sampling import complete_masked
 from igptlib.shipped import export_model, load_model
 
 SCALE = 4  # the explorer draws each pixel as a 4x4 block
@@ -74,7 +75,7 @@ def test_keep_mask_rows_and_halves():
 
 def test_masked_completion_is_complete_for_top_rows_and_keeps_any_mask(tiny, test_images):
     tokens = encode(test_images[0][:2], tiny.palette)
-    rows = complete(tiny.model, tokens, keep=20 * 28, samples=2, seed=3)
+    rows = complete_naive(tiny.model, tokens, keep=20 * 28, samples=2, seed=3)  # no cache, a pass per pixel
     assert torch.equal(complete_masked(tiny.model, tokens, keep_mask(28, "rows", 20), samples=2, seed=3), rows)
     mask = keep_mask(28, "right")
     drawn = []
