@@ -70,10 +70,12 @@ def test_a_model_card_states_the_runs_numbers_and_the_targets(tiny_checkpoint, t
     evaluation = json.loads((run / "evaluation.json").read_text())
     models = tmp_path / "models"
     assert main(["export", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--out", str(models / "tiny.safetensors"),
-                 "--note", "hardware=2 test cores", "command=igpt train --size xs", "command=igpt evaluate"]) == 0
+                 "--note", "hardware=2 test cores", "command=igpt train --size xs", "command=igpt evaluate",
+                 "note=stopped for 20 min"]) == 0
     card = write_model_card("tiny", run, tmp_path / "report" / "models", models_dir=models).read_text()
     assert f"| {evaluation['likelihood']['nats_per_pixel']:.4f} |" in card
     assert "igpt train --size xs\nigpt evaluate" in card and "2 test cores" in card
+    assert "- **Note**: stopped for 20 min" in card and "separately trained mnist classifier" in card
     missed = evaluation["likelihood"]["nats_per_pixel"] - 0.31  # two training steps are far from the target
     assert f"| test likelihood (nats/px) at most 0.31 | {evaluation['likelihood']['nats_per_pixel']:.4f} | missed by {missed:.4f} |" in card
     assert "| fine-tuned test accuracy at least 0.993 | not measured | – |" in card
