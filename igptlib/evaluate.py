@@ -267,7 +267,8 @@ def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: i
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     # The seed sets initialisation and batch order without disturbing the caller's random state.
-    with torch.random.fork_rng():
+    # Autocast is switched off: a caller's bfloat16 autocast made this CNN collapse to one class.
+    with torch.random.fork_rng(), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
         torch.manual_seed(seed)
         classifier = DigitClassifier(images.shape[1], images.shape[-1], int(labels.max()) + 1)
         optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)

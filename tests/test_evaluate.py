@@ -203,6 +203,11 @@ def test_digit_classifier_training_is_seeded(mnist_root):
     second = train_digit_classifier(images[:256], labels[:256], seed=3)
     for a, b in zip(first.parameters(), second.parameters()):
         torch.testing.assert_close(a, b)
+    # Under a caller's bfloat16 autocast (igpt evaluate --precision bf16) it still trains in float32.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        third = train_digit_classifier(images[:256], labels[:256], seed=3)
+    for a, b in zip(first.parameters(), third.parameters()):
+        torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="256 images but 10 labels"):
         train_digit_classifier(images[:256], labels[:10])
 
