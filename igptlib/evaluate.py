@@ -39,7 +39,7 @@ from igptlib.data import PixelDataModule, encode_all, load_split
 from igptlib.module import check_same_palette, load_checkpoint
 from igptlib.quantize import decode
 from igptlib.sampling import complete
-from igptlib.train import RunConfig
+from igptlib.train import RunConfig, find_run_folder
 
 
 PRECISIONS = ("32", "bf16")  # of the evaluation passes: float32, or bfloat16 autocast
@@ -449,15 +449,6 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
 
 
 # -- the `igpt evaluate` command --------------------------------------------------------------------
-
-
-def find_run_folder(checkpoint: str | Path) -> Path | None:
-    """The run folder of a checkpoint: the folder holding config.yaml, the checkpoint's or its parent's."""
-    checkpoint = Path(checkpoint)
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        if (folder / "config.yaml").exists():
-            return folder
-    return None
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ from igptlib.data import DataError, load_split
 from igptlib.images import ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context
 from igptlib.sampling import complete_masked
-from igptlib.shipped import MODELS_DIR, load_model, shipped_models
+from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
 
 MODEL_VARIABLE = "IGPT_EXPLORER_MODEL"  # how a launcher (make explorer, the page test) picks the model
 DEFAULT_MODEL = "mnist"
@@ -164,15 +164,16 @@ class Explorer:
     code: set the controls' `.value`, then `complete()` (or `button.click()`); `result` holds the
     last Completion and `error` the message shown for the last failure ("" when it worked)."""
 
-    def __init__(self, model: str | os.PathLike | None = None, dataset: str = "mnist", data_root: str | os.PathLike = "data",
+    def __init__(self, model: str | os.PathLike | None = None, dataset: str | None = None, data_root: str | os.PathLike = "data",
                  samples: int = 8, rows: int = 14, seed: int = 0, models_dir: str | os.PathLike = MODELS_DIR):
         import ipywidgets as w
 
         self.dataset, self.data_root, self.models_dir = dataset, Path(data_root), Path(models_dir)
+        self.model_dataset = dataset or "mnist"  # the dataset of the model last loaded
         self.result: Completion | None = None
         self.error = ""
         self._models: dict[tuple, object] = {}
-        self._test_set: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._test_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._random = np.random.default_rng(seed)  # which test image "random" picks, reproducibly
 
         wide = dict(style={"description_width": "initial"})
@@ -277,8 +278,10 @@ class Explorer:
             module = load_model(source, self.models_dir)
             if module.palette is None:
                 raise ValueError(f"{source}: holds no palette, so its tokens cannot be turned into colours")
-            self._models = {key: module}  # one model in memory at a time
-        module = self._models[key]
+            # Test images come from the model's own dataset unless the explorer was given one.
+            dataset = self.dataset or model_dataset(source, self.models_dir) or "mnist"
+            self._models = {key: (module, dataset)}  # one model in memory at a time
+        module, self.model_dataset = self._models[key]
         n_px, vocab = module.model_config.n_px, module.model_config.vocab_size
         self.rows.max, self.top_k.max = n_px, vocab
         return source, module
@@ -292,16 +295,17 @@ class Explorer:
                                           {"auto": None, "yes": True, "no": False}[self.invert.value],
                                           TURNS[self.turn.value])
             return image, upload["name"], notes
-        if self._test_set is None:
-            self._test_set = load_split(self.dataset, self.data_root, train=False)
-        images, labels = self._test_set
+        dataset = self.model_dataset
+        if dataset not in self._test_sets:
+            self._test_sets[dataset] = load_split(dataset, self.data_root, train=False)
+        images, labels = self._test_sets[dataset]
         if self.source.value == "random test image":
             self.index.value = int(self._random.integers(len(images)))
         index = self.index.value
         if not 0 <= index < len(images):
             raise ValueError(f"test index must lie in 0..{len(images) - 1}, got {index}")
         image = reduce_context(images[index], module.model_config.n_px)
-        return image, f"{self.dataset} test image {index} (label {int(labels[index])})", []
+        return image, f"{dataset} test image {index} (label {int(labels[index])})", []
 
     def _complete(self) -> Completion:
         name, module = self._model()

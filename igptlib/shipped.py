@@ -8,6 +8,7 @@ explorer, the notebooks and `igpt complete` accept any of them.
     shipped_models()                       names of the models in models/
     export_model(checkpoint, out, notes)   a .ckpt -> a .safetensors file with config and palette
     load_model(source)                     an ImageGPT module in eval mode, on the CPU
+    model_dataset(source)                  the dataset it was trained on, where known
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from igptlib.model import ModelConfig
 from igptlib.module import CheckpointError, ImageGPT, load_checkpoint
+from igptlib.train import RunConfig, find_run_folder
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -42,6 +44,9 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, notes: d
     tensors = {name: tensor.detach().float().contiguous() for name, tensor in module.model.state_dict().items()}
     tensors["palette"] = torch.from_numpy(module.palette)
     metadata = {"model": yaml.safe_dump(module.model_config.to_dict()), "notes": json.dumps(notes or {})}
+    dataset = model_dataset(checkpoint)
+    if dataset is not None:  # the explorer shows test images of the model's own dataset
+        metadata["dataset"] = dataset
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # a crash leaves no half-written model behind
@@ -72,6 +77,18 @@ def _load_safetensors(path: Path) -> ImageGPT:
         raise CheckpointError(f"{path}: weights of another shape than the model's "
                               f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     return module.eval()
+
+
+def model_dataset(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
+    """The dataset a model was trained on: from a shipped file's metadata, or from a checkpoint's
+    run folder (its config.yaml); None where neither says."""
+    shipped = str(source) in shipped_models(models_dir)
+    path = Path(models_dir) / f"{source}.safetensors" if shipped else Path(source)
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("dataset")
+    run = find_run_folder(path)
+    return None if run is None else RunConfig.load_yaml(run / "config.yaml").data.dataset
 
 
 def load_model(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> ImageGPT:

@@ -245,6 +245,15 @@ def _first_process() -> bool:
     return all(int(os.environ.get(name, "0")) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+def find_run_folder(checkpoint: str | Path) -> Path | None:
+    """The run folder of a checkpoint: the folder holding config.yaml, the checkpoint's or its parent's."""
+    checkpoint = Path(checkpoint)
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        if (folder / "config.yaml").exists():
+            return folder
+    return None
+
+
 def _prepare_folder(config: RunConfig, run_dir: Path, resume: bool) -> None:
     saved = run_dir / "config.yaml"
     if not resume and (saved.exists() or any((run_dir / "checkpoints").glob("*.ckpt"))):

@@ -200,6 +200,24 @@ def test_without_a_model_the_explorer_says_what_to_do(mnist_root, tiny_checkpoin
     assert explorer.complete() is not None and explorer.error == ""
 
 
+def test_test_images_come_from_the_models_own_dataset(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from igptlib.train import RunConfig
+
+    run = tmp_path / "fashion-run"
+    shutil.copytree(tiny_checkpoint.parent.parent, run)
+    config = RunConfig.load_yaml(run / "config.yaml")
+    config.replace(data={**config.data.to_dict(), "dataset": "fashion-mnist"}).save_yaml(run / "config.yaml")
+    models = tmp_path / "models"
+    export_model(run / "checkpoints" / "last.ckpt", models / "clothes.safetensors")
+    empty = tmp_path / "no-data"  # no dataset at all: the error names the one the explorer looked for
+    explorer = Explorer("clothes", data_root=empty, samples=1, models_dir=models)
+    assert explorer.complete() is None and "no fashion-mnist files under" in explorer.error
+    explorer = Explorer("clothes", dataset="mnist", data_root=empty, samples=1, models_dir=models)
+    assert explorer.complete() is None and "no mnist files under" in explorer.error
+
+
 def test_the_default_is_the_variable_then_the_shipped_mnist_model(tiny_checkpoint, mnist_root, tmp_path, monkeypatch):
     monkeypatch.delenv("IGPT_EXPLORER_MODEL", raising=False)
     assert default_model(tmp_path) is None

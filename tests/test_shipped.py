@@ -5,7 +5,7 @@ import torch
 
 from igptlib.cli import main
 from igptlib.module import CheckpointError, load_checkpoint
-from igptlib.shipped import export_model, load_model, read_notes, shipped_models
+from igptlib.shipped import export_model, load_model, model_dataset, read_notes, shipped_models
 
 
 def test_an_exported_model_gives_the_checkpoints_logits_and_palette(tiny_checkpoint, tmp_path):
@@ -25,6 +25,19 @@ def test_models_load_by_name_from_the_models_folder(tiny_checkpoint, tmp_path):
     assert load_model("digits", tmp_path).model_config.n_px == 28
     with pytest.raises(CheckpointError, match=r"'mnist' is neither a shipped model \(digits\)"):
         load_model("mnist", tmp_path)
+
+
+def test_a_model_knows_the_dataset_it_was_trained_on(tiny_checkpoint, tmp_path):
+    import shutil
+
+    assert model_dataset(tiny_checkpoint) == "mnist"  # from its run folder's config.yaml
+    assert model_dataset(export_model(tiny_checkpoint, tmp_path / "digits.safetensors")) == "mnist"
+    assert model_dataset("digits", tmp_path) == "mnist"
+    alone = tmp_path / "alone" / "model.ckpt"  # a checkpoint outside any run folder
+    alone.parent.mkdir()
+    shutil.copyfile(tiny_checkpoint, alone)
+    assert model_dataset(alone) is None
+    assert model_dataset(export_model(alone, tmp_path / "unknown.safetensors")) is None
 
 
 def test_files_that_are_not_models_are_refused_clearly(tmp_path):
