@@ -169,7 +169,7 @@ class Explorer:
         import ipywidgets as w
 
         self.dataset, self.data_root, self.models_dir = dataset, Path(data_root), Path(models_dir)
-        self.model_dataset = dataset or "mnist"  # the dataset of the model last loaded
+        self.image_dataset = dataset or "mnist"  # where test images come from: the last model's dataset
         self.result: Completion | None = None
         self.error = ""
         self._models: dict[tuple, object] = {}
@@ -281,7 +281,7 @@ class Explorer:
             # Test images come from the model's own dataset unless the explorer was given one.
             dataset = self.dataset or model_dataset(source, self.models_dir) or "mnist"
             self._models = {key: (module, dataset)}  # one model in memory at a time
-        module, self.model_dataset = self._models[key]
+        module, self.image_dataset = self._models[key]
         n_px, vocab = module.model_config.n_px, module.model_config.vocab_size
         self.rows.max, self.top_k.max = n_px, vocab
         return source, module
@@ -295,7 +295,7 @@ class Explorer:
                                           {"auto": None, "yes": True, "no": False}[self.invert.value],
                                           TURNS[self.turn.value])
             return image, upload["name"], notes
-        dataset = self.model_dataset
+        dataset = self.image_dataset
         if dataset not in self._test_sets:
             self._test_sets[dataset] = load_split(dataset, self.data_root, train=False)
         images, labels = self._test_sets[dataset]
