@@ -53,7 +53,7 @@ def _row(run: dict) -> str:
     probe = f"{_number(probes.get('best_test_accuracy'))} (layer {probes['best_layer']})" if probes else "–"
     return " | ".join([
         f"`{run['folder']}`", config.data.dataset, f"{config.model.n_embd}/{config.model.n_layer}/{config.model.n_head}",
-        f"{metrics['parameters'] / 1e6:.2f}M", str(metrics["global_step"]), f"{metrics['wall_seconds'] / 60:.1f}",
+        f"{metrics['parameters'] / 1e6:.2f}M", str(metrics["global_step"]), f"{training_seconds(run['folder']) / 60:.1f}",
         _number(nll.get("nats_per_pixel")), _number(nll.get("bits_per_pixel")),
         f"{nll.get('test_images', evaluation.get('test_images', '–'))}", evaluation.get("precision", "32"), probe,
         _number(classification.get("accuracy")), _number(classification.get("kappa")),
@@ -134,7 +134,7 @@ def build_report(runs: str | Path = "runs", out: str | Path = "report") -> Path:
     else:
         lines += ["## Results", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += [f"| {_row(run)} |" for run in found]
-        lines += ["", "Hardware and time: `train min` is the wall time of pre-training as metrics.json records it."]
+        lines += ["", "Hardware and time: `train min` is the wall time of pre-training, summed over every process of a run that was resumed (from its TensorBoard logs)."]
         comparisons = _comparisons(found, figures)
         if comparisons:
             lines += ["", "## Comparisons across runs", ""]
