@@ -407,8 +407,8 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     test_loader = datamodule.test_dataloader()
     results: dict = {"test_images": len(datamodule.test_set), "objective": config.objective, "precision": precision}
     started = time.perf_counter()
-    # bfloat16 autocast (as in training) about halves the time of these passes on CPUs with bf16
-    # instructions; logits and features are still reduced in float32. Sampling is left out: its
+    # bfloat16 autocast (as in training) speeds these passes up on CPUs with bf16 instructions;
+    # logits and features are still reduced in float32. Sampling is left out: its
     # one-query decode steps run faster in float32.
     with torch.autocast(_device(model).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if ar and classification:  # one pass over the test split serves both
@@ -460,7 +460,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--precision", choices=PRECISIONS, default="32",
-                        help="32 (default) or bf16: bfloat16 autocast, about twice as fast on the CPU")
+                        help="32 (default) or bf16: bfloat16 autocast for the passes over whole splits, faster on CPUs with bf16 instructions")
     parser.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
     parser.add_argument("--probe-layers", type=int, nargs="+", help="layers to probe (default: all, 0 = embeddings)")
     parser.add_argument("--probe-train", type=int, help="fit the probes on the first N training images (default: all)")
