@@ -169,7 +169,6 @@ class Explorer:
         import ipywidgets as w
 
         self.dataset, self.data_root, self.models_dir = dataset, Path(data_root), Path(models_dir)
-        self.image_dataset = dataset or "mnist"  # where test images come from: the last model's dataset
         self.result: Completion | None = None
         self.error = ""
         self._models: dict[tuple, object] = {}
@@ -281,12 +280,12 @@ class Explorer:
             # Test images come from the model's own dataset unless the explorer was given one.
             dataset = self.dataset or model_dataset(source, self.models_dir) or "mnist"
             self._models = {key: (module, dataset)}  # one model in memory at a time
-        module, self.image_dataset = self._models[key]
+        module, dataset = self._models[key]
         n_px, vocab = module.model_config.n_px, module.model_config.vocab_size
         self.rows.max, self.top_k.max = n_px, vocab
-        return source, module
+        return source, module, dataset
 
-    def _image(self, module) -> tuple[torch.Tensor, str, list[str]]:
+    def _image(self, module, dataset: str) -> tuple[torch.Tensor, str, list[str]]:
         if self.source.value == "upload":
             if not self.upload.value:
                 raise ValueError("No file uploaded yet: choose a PNG, JPG or JPEG file with the Upload button.")
@@ -295,7 +294,6 @@ class Explorer:
                                           {"auto": None, "yes": True, "no": False}[self.invert.value],
                                           TURNS[self.turn.value])
             return image, upload["name"], notes
-        dataset = self.image_dataset
         if dataset not in self._test_sets:
             self._test_sets[dataset] = load_split(dataset, self.data_root, train=False)
         images, labels = self._test_sets[dataset]
@@ -308,9 +306,9 @@ class Explorer:
         return image, f"{dataset} test image {index} (label {int(labels[index])})", []
 
     def _complete(self) -> Completion:
-        name, module = self._model()
+        name, module, dataset = self._model()
         model, palette = module.model, module.palette
-        image, source, notes = self._image(module)
+        image, source, notes = self._image(module, dataset)
         tokens = encode(image, palette)
         mask = keep_mask(model.config.n_px, KEEP[self.keep.value], self.rows.value)
         original = decode(tokens, palette)

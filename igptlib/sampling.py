@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from igptlib.model import GPT
 
@@ -85,11 +86,7 @@ def complete(
     seq_len = model.config.seq_len
     prefix = torch.zeros(tokens.shape[0], seq_len, dtype=torch.long)
     prefix[:, :keep] = tokens[:, :keep]
-    if not progress:
-        return complete_masked(model, prefix, torch.arange(seq_len) < keep, samples, temperature, top_k, seed)
-    from tqdm.auto import tqdm
-
-    with tqdm(total=seq_len - keep, desc="sampling", unit="px", leave=False) as bar:
+    with tqdm(total=seq_len - keep, desc="sampling", unit="px", leave=False, disable=not progress) as bar:
         return complete_masked(model, prefix, torch.arange(seq_len) < keep, samples, temperature, top_k, seed,
                                on_pixel=lambda drawn, sequences: bar.update())
 
