@@ -14,6 +14,11 @@ n_embd x vocab head), 6 = 2 (multiply-add) x 3 (forward, and a backward twice as
 attention term is QK^T plus AV: 4 T n_embd per token and layer forward, halved by the causal mask
 for AR (the masked half is work a kernel may skip, so it is not counted). Embedding lookups,
 norms, GELU and the optimizer are not counted: they are real time but no FLOPs by this measure.
+
+One more step of each model runs under torch.profiler, to show where its time goes: matrix
+products, the fused attention kernel, softmax, and everything else. From that split the benchmark
+also prints a ceiling for the speed-up: our step could take no less than its attention kernel's
+measured time plus its matmul FLOPs at the measured matmul peak.
 """
 from __future__ import annotations
 
@@ -44,12 +49,35 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def train_flops_per_token(config: ModelConfig) -> float:
-    """FLOPs of one training step per token, by the formula in the module docstring."""
+def train_flops_per_token(config: ModelConfig) -> tuple[float, float]:
+    """FLOPs of one training step per token, (weight matmuls, attention), by the module docstring's formula."""
     C, T = config.n_embd, config.seq_len
     matmul_weights = config.n_layer * 12 * C * C + C * config.vocab_size
     attention = (6 if config.objective == "ar" else 12) * config.n_layer * T * C
-    return 6 * matmul_weights + attention
+    return 6 * matmul_weights, attention
+
+
+# Kernel families of a profiled step, by ATen operator name; the rest is "everything else".
+KERNELS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention kernel": ("scaled_dot_product",),  # the fused SDPA kernels, forward and backward
+    "softmax": ("softmax",),  # the reference's attention weights, forward and backward, and the loss's log-softmax
+}
+
+
+def time_breakdown(step) -> dict[str, float]:
+    """Seconds of one call of `step` per kernel family (KERNELS), from torch.profiler's self times."""
+    from torch.profiler import ProfilerActivity, profile
+
+    # This CUDA build's profiler logs an error when it finds no GPU; a CPU benchmark has none to find.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step()
+    seconds = dict.fromkeys([*KERNELS, "everything else"], 0.0)
+    for event in profiler.key_averages():
+        family = next((name for name, keys in KERNELS.items() if any(k in event.key for k in keys)), "everything else")
+        seconds[family] += event.self_cpu_time_total / 1e6
+    return seconds
 
 
 class ReferenceBlock(nn.Module):
@@ -112,21 +140,30 @@ def training_step(model: nn.Module, tokens: torch.Tensor, bf16: bool):
     return step
 
 
-def bench_train(size: str, batch_size: int, steps: int, precision: str, reference: bool, n_px: int, vocab_size: int) -> dict:
+def bench_train(size: str, batch_size: int, steps: int, precision: str, reference: bool, n_px: int, vocab_size: int,
+                warmup: int = 5) -> dict:
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"expected at least 1 timed step and no negative warm-up, got --steps {steps} --warmup {warmup}")
     config = model_config(size, n_px=n_px, vocab_size=vocab_size, objective="ar")
     tokens = torch.randint(0, vocab_size, (batch_size, config.seq_len), generator=torch.Generator().manual_seed(0))
-    flops_per_step = train_flops_per_token(config) * tokens.numel()
+    matmul_flops, attention_flops = (flops * tokens.numel() for flops in train_flops_per_token(config))
+    flops_per_step = matmul_flops + attention_flops
     torch.manual_seed(0)
     ours = GPT(config)
     result = {
         "size": size, "parameters": ours.num_parameters(), "batch_size": batch_size, "seq_len": config.seq_len,
-        "threads": torch.get_num_threads(), "flops_per_step": flops_per_step, "load_average_before": os.getloadavg()[0],
+        "threads": torch.get_num_threads(), "flops_per_step": flops_per_step, "matmul_flops_per_step": matmul_flops,
+        "load_average_before": os.getloadavg()[0],
     }
     runs = {f"ours ({precision}, SDPA)": training_step(ours, tokens, precision == "bf16")}
     if reference:
         runs["reference (float32, MHA + float mask)"] = training_step(ReferenceGPT(config), tokens, False)
-    for step in runs.values():
-        step()  # warm-up: first-touch memory, kernel selection
+    # Warm-up: first-touch memory, kernel selection, and the allocator growing its heap. The
+    # reference's steps take several rounds to settle, each faster than the last, so a single
+    # warm-up step would flatter our speed-up.
+    for _ in range(warmup):
+        for step in runs.values():
+            step()
     # Rounds of one step each, and the matmul peak between them: a machine that gets busier or
     # quieter during the run weighs on every figure alike.
     times = {name: [] for name in runs}
@@ -137,10 +174,12 @@ def bench_train(size: str, batch_size: int, steps: int, precision: str, referenc
         for name, step in runs.items():
             times[name].append(step())
     for name, seconds in times.items():
-        seconds = statistics.median(seconds)
-        result[name] = {"seconds_per_step": seconds, "tokens_per_second": tokens.numel() / seconds,
-                        "gflops": flops_per_step / seconds / 1e9}
+        median = statistics.median(seconds)
+        result[name] = {"seconds_per_step": median, "step_seconds": seconds,
+                        "tokens_per_second": tokens.numel() / median, "gflops": flops_per_step / median / 1e9}
     result["matmul_gflops"] = {dtype: max(values) for dtype, values in peaks.items()}  # the best: never flattering
+    for name, step in runs.items():
+        result[name]["profiled_seconds"] = time_breakdown(step)
     result["load_average_after"] = os.getloadavg()[0]
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
@@ -157,17 +196,32 @@ def print_report(result: dict, precision: str) -> None:
     rows = {k: v for k, v in result.items() if isinstance(v, dict) and "gflops" in v}
     for name, row in rows.items():
         row_peak = peaks["float32"] if "float32" in name else peak
-        print(f"  {name:40s} {row['seconds_per_step']:7.2f} s/step  {row['tokens_per_second']:9.0f} tokens/s  "
+        spread = f"{min(row['step_seconds']):.2f}-{max(row['step_seconds']):.2f}"
+        print(f"  {name:40s} {row['seconds_per_step']:7.2f} s/step ({spread})  {row['tokens_per_second']:9.0f} tokens/s  "
               f"{row['gflops']:6.1f} GFLOP/s  ({100 * row['gflops'] / row_peak:.0f}% of its precision's matmul peak)")
+    print("  where a step's time goes (one more step under torch.profiler, which slows it a little):")
+    for name, row in rows.items():
+        split = row["profiled_seconds"]
+        total = sum(split.values())
+        shares = ", ".join(f"{family} {100 * seconds / total:.0f}%" for family, seconds in split.items()
+                           if seconds >= total / 200)  # what rounds to 0% is left out
+        print(f"    {name:38s} {total:6.2f} s: {shares}")
     if len(rows) == 2:
         ours, ref = rows.values()
         print(f"  speed-up over the reference: {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x")
+        # Our attention kernel's share of the measured step, plus every weight matmul at the peak:
+        # no step of this model with this kernel can be faster than that.
+        attention_share = ours["profiled_seconds"]["attention kernel"] / sum(ours["profiled_seconds"].values())
+        floor = attention_share * ours["seconds_per_step"] + result["matmul_flops_per_step"] / (peak * 1e9)
+        print(f"  ceiling with this attention kernel: {floor:.2f} s/step (its measured time, plus the weight matmuls "
+              f"at the matmul peak), {ref['seconds_per_step'] / floor:.2f}x the reference")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per model, after one warm-up step")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (the median counts)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per model first (default: 5)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="our model's precision")
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference model")
     parser.add_argument("--n-px", type=int, default=28)
@@ -184,7 +238,8 @@ def run_bench(args) -> None:
         torch.set_num_threads(args.threads)
     if args.malloc == "reuse":
         reuse_freed_memory()  # process-wide: the reference profits as much as ours
-    result = bench_train(args.size, args.batch_size, args.steps, args.precision, args.reference, args.n_px, args.vocab_size)
+    result = bench_train(args.size, args.batch_size, args.steps, args.precision, args.reference, args.n_px, args.vocab_size,
+                         args.warmup)
     result["malloc"] = args.malloc
     print_report(result, args.precision)
     if args.json:
