@@ -153,6 +153,7 @@ def bench_train(size: str, batch_size: int, steps: int, precision: str, referenc
     result = {
         "size": size, "parameters": ours.num_parameters(), "batch_size": batch_size, "seq_len": config.seq_len,
         "threads": torch.get_num_threads(), "flops_per_step": flops_per_step, "matmul_flops_per_step": matmul_flops,
+        "attention_flops_per_step": attention_flops,
         "load_average_before": os.getloadavg()[0],
     }
     runs = {f"ours ({precision}, SDPA)": training_step(ours, tokens, precision == "bf16")}
@@ -206,6 +207,9 @@ def print_report(result: dict, precision: str) -> None:
         shares = ", ".join(f"{family} {100 * seconds / total:.0f}%" for family, seconds in split.items()
                            if seconds >= total / 200)  # what rounds to 0% is left out
         print(f"    {name:38s} {total:6.2f} s: {shares}")
+        if split["attention kernel"]:
+            print(f"    {'':38s} its attention kernel: {result['attention_flops_per_step'] / split['attention kernel'] / 1e9:.0f} GFLOP/s "
+                  f"of the formula's attention FLOPs")
     if len(rows) == 2:
         ours, ref = rows.values()
         print(f"  speed-up over the reference: {ours['tokens_per_second'] / ref['tokens_per_second']:.2f}x")
@@ -215,6 +219,7 @@ def print_report(result: dict, precision: str) -> None:
         floor = attention_share * ours["seconds_per_step"] + result["matmul_flops_per_step"] / (peak * 1e9)
         print(f"  ceiling with this attention kernel: {floor:.2f} s/step (its measured time, plus the weight matmuls "
               f"at the matmul peak), {ref['seconds_per_step'] / floor:.2f}x the reference")
+    print(f"  peak resident memory of the benchmark: {result['peak_rss_gib']:.1f} GiB")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
