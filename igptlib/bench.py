@@ -32,6 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from igptlib.model import GPT, PRESETS, ModelConfig, ar_loss, model_config
 from igptlib.train import reuse_freed_memory
@@ -67,8 +68,6 @@ KERNELS = {
 
 def time_breakdown(step) -> dict[str, float]:
     """Seconds of one call of `step` per kernel family (KERNELS), from torch.profiler's self times."""
-    from torch.profiler import ProfilerActivity, profile
-
     # This CUDA build's profiler logs an error when it finds no GPU; a CPU benchmark has none to find.
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
