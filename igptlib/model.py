@@ -35,6 +35,21 @@ from torch import nn
 from igptlib.config import Config, ConfigError
 
 OBJECTIVES = ("ar", "bert")
+NORMS = ("layer", "rms")
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+# The MLP's activation. OpenAI's iGPT weights use quick GELU; exact GELU is as good as GPT-2's tanh
+# form and faster in bfloat16 on CPUs, so models trained here use it. (Named functions, not
+# lambdas: a model must stay picklable.)
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
 
 
 @dataclasses.dataclass
@@ -50,6 +65,9 @@ class ModelConfig(Config):
     objective: str = "ar"  # "ar": causal, next pixel; "bert": bidirectional, masked pixels
     mask_prob: float = 0.15  # BERT: the chance that each pixel is masked
     num_classes: int = 10  # the classification head (fine-tuning, L_CLF)
+    # OpenAI's iGPT (transformers' ImageGPT) differs in these two; the defaults are GPT-2's, as trained here.
+    norm: str = "layer"  # "layer": LayerNorm; "rms": x / sqrt(mean(x^2) + 1e-5) * weight, no centring, no bias
+    activation: str = "gelu"  # the MLP's: one of ACTIVATIONS
 
     def validate(self):
         for name in ("vocab_size", "n_px", "n_embd", "n_layer", "n_head", "num_classes"):
@@ -65,6 +83,10 @@ class ModelConfig(Config):
             raise ConfigError(f"ModelConfig.mask_prob: expected a probability in (0, 1), got {self.mask_prob}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"ModelConfig.dropout: expected a probability in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"ModelConfig.norm: expected one of {list(NORMS)}, got {self.norm!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"ModelConfig.activation: expected one of {list(ACTIVATIONS)}, got {self.activation!r}")
 
     @property
     def seq_len(self) -> int:
@@ -175,9 +197,17 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
+        self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # exact GELU: as good as GPT-2's tanh form, faster in bfloat16 on CPUs
+        return self.dropout(self.proj(self.activation(self.fc(x))))
+
+
+def norm_layer(config: ModelConfig) -> nn.Module:
+    """The layer norm of config.norm: GPT-2's LayerNorm, or OpenAI iGPT's RMS norm (no centring, no bias)."""
+    if config.norm == "rms":
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd)
 
 
 class Block(nn.Module):
@@ -185,9 +215,9 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.ln_1 = norm_layer(config)
         self.attn = SelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -208,7 +238,7 @@ class GPT(nn.Module):
         self.sos = nn.Parameter(torch.zeros(C))  # learned start-of-sequence embedding (AR slot 0)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(C)
+        self.ln_f = norm_layer(config)
         self.head = nn.Linear(C, config.vocab_size, bias=False)
         self.clf_head = nn.Linear(C, config.num_classes)
         self.apply(self._init_weights)

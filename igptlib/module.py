@@ -271,7 +271,7 @@ def check_checkpoint(path: str | os.PathLike, model: ModelConfig, palette: np.nd
 
 
 # What a checkpoint's weights depend on (dropout or the masking rate may change between stages).
-SHAPE_FIELDS = ("vocab_size", "n_px", "n_embd", "n_layer", "n_head", "num_classes", "objective")
+SHAPE_FIELDS = ("vocab_size", "n_px", "n_embd", "n_layer", "n_head", "num_classes", "objective", "norm", "activation")
 
 
 def compare_checkpoint(hparams: dict, model: ModelConfig, palette: np.ndarray | None, where) -> None:

@@ -194,8 +194,36 @@ def test_bad_model_configs_are_refused_clearly(tmp_path):
         ModelConfig(n_embd=100, n_head=8)
     with pytest.raises(ConfigError, match="objective"):
         ModelConfig(objective="mlm")
+    with pytest.raises(ConfigError, match=r"ModelConfig.norm: expected one of \['layer', 'rms'\], got 'batch'"):
+        ModelConfig(norm="batch")
+    with pytest.raises(ConfigError, match="ModelConfig.activation: expected one of .*'quick_gelu'.*, got 'relu'"):
+        ModelConfig(activation="relu")
     with pytest.raises(ConfigError, match="unknown model preset 'xl'"):
         model_config("xl")
     (tmp_path / "bad.yaml").write_text("n_layer: 2\nwidth: 64\n")
     with pytest.raises(ConfigError, match="width"):
         ModelConfig.load_yaml(tmp_path / "bad.yaml")
+
+
+def test_shipped_models_load_and_configs_without_the_newer_keys_keep_todays_model():
+    """norm and activation came after the shipped files: a config without them is the LayerNorm, exact-GELU model."""
+    import torch.nn.functional as F
+    import yaml
+    from safetensors import safe_open
+
+    from igptlib.shipped import MODELS_DIR, load_model, shipped_models
+
+    assert shipped_models()
+    for name in shipped_models():
+        with safe_open(str(MODELS_DIR / f"{name}.safetensors"), framework="pt") as handle:
+            stored = yaml.safe_load(handle.metadata()["model"])
+        older = {key: value for key, value in stored.items() if key not in ("norm", "activation")}
+        config = ModelConfig.from_dict(older)
+        assert (config.norm, config.activation) == ("layer", "gelu")
+        assert {key: value for key, value in config.to_dict().items() if key in older} == older
+        module = load_model(name)
+        assert module.model_config == config
+        assert isinstance(module.model.ln_f, torch.nn.LayerNorm) and module.model.blocks[0].mlp.activation is F.gelu
+        with torch.no_grad():
+            assert torch.isfinite(module.model(random_tokens(config, batch=1))).all()
+
