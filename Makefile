@@ -15,14 +15,15 @@ COURSE := 01_data 02_augmentation 03_centroids 04_model 05_training 06_completio
 # model, trained on the CPU), then rebuild figures/ and report/ from the run folder.
 all: setup data centroids augment pipeline report
 
-# A virtual environment with the project installed (editable) and its test tools, and Debian's
+# A virtual environment with the project installed (editable) and its test tools (transformers
+# too, [hf], for the ImageGPT import and export tests), and Debian's
 # chromium for the explorer's browser test (Playwright's own browser download needs the open web).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 setup: $(STAMP) $(CHROMIUM)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,hf]'
 	touch $(STAMP)
 
 $(CHROMIUM):

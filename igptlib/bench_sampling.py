@@ -2,10 +2,13 @@
 
 The naive sampler is what common re-implementations do: for every new pixel, run the model over
 the whole sequence so far and keep only the last row of logits. It is carried here as the baseline
-(and the tests check that both samplers agree under greedy decoding).
+(and the tests check that both samplers agree under greedy decoding). When transformers is
+installed, its generate() on the same model (converted by igptlib.hf) is a second baseline; the
+model uses OpenAI iGPT's RMS norm so that transformers can hold it.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import torch
@@ -38,6 +41,31 @@ def complete_naive(
     return sequences.view(tokens.shape[0], samples, seq_len)
 
 
+@torch.inference_mode()
+def complete_transformers(
+    model,
+    tokens: torch.Tensor,
+    keep: int,
+    samples: int = 8,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The same contract with a transformers ImageGPTForCausalImageModeling and its generate().
+
+    Its draws come from torch's global generator (seeded here), so they differ from ours.
+    """
+    sos = model.config.vocab_size - 1  # the last row of its token embedding
+    seq_len = model.config.n_positions
+    prompts = tokens[:, :keep].repeat_interleave(samples, dim=0)
+    prompts = torch.cat([torch.full((len(prompts), 1), sos, dtype=torch.long), prompts], dim=1)
+    torch.manual_seed(seed)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0) if temperature > 0 else dict(do_sample=False)
+    out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=seq_len - keep,
+                         min_new_tokens=seq_len - keep, pad_token_id=sos, **sampling)
+    return out[:, 1:].reshape(tokens.shape[0], samples, seq_len)
+
+
 def _seconds(function, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -48,17 +76,25 @@ def _seconds(function, repeats: int) -> float:
 
 
 def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: int = 14, repeats: int = 3) -> dict:
-    """Seconds to complete the bottom (28 - rows) rows of `images` 28x28 images, cached and naive."""
+    """Seconds to complete the bottom (28 - rows) rows of `images` 28x28 images: cached, naive and,
+    when transformers is installed, transformers' generate()."""
     torch.manual_seed(0)
-    model = GPT(model_config(preset, vocab_size=16, n_px=28)).eval()
+    model = GPT(model_config(preset, vocab_size=16, n_px=28, norm="rms")).eval()
     tokens = torch.randint(0, 16, (images, 28 * 28))
     keep = keep_rows(28, rows)
     cached = _seconds(lambda: complete(model, tokens, keep, samples=samples, seed=0), repeats)
     naive = _seconds(lambda: complete_naive(model, tokens, keep, samples=samples, seed=0), 1)
-    return {
+    result = {
         "preset": preset, "images": images, "samples": samples, "pixels_sampled": 28 * 28 - keep,
         "threads": torch.get_num_threads(), "cached_s": cached, "naive_s": naive, "speedup": naive / cached,
     }
+    if importlib.util.find_spec("transformers") is not None:
+        from igptlib.hf import to_transformers
+
+        theirs = to_transformers(model)
+        result["transformers_s"] = _seconds(lambda: complete_transformers(theirs, tokens, keep, samples=samples), repeats)
+        result["speedup_vs_transformers"] = result["transformers_s"] / cached
+    return result
 
 
 def add_bench_sample_arguments(parser) -> None:
@@ -78,3 +114,8 @@ def run_bench_sample(args) -> None:
         f"  naive sampler     {result['naive_s']:8.3f} s  (re-runs the whole sequence for every pixel)\n"
         f"  speedup           {result['speedup']:8.1f}x"
     )
+    if "transformers_s" in result:
+        print(f"  transformers      {result['transformers_s']:8.3f} s  (generate() on the same model, converted)\n"
+              f"  speedup           {result['speedup_vs_transformers']:8.1f}x")
+    else:
+        print("  transformers      not installed (pip install 'igptlib[hf]' adds its generate() as a baseline)")

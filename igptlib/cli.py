@@ -105,6 +105,9 @@ def run_complete(args) -> None:
 def run_export(args) -> None:
     from igptlib.shipped import MODELS_DIR, export_model
 
+    if args.format == "hf":
+        run_export_hf(args)
+        return
     out = Path(args.out) if args.out else MODELS_DIR / f"{args.name}.safetensors"
     bad = [note for note in args.note if "=" not in note]
     if bad:
@@ -119,6 +122,22 @@ def run_export(args) -> None:
             notes[key] = [notes[key], value]
     path = export_model(args.checkpoint, out, notes)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+
+
+def run_export_hf(args) -> None:
+    from igptlib.hf import export_hf
+
+    if not args.out:
+        raise ValueError("--format hf: --out is required: the folder to write the transformers model to")
+    folder = export_hf(args.checkpoint, args.out, force=args.force)
+    print(f"{folder}: a transformers ImageGPT folder ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+
+
+def run_import_hf(args) -> None:
+    from igptlib.hf import import_hf
+
+    path = import_hf(args.folder, args.out, force=args.force)
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB; open it with --model {path} or in the explorer")
 
 
 def _add_bench_commands(commands) -> None:
@@ -189,11 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     complete.set_defaults(run=run_complete)
 
     export = commands.add_parser("export", help="ship a checkpoint as one safetensors file (weights, config, palette)")
-    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--checkpoint", "--model", required=True,
+                        help="a .ckpt checkpoint (--format hf: also a shipped model's name or a .safetensors file)")
+    export.add_argument("--format", choices=["igpt", "hf"], default="igpt",
+                        help="igpt: one .safetensors file (default); hf: a transformers ImageGPT folder at --out")
     export.add_argument("--name", default="mnist", help="the shipped model's name: models/<name>.safetensors")
     export.add_argument("--out", help="another place to write the .safetensors file")
+    export.add_argument("--force", action="store_true", help="replace an existing model file")
     export.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE", help="provenance kept in the metadata (a repeated KEY makes a list: command=... command=...)")
     export.set_defaults(run=run_export)
+
+    import_hf = commands.add_parser("import-hf", help="a transformers ImageGPT folder (OpenAI's iGPT weights) -> an igpt model file")
+    import_hf.add_argument("folder", help="config.json, the weights and preprocessor_config.json (the colour clusters)")
+    import_hf.add_argument("--out", required=True, help="the .safetensors file to write")
+    import_hf.add_argument("--force", action="store_true", help="replace an existing model file")
+    import_hf.set_defaults(run=run_import_hf)
 
     evaluate = commands.add_parser("evaluate", help="likelihood, probes, classification, completions -> JSON")
     add_evaluate_arguments(evaluate)

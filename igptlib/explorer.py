@@ -278,7 +278,10 @@ class Explorer:
             if module.palette is None:
                 raise ValueError(f"{source}: holds no palette, so its tokens cannot be turned into colours")
             # Test images come from the model's own dataset unless the explorer was given one.
-            dataset = self.dataset or model_dataset(source, self.models_dir) or "mnist"
+            # A model that records none (an imported one): MNIST's test images, or CIFAR-10's for an
+            # RGB model such as OpenAI's iGPT.
+            dataset = self.dataset or model_dataset(source, self.models_dir) or (
+                "mnist" if module.palette.shape[1] == 1 else "cifar10")
             self._models = {key: (module, dataset)}  # one model in memory at a time
         module, dataset = self._models[key]
         n_px, vocab = module.model_config.n_px, module.model_config.vocab_size

@@ -43,7 +43,8 @@ def has_white_background(image: np.ndarray) -> bool:
 def load_image(path: str | Path, n_px: int = 28, channels: int = 1, invert: bool | None = None) -> tuple[torch.Tensor, list[str]]:
     """A uint8 image [channels, n_px, n_px] like the training data, and notes on what was done.
 
-    invert: None detects a white background and inverts it; True or False forces the choice.
+    invert: None detects a white background and inverts it (grayscale only: RGB models such as
+    OpenAI's iGPT read natural images as they are); True or False forces the choice.
     """
     path = Path(path)
     image = _open(path)
@@ -69,7 +70,7 @@ def load_image(path: str | Path, n_px: int = 28, channels: int = 1, invert: bool
     pixels = np.asarray(image)
     brightness = pixels if channels == 1 else pixels.mean(axis=-1)
     if invert is None:
-        invert = has_white_background(brightness)
+        invert = channels == 1 and has_white_background(brightness)
         if invert:
             notes.append("inverted: white background detected (MNIST digits are white on black)")
     elif invert:

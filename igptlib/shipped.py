@@ -7,6 +7,7 @@ explorer, the notebooks and `igpt complete` accept any of them.
 
     shipped_models()                       names of the models in models/
     export_model(checkpoint, out, notes)   a .ckpt -> a .safetensors file with config and palette
+    save_model(module, out, notes)         the same for a module in memory (igptlib.hf's imports)
     load_model(source)                     an ImageGPT module in eval mode, on the CPU
     model_dataset(source)                  the dataset it was trained on, where known
 """
@@ -41,13 +42,17 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, notes: d
     module = load_checkpoint(checkpoint)
     if module.palette is None:
         raise CheckpointError(f"{checkpoint}: holds no palette, so a shipped model could not turn tokens into colours")
+    return save_model(module, out, notes, model_dataset(checkpoint))
+
+
+def save_model(module: ImageGPT, out: str | os.PathLike, notes: dict | None = None, dataset: str | None = None) -> Path:
+    """Write a module's weights, config and palette to one safetensors file, as export_model does."""
+    out = Path(out)
     tensors = {name: tensor.detach().float().contiguous() for name, tensor in module.model.state_dict().items()}
     tensors["palette"] = torch.from_numpy(module.palette)
     metadata = {"model": yaml.safe_dump(module.model_config.to_dict()), "notes": json.dumps(notes or {})}
-    dataset = model_dataset(checkpoint)
     if dataset is not None:  # the explorer shows test images of the model's own dataset
         metadata["dataset"] = dataset
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # a crash leaves no half-written model behind
     save_file(tensors, partial, metadata=metadata)
