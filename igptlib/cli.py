@@ -149,7 +149,7 @@ def _add_bench_commands(commands) -> None:
     train = kinds.add_parser("train", help="training throughput and GFLOP/s against a plain reference model")
     add_bench_arguments(train)
     train.set_defaults(run=run_bench)
-    sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler")
+    sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler and transformers' generate()")
     add_bench_sample_arguments(sample)
     sample.set_defaults(run=run_bench_sample)
 
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--top-k", type=int)
     complete.add_argument("--seed", type=int, default=0)
     complete.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
-                          help="white-background images are inverted when detected (auto), always or never")
+                          help="white-background images are inverted when detected (auto; grayscale models only), always or never")
     complete.add_argument("--out", default="completion.png", help="the figure to write")
     complete.set_defaults(run=run_complete)
 

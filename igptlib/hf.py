@@ -18,9 +18,9 @@ colours are all grey (R = G = B) imports as a 1-channel palette, so a grey model
 
 Not converted: the classification head. transformers' ImageGPTForImageClassification average-pools
 the image's own T tokens (no SOS) and has no bias; igptlib's pools the AR slots and has one.
-LayerNorm models (norm "layer", every model trained here before this module) do not export: the
-RMS norm of transformers' ImageGPT has no centring and no bias, and the last norm's bias cannot be
-moved into the bias-free lm_head. Train with `model: {norm: rms}` in the run's YAML to export.
+LayerNorm models (norm "layer": the shipped ones, and every model trained here by default) do not
+export: transformers' ImageGPT norm neither centres nor adds a bias, so it cannot compute them.
+Train with `model: {norm: rms}` in the run's YAML to make a model that exports.
 
     import_hf(folder, out)           a transformers ImageGPT folder -> an igpt model file (shipped.load_model reads it)
     export_hf(source, folder)        an igpt model (name, .safetensors, .ckpt) -> a folder from_pretrained reads
@@ -160,8 +160,14 @@ def read_hf_folder(folder: str | os.PathLike):
     """(model, clusters) from a transformers ImageGPT folder: config.json, weights, preprocessor_config.json."""
     transformers = transformers_module()
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise HFError(f"{folder}: not a transformers model folder (no config.json)")
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except FileNotFoundError:
+        raise HFError(f"{folder}: not a transformers model folder (no config.json)") from None
+    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        raise HFError(f"{folder / 'config.json'}: not a readable model config ({error})") from None
+    if model_type != "imagegpt":
+        raise HFError(f"{folder}: a {model_type!r} model; expected transformers' ImageGPT (model_type 'imagegpt')")
     processor = folder / "preprocessor_config.json"
     try:
         clusters = json.loads(processor.read_text()).get("clusters")
@@ -169,7 +175,7 @@ def read_hf_folder(folder: str | os.PathLike):
         raise HFError(f"{processor}: expected the image processor's config with the colour clusters ({error})") from None
     if clusters is None:
         raise HFError(f"{processor}: holds no clusters, so the model's tokens have no colours")
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = transformers.ImageGPTConfig.from_pretrained(folder, local_files_only=True)
     model_config_from_hf(config)  # refuse what cannot be converted before loading any weights
     try:
         # local_files_only: nothing is downloaded; transformers reads safetensors, or .bin with weights_only.

@@ -206,6 +206,16 @@ def test_what_cannot_be_converted_is_refused_clearly(tmp_path, capsys):
     with pytest.raises(HFError, match="scale_attn_by_inverse_layer_idx"):
         import_hf(tmp_path / "scaled", tmp_path / "x.safetensors")
 
+    # A classifier's folder has no language head to complete with.
+    config.scale_attn_by_inverse_layer_idx = False
+    transformers.ImageGPTForImageClassification(config).save_pretrained(tmp_path / "classifier")
+    (tmp_path / "classifier" / "preprocessor_config.json").write_text(json.dumps({"clusters": clusters_for(3, 0).tolist()}))
+    with pytest.raises(HFError, match="weights missing for .*lm_head"):
+        import_hf(tmp_path / "classifier", tmp_path / "x.safetensors")
+    (tmp_path / "classifier" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(HFError, match="a 'gpt2' model; expected transformers' ImageGPT"):
+        import_hf(tmp_path / "classifier", tmp_path / "x.safetensors")
+
     hf_folder(tmp_path / "hf", "rgb")
     (tmp_path / "hf" / "preprocessor_config.json").write_text("{}")
     assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "x.safetensors")]) == 2
