@@ -18,7 +18,9 @@ def save_figure(fig, name: str, folder: str | Path = FIGURES, close: bool = Fals
     """
     path = Path(folder) / (name if name.endswith(".png") else f"{name}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    # No "Software" stamp (matplotlib's version): the same figure then gives the same bytes on any
+    # install, so a rebuilt report equals the committed one. PNGs carry no date unless asked.
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
     if close:
         plt.close(fig)
     return path
@@ -58,12 +60,17 @@ def palette_swatches(palette: np.ndarray, title: str | None = None):
     return fig
 
 
-def completion_figure(originals, completions, keep_rows: int, title: str | None = None, scale: float = 0.8):
+COMPLETION_ROWS = 16  # images a completion figure shows at most: 64 rows made a figure 4,775 px tall
+
+
+def completion_figure(originals, completions, keep_rows: int, title: str | None = None, scale: float = 0.8,
+                      max_rows: int = COMPLETION_ROWS):
     """The paper's completion figure: per image a row of the cut input, the samples, the original.
 
     originals: uint8 images [N, C, H, W]; completions: uint8 [N, samples, C, H, W]; the top
     `keep_rows` rows were given to the model. The cut input shows the rest in mid grey, which
-    stands apart from both the black background and the white strokes of a digit.
+    stands apart from both the black background and the white strokes of a digit. Only the first
+    `max_rows` images are drawn, so that the figure stays readable however many were measured.
     """
     originals, completions = torch.as_tensor(originals), torch.as_tensor(completions)
     if originals.ndim != 4 or completions.ndim != 5 or completions.shape[0] != originals.shape[0] \
@@ -72,6 +79,7 @@ def completion_figure(originals, completions, keep_rows: int, title: str | None 
                          f"got shapes {tuple(originals.shape)} and {tuple(completions.shape)}")
     if not 0 <= keep_rows <= originals.shape[-2]:
         raise ValueError(f"keep_rows must lie in 0..{originals.shape[-2]}, got {keep_rows}")
+    originals, completions = originals[:max_rows], completions[:max_rows]
     cut = originals.clone()
     cut[..., keep_rows:, :] = 128
     rows = torch.cat([cut[:, None], completions, originals[:, None]], dim=1)  # [N, samples + 2, C, H, W]
@@ -126,6 +134,17 @@ def _metric_column(columns: dict, metric: str, path) -> tuple[list[int], list[fl
     return columns[metric]
 
 
+LINE_STYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "x"]
+
+
+def _line_style(index: int, points: int) -> dict:
+    """A style per curve that tells it apart even where curves coincide (train/loss and
+    train/nats_per_pixel are the same numbers): its own dash and marker, half see-through."""
+    return {"linestyle": LINE_STYLES[index % len(LINE_STYLES)], "marker": MARKERS[index % len(MARKERS)],
+            "markevery": max(1, points // 12), "markersize": 4, "alpha": 0.8, "linewidth": 1.5}
+
+
 def loss_curves(path: str | Path, metrics: list[str] | None = None, title: str | None = None):
     """Curves of a run's metrics against the optimizer step, from its CSV logs (see read_metrics_csv).
 
@@ -137,9 +156,9 @@ def loss_curves(path: str | Path, metrics: list[str] | None = None, title: str |
         if not metrics:
             raise ValueError(f"{path}: no loss columns; logged columns are {sorted(columns)}")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for metric in metrics:
+    for index, metric in enumerate(metrics):
         steps, values = _metric_column(columns, metric, path)
-        ax.plot(steps, values, marker="o" if len(steps) < 20 else None, label=metric)
+        ax.plot(steps, values, label=metric, **_line_style(index, len(steps)))
     ax.set_xlabel("step")
     ax.set_ylabel("value")
     ax.grid(alpha=0.3)
@@ -157,9 +176,9 @@ def comparison_curves(runs: dict[str, str | Path], metric: str, title: str | Non
     if not runs:
         raise ValueError("no runs to compare")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, path in runs.items():
+    for index, (label, path) in enumerate(runs.items()):
         steps, values = _metric_column(read_metrics_csv(path), metric, path)
-        ax.plot(steps, values, marker="o" if len(steps) < 20 else None, label=label)
+        ax.plot(steps, values, label=label, **_line_style(index, len(steps)))
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel or metric)
     ax.grid(alpha=0.3)

@@ -174,3 +174,35 @@ def test_probe_plot_reads_results_back_from_json(tmp_path):
     assert_png(save_figure(fig, "probes", tmp_path, close=True))
     with pytest.raises(ValueError, match="val_accuracy"):
         probe_accuracy_plot({"test_accuracy": {}})
+
+
+def test_a_completion_figure_draws_at_most_16_images(test_digits, tmp_path):
+    images, _ = test_digits
+    originals = images[:20]
+    fig = completion_figure(originals, originals[:, None].repeat(1, 2, 1, 1, 1), keep_rows=14)
+    assert len(fig.axes) == 16 * 4  # 16 rows of input, 2 samples, original: the other 4 images are measured, not drawn
+    fig = completion_figure(originals, originals[:, None], keep_rows=14, max_rows=3)
+    assert len(fig.axes) == 3 * 3
+    plt.close("all")
+
+
+def test_saved_figures_are_the_same_bytes_every_time_and_carry_no_software_stamp(tmp_path):
+    write_run(tmp_path, LIGHTNING_CSV)
+    first = save_figure(loss_curves(tmp_path), "first", tmp_path, close=True).read_bytes()
+    second = save_figure(loss_curves(tmp_path), "second", tmp_path, close=True).read_bytes()
+    assert first == second
+    with Image.open(tmp_path / "first.png") as image:
+        assert "Software" not in image.info
+
+
+def test_overlapping_curves_are_drawn_so_each_shows(tmp_path):
+    # train/loss and train/nats_per_pixel are the same numbers in pre-training: one must not hide the other.
+    write_run(tmp_path, LIGHTNING_CSV)
+    lines = loss_curves(tmp_path, metrics=["train/loss", "train/nats_per_pixel"]).axes[0].get_lines()
+    assert lines[0].get_ydata().tolist() == lines[1].get_ydata().tolist()
+    assert lines[0].get_linestyle() != lines[1].get_linestyle() and lines[0].get_marker() != lines[1].get_marker()
+    assert all(line.get_alpha() < 1 for line in lines)
+    runs = {"a": write_run(tmp_path / "a", LIGHTNING_CSV), "b": write_run(tmp_path / "b", LIGHTNING_CSV)}
+    lines = comparison_curves(runs, "val/loss").axes[0].get_lines()
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()
+    plt.close("all")
