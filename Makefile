@@ -9,26 +9,43 @@ DATASET ?= mnist
 SIZES ?= s m l
 COURSE := 01_data 02_augmentation 03_centroids 04_model 05_training 06_completion 07_evaluation
 
-.PHONY: all setup data centroids augment pipeline sweep report test explorer explorer-screenshot clean
+.PHONY: all setup setup-page setup-test browser data centroids augment pipeline sweep report test explorer explorer-screenshot clean
 
 # The main job: set up, fetch the data, run every notebook on the default configuration (the xs
-# model, trained on the CPU), then rebuild figures/ and report/ from the run folder.
+# model, trained on the CPU), then rebuild figures/ and report/ from the run folder. It needs no
+# root and no browser.
 all: setup data centroids augment pipeline report
 
-# A virtual environment with the project installed (editable) and its test tools (transformers
-# too, [hf], for the ImageGPT import and export tests), and Debian's
-# chromium for the explorer's browser test (Playwright's own browser download needs the open web).
-CHROMIUM := /usr/bin/chromium
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-setup: $(STAMP) $(CHROMIUM)
+# A virtual environment with the project installed (editable) and what each job needs: the main
+# job the library and notebooks alone, the explorer page Voila ([page]), the tests their tools
+# ([test]), the page and transformers ([hf]: the ImageGPT import and export tests).
+setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test,hf]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-$(CHROMIUM):
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+setup-page: $(STAMP)-page
+$(STAMP)-page: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[page]'
+	touch $@
+
+setup-test: $(STAMP)-test
+$(STAMP)-test: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[page,test,hf]'
+	touch $@
+
+# Debian's chromium for the explorer's browser test (Playwright's own browser download needs the
+# open web), installed where apt-get is and we are root or may sudo; anywhere else, or if the
+# install fails, the browser test is skipped and says why. Nothing else needs it.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; \
+	elif ! command -v apt-get >/dev/null; then echo "no apt-get here: not installing chromium; the browser test will be skipped"; \
+	elif [ "$$(id -u)" != 0 ] && ! sudo -n true 2>/dev/null; then echo "not root and no sudo: not installing chromium; the browser test will be skipped"; \
+	else echo "installing Debian's chromium for the browser test (apt-get)"; sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		{ $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
+		|| echo "apt-get could not install chromium: the browser test will be skipped"; fi
 
 data: setup
 	$(IGPT) data --dataset $(DATASET)
@@ -51,7 +68,7 @@ sweep: data
 report: setup
 	$(IGPT) report
 
-test: setup
+test: setup-test browser
 	$(PY) -m pytest
 
 # The completion explorer as a page of its own (Voila): open http://$(HOST):$(PORT)/ in a browser.
@@ -59,12 +76,12 @@ test: setup
 HOST ?= 127.0.0.1
 PORT ?= 8866
 MODEL ?= $(IGPT_EXPLORER_MODEL)
-explorer: setup
+explorer: setup-page
 	IGPT_EXPLORER_MODEL='$(MODEL)' $(VENV)/bin/voila notebooks/08_explorer.ipynb --no-browser --Voila.ip=$(HOST) --port=$(PORT)
 
 # figures/explorer.png: the browser test's page after its completion, by MODEL, else the shipped
 # mnist model, else the tests' tiny checkpoint.
-explorer-screenshot: setup
+explorer-screenshot: setup-test browser
 	IGPT_EXPLORER_MODEL='$(or $(MODEL),$(if $(wildcard models/mnist.safetensors),mnist))' \
 	IGPT_EXPLORER_SCREENSHOT=figures/explorer.png $(PY) -m pytest tests/test_explorer_page.py
 
