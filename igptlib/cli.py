@@ -8,6 +8,7 @@ from pathlib import Path
 
 from igptlib.config import ConfigError, DataConfig
 from igptlib.data import DATASETS, DataError
+from igptlib.device import DEVICES, resolve_device
 from igptlib.images import ImageLoadError
 from igptlib.module import CheckpointError
 from igptlib.quantize import PaletteError
@@ -84,6 +85,7 @@ def run_complete(args) -> None:
     from igptlib.sampling import complete, keep_rows
     from igptlib.shipped import load_model
 
+    device = resolve_device(args.device)
     module = load_model(args.model)
     if module.palette is None:
         raise ValueError(f"{args.model}: the checkpoint holds no palette, so its tokens cannot be turned into colours")
@@ -94,9 +96,9 @@ def run_complete(args) -> None:
     rows = n_px // 2 if args.rows is None else args.rows
     tokens = encode(image[None], module.palette)
     started = time.perf_counter()
-    completed = complete(module.model, tokens, keep_rows(n_px, rows), samples=args.samples,
+    completed = complete(module.model.to(device), tokens, keep_rows(n_px, rows), samples=args.samples,
                          temperature=args.temperature, top_k=args.top_k, seed=args.seed, progress=True)
-    print(f"{args.samples} completions of the bottom {n_px - rows} rows in {time.perf_counter() - started:.2f} s")
+    print(f"{args.samples} completions of the bottom {n_px - rows} rows in {time.perf_counter() - started:.2f} s on {device}")
     original = decode(tokens, module.palette)  # what the model saw: the image in palette colours
     fig = completion_figure(original, decode(completed, module.palette), keep_rows=rows)
     print(f"figure: {save_figure(fig, Path(args.out).name, Path(args.out).parent)}")
@@ -205,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                           help="white-background images are inverted when detected (auto; grayscale models only), always or never")
     complete.add_argument("--out", default="completion.png", help="the figure to write")
+    complete.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     complete.set_defaults(run=run_complete)
 
     export = commands.add_parser("export", help="ship a checkpoint as one safetensors file (weights, config, palette)")

@@ -14,7 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from igptlib.config import Config, ConfigError, DataConfig
+from igptlib.device import DEVICES, resolve_device
 
 
 def on_colab() -> bool:
@@ -68,12 +71,20 @@ class CourseParameters(Config):
     samples: int = 8
     rows: int = 14  # rows of the image kept for completion
     smoke: bool = False  # tiny data and steps: what the tests run
+    device: str = "auto"  # where the model trains and samples: auto (the GPU when there is one), cpu or cuda
 
     def validate(self):
         DataConfig(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size, seed=self.seed)
         for name in ("steps", "finetune_steps", "samples", "probe_train"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"parameter {name}: expected a positive integer, got {getattr(self, name)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"parameter device: expected one of {list(DEVICES)}, got {self.device!r}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device the `device` parameter names (an error for cuda on a machine without a GPU)."""
+        return resolve_device(self.device)
 
     def data_config(self, **changes) -> DataConfig:
         """The DataConfig these parameters describe; smoke mode keeps a few hundred images."""
@@ -126,7 +137,8 @@ def run_configs(params: CourseParameters):
         optim=config.optim.replace(warmup_steps=min(config.optim.warmup_steps, steps // 5)).to_dict(),
         # The test split is 07_evaluation's: a test pass here would only repeat it.
         train=config.train.replace(steps=steps, val_every=every, save_every=every, checkpoint_steps=[], log_every=max(steps // 30, 1),
-                                   val_batches=2 if params.smoke else 10, progress_bar=not params.smoke, test=False).to_dict(),
+                                   val_batches=2 if params.smoke else 10, progress_bar=not params.smoke, test=False,
+                                   accelerator=params.device).to_dict(),
     )
     finetune = pretrain.replace(
         optim=pretrain.optim.replace(finetune=True, lr=pretrain.optim.lr / 3,

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from igptlib import plots
 from igptlib.config import DataConfig
 from igptlib.data import PixelDataModule, encode_all, load_split
+from igptlib.device import DEVICES, resolve_device
 from igptlib.module import check_same_palette, load_checkpoint
 from igptlib.quantize import decode
 from igptlib.sampling import complete
@@ -458,7 +459,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", help="for a checkpoint without a run folder (default: mnist)")
     parser.add_argument("--limit-test", type=int, help="only the first N test images")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     parser.add_argument("--precision", choices=PRECISIONS, default="32",
                         help="32 (default) or bf16: bfloat16 autocast for the passes over whole splits, faster on CPUs with bf16 instructions")
     parser.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
@@ -476,6 +477,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args) -> dict:
     """Evaluate a checkpoint and write its metrics (and figures) into its run folder."""
+    device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
     checkpoint = Path(args.checkpoint)
     module = load_checkpoint(checkpoint)
     model_config = module.model_config
@@ -493,7 +495,6 @@ def run_evaluate(args) -> dict:
     if module.palette is not None:  # tokens of another palette would mean other colours
         check_same_palette(module.palette, datamodule.palette, checkpoint)
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = module.model.to(device).eval()
     finetuned = module.optim_config.finetune
     results = evaluate_model(

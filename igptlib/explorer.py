@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from igptlib.data import DataError, load_split
+from igptlib.device import resolve_device
 from igptlib.images import ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context
 from igptlib.sampling import complete_masked
@@ -88,7 +89,7 @@ def upright_turns(model, palette: np.ndarray, image: torch.Tensor) -> tuple[int,
     k = 0..3; k is the turn the model finds most likely, which for a model of upright digits
     is the one that stands the digit up."""
     turned = torch.stack([torch.rot90(image, k, dims=(-2, -1)) for k in range(4)])
-    tokens = encode(reduce_context(turned, model.config.n_px), palette)
+    tokens = encode(reduce_context(turned, model.config.n_px), palette).to(next(model.parameters()).device)
     logits = model.eval()(tokens).float()
     nats = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(dim=1)
     return int(nats.argmin()), nats.tolist()
@@ -165,10 +166,12 @@ class Explorer:
     last Completion and `error` the message shown for the last failure ("" when it worked)."""
 
     def __init__(self, model: str | os.PathLike | None = None, dataset: str | None = None, data_root: str | os.PathLike = "data",
-                 samples: int = 8, rows: int = 14, seed: int = 0, models_dir: str | os.PathLike = MODELS_DIR):
+                 samples: int = 8, rows: int = 14, seed: int = 0, models_dir: str | os.PathLike = MODELS_DIR,
+                 device: str = "auto"):
         import ipywidgets as w
 
         self.dataset, self.data_root, self.models_dir = dataset, Path(data_root), Path(models_dir)
+        self.device = resolve_device(device)  # auto: the GPU when there is one
         self.result: Completion | None = None
         self.error = ""
         self._models: dict[tuple, object] = {}
@@ -275,6 +278,7 @@ class Explorer:
         if key not in self._models:
             self.status.value = f"loading {source}..."
             module = load_model(source, self.models_dir)
+            module.model.to(self.device)
             if module.palette is None:
                 raise ValueError(f"{source}: holds no palette, so its tokens cannot be turned into colours")
             # Test images come from the model's own dataset unless the explorer was given one.
@@ -325,7 +329,7 @@ class Explorer:
             self.progress.value = drawn
             # A row at a time: redrawing after every pixel would cost more than the sampling.
             if drawn % model.config.n_px == 0 or drawn == len(missing):
-                pictures = decode(sequences[0], palette)
+                pictures = decode(sequences[0].cpu(), palette)
                 undrawn = torch.zeros(mask.numel(), dtype=torch.bool)
                 undrawn[missing[drawn:]] = True
                 pictures = pictures.masked_fill(undrawn.view_as(mask), MISSING_GREY)
@@ -338,7 +342,7 @@ class Explorer:
         result = Completion(name, source, image, tokens, mask, samples, palette, notes, time.perf_counter() - started)
         for widget, picture in zip(shown, result.images):
             widget.value = png(picture)
-        self.status.value = f"done: {count} samples in {result.seconds:.1f} s"
+        self.status.value = f"done: {count} samples in {result.seconds:.1f} s on {self.device.type}"
         self.notes.value = "<br>".join(html.escape(line) for line in
                                        [f"model: {name}; image: {source}", *notes])
         return result

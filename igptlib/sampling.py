@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from igptlib.device import gpu_autocast
 from igptlib.model import GPT
 
 
@@ -91,10 +92,13 @@ def complete(
                                on_pixel=lambda drawn, sequences: bar.update())
 
 
-def generate(model: GPT, count: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> torch.Tensor:
-    """Unconditional samples: `count` whole images drawn from the model, [count, T]."""
+def generate(model: GPT, count: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+             progress: bool = False) -> torch.Tensor:
+    """Unconditional samples: `count` whole images drawn from the model, [count, T]; progress shows a
+    bar of the pixels drawn."""
     empty = torch.zeros(1, 0, dtype=torch.long)
-    return complete(model, empty, keep=0, samples=count, temperature=temperature, top_k=top_k, seed=seed)[0]
+    return complete(model, empty, keep=0, samples=count, temperature=temperature, top_k=top_k, seed=seed,
+                    progress=progress)[0]
 
 
 @torch.inference_mode()
@@ -110,6 +114,7 @@ def complete_masked(
 ) -> torch.Tensor:
     """Keep the pixels where `mask` ([H, W] or [T], True = kept) is set and sample the others: [N, T] -> [N, samples, T].
 
+    The model runs where its weights are, in bfloat16 autocast on a GPU that supports it.
     Pixels are still drawn in raster order, and a kept pixel is copied in when the model reaches
     it: a missing pixel is conditioned on the kept pixels above it and to its left, never on those
     after it. So the bottom or right half gives the model less to go on than the top or left half.
@@ -136,13 +141,14 @@ def complete_masked(
     if not missing:
         return sequences.view(count, samples, seq_len).cpu()
     cache = model.new_cache(count * samples)
-    logits = model(sequences[:, :keep], cache)[:, -1]
-    for drawn, position in enumerate(missing, start=1):
-        sequences[:, position] = sample_next(logits, temperature, top_k, generator)
-        if on_pixel is not None:
-            on_pixel(drawn, sequences.view(count, samples, seq_len))
-        # The kept pixels up to the next missing one are read with this one, in one step.
-        end = missing[drawn] if drawn < len(missing) else seq_len
-        if end < seq_len:
-            logits = model(sequences[:, position:end], cache)[:, -1]
+    with gpu_autocast(device):
+        logits = model(sequences[:, :keep], cache)[:, -1]
+        for drawn, position in enumerate(missing, start=1):
+            sequences[:, position] = sample_next(logits, temperature, top_k, generator)
+            if on_pixel is not None:
+                on_pixel(drawn, sequences.view(count, samples, seq_len))
+            # The kept pixels up to the next missing one are read with this one, in one step.
+            end = missing[drawn] if drawn < len(missing) else seq_len
+            if end < seq_len:
+                logits = model(sequences[:, position:end], cache)[:, -1]
     return sequences.view(count, samples, seq_len).cpu()

@@ -7,8 +7,11 @@ those folders.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
+
+from igptlib.device import DEVICES, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -33,23 +36,28 @@ def execute(notebook: str, out: Path, parameters: dict) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # The kernel is named explicitly: papermill would otherwise look for the notebook's own, which a
     # virtual environment's Jupyter may not know by that name.
+    # An hour-long notebook must not run silently: a bar of its cells (count and time taken), and
+    # each cell's number and output as it comes (log_output; run_sweep shows papermill's log).
     papermill.execute_notebook(
         str(source), str(out), parameters=parameters, kernel_name="python3", cwd=str(NOTEBOOKS),
-        progress_bar=False, log_output=False,
+        progress_bar={"desc": notebook}, log_output=True,
     )
     return out
 
 
 def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, runs: str | Path = "runs",
-          steps: int | None = None, smoke: bool = False) -> list[Path]:
+          steps: int | None = None, smoke: bool = False, device: str = "auto") -> list[Path]:
     """Run `notebooks` for every size; return the run folders, in order."""
     folders = []
     for size in sizes:
         folder = run_folder(dataset, size, runs)
-        parameters = {"dataset": dataset, "size": size, "run_dir": str(folder.resolve()), "smoke": smoke}
+        # No inline TensorBoard: its server would outlive the notebook's kernel.
+        parameters = {"dataset": dataset, "size": size, "run_dir": str(folder.resolve()), "smoke": smoke,
+                      "device": device, "show_tensorboard": False}
         if steps is not None:
             parameters["steps"] = steps
         for notebook in notebooks:
+            print(f"{size}: {notebook} -> {folder / 'notebooks'}", flush=True)
             started = time.perf_counter()
             out = execute(notebook, folder / "notebooks" / f"{notebook}.ipynb", parameters)
             print(f"{size}: {notebook} done in {time.perf_counter() - started:.0f} s -> {out}", flush=True)
@@ -64,7 +72,12 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--runs", default="runs", help="where the run folders go (default: runs)")
     parser.add_argument("--steps", type=int, help="training steps (default: the notebook's)")
     parser.add_argument("--smoke", action="store_true", help="tiny data and steps, as the tests run them")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
 
 
 def run_sweep(args) -> None:
-    sweep(args.sizes, args.dataset, args.notebooks, args.runs, args.steps, args.smoke)
+    resolve_device(args.device)  # cuda without a GPU: an error now, not inside the first notebook
+    # papermill logs each cell as it starts ("Executing Cell 6") and the cells' output, timed.
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("papermill").setLevel(logging.INFO)
+    sweep(args.sizes, args.dataset, args.notebooks, args.runs, args.steps, args.smoke, args.device)

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import default_collate
 
 from igptlib.config import Config, ConfigError, DataConfig
+from igptlib.device import DEVICES, bf16_on_gpu, lightning_accelerator
 from igptlib.model import PRESETS, ModelConfig, model_config
 from igptlib.module import ImageGPT, OptimConfig, check_checkpoint, read_checkpoint
 
@@ -49,7 +50,7 @@ class TrainConfig(Config):
     checkpoint_steps: list[int] = dataclasses.field(default_factory=lambda: list(PAPER_CHECKPOINT_STEPS))
     test: bool = True  # evaluate the best checkpoint on the test split at the end
     precision: str = "bf16-mixed"  # Lightning's precision; bf16 autocast is also the fast path on CPUs
-    accelerator: str = "auto"  # cpu, gpu, auto
+    accelerator: str = "auto"  # the device: auto (the GPU when there is one), cpu or cuda
     devices: int | str = "auto"  # per node; with strategy "ddp", one process each
     strategy: str = "auto"  # auto, ddp, ...
     num_nodes: int = 1
@@ -67,6 +68,8 @@ class TrainConfig(Config):
             raise ConfigError(f"TrainConfig.checkpoint_steps: expected positive step numbers, got {self.checkpoint_steps}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"TrainConfig.precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.accelerator not in DEVICES:
+            raise ConfigError(f"TrainConfig.accelerator: expected one of {list(DEVICES)}, got {self.accelerator!r}")
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ConfigError(f"TrainConfig.devices: expected a number of devices or 'auto', got {self.devices!r}")
 
@@ -283,6 +286,11 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
     last = checkpoints / "last.ckpt"
+    # The device first: cuda without a GPU is an error before anything else happens.
+    accelerator, precision = lightning_accelerator(config.train.accelerator), config.train.precision
+    if accelerator == "gpu" and precision == "bf16-mixed" and not bf16_on_gpu(torch.device("cuda")):
+        precision = "16-mixed"  # a GPU without bfloat16 units (a T4) only emulates it, slowly
+        print("this GPU computes bfloat16 only by emulation: training in float16 autocast (16-mixed) instead")
     ckpt_path = None
     if resume and last.exists():
         check_checkpoint(last, config.model)  # a clear error before Lightning meets another shape
@@ -312,7 +320,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     trainer = L.Trainer(
         max_steps=t.steps, max_epochs=-1, val_check_interval=t.val_every, check_val_every_n_epoch=None,
         limit_val_batches=t.val_batches if t.val_batches is not None else 1.0,
-        precision=t.precision, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=precision, accelerator=accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False)],
         callbacks=[RunCheckpoints(checkpoints, t.save_every, t.checkpoint_steps), best, *callbacks],
         enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar, log_every_n_steps=t.log_every,
@@ -350,7 +358,7 @@ _OVERRIDES = {
     "limit_test": ("data", "limit_test"), "lr": ("optim", "lr"), "warmup_steps": ("optim", "warmup_steps"),
     "steps": ("train", "steps"), "val_every": ("train", "val_every"), "val_batches": ("train", "val_batches"),
     "save_every": ("train", "save_every"), "checkpoint_steps": ("train", "checkpoint_steps"),
-    "precision": ("train", "precision"), "accelerator": ("train", "accelerator"), "devices": ("train", "devices"),
+    "precision": ("train", "precision"), "device": ("train", "accelerator"), "devices": ("train", "devices"),
     "strategy": ("train", "strategy"), "num_nodes": ("train", "num_nodes"), "log_every": ("train", "log_every"),
     "progress_bar": ("train", "progress_bar"), "test": ("train", "test"),
 }
@@ -383,7 +391,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--save-every", type=int, help="steps between refreshes of last.ckpt")
     group.add_argument("--checkpoint-steps", type=int, nargs="*", help="steps that keep a checkpoint of their own")
     group.add_argument("--precision", choices=PRECISIONS)
-    group.add_argument("--accelerator", help="cpu, gpu or auto")
+    group.add_argument("--device", choices=DEVICES, help="auto (default: the GPU when there is one), cpu or cuda")
     group.add_argument("--devices", type=lambda v: v if v == "auto" else int(v), help="devices per node, or auto")
     group.add_argument("--strategy", help="auto or ddp")
     group.add_argument("--num-nodes", type=int)

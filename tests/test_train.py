@@ -135,6 +135,58 @@ def test_an_interrupted_run_resumes_as_if_never_stopped(data_root, tmp_path, obj
     assert (folder / "logs/tensorboard/version_0").is_dir()
 
 
+def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes_as_if_never_stopped(data_root, tmp_path):
+    config = smoke_config(data_root)
+    config = config.replace(optim={**config.optim.to_dict(), "schedule": "wsd", "decay_fraction": 0.5})
+    straight = train(config, tmp_path / "straight")
+    stopped = train(config, tmp_path / "budget", budget_seconds=0)  # stops after its first step
+    assert stopped["stopped_by_budget"] and stopped["global_step"] == 1 and not straight["stopped_by_budget"]
+    assert torch.load(tmp_path / "budget/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
+    resumed = train(config, tmp_path / "budget", resume=True)
+    assert resumed["global_step"] == 6
+    expected, actual = weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(tmp_path / "budget/checkpoints/last.ckpt")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    # wsd keeps the checkpoint where its decay begins (step 3 of 6): the one to extend the run from.
+    assert (tmp_path / "straight/checkpoints/step-3.ckpt").exists()
+
+
+def test_the_convergence_curve_records_every_validation_against_wall_minutes(data_root, tmp_path):
+    import time
+
+    from igptlib.bench_converge import ConvergenceCurve, apply_overrides, minutes_to
+
+    curve = ConvergenceCurve(time.perf_counter())
+    train(smoke_config(data_root), tmp_path / "run", callbacks=[curve])
+    assert [p["step"] for p in curve.points] == [3, 6]
+    assert 0 < curve.points[0]["minutes"] <= curve.points[1]["minutes"]
+    assert all(0 < p["val_nats_per_pixel"] < 3 for p in curve.points)
+    best = min(p["val_nats_per_pixel"] for p in curve.points)
+    assert minutes_to(curve.points, best) is not None and minutes_to(curve.points, best / 2) is None
+
+    # The README's table is rewritten between its markers, and nothing around them changes.
+    from igptlib.bench_converge import README_END, README_START, write_readme_section
+
+    config = smoke_config(data_root)
+    record = {"name": "tiny", "config": config.to_dict(), "curve": curve.points, "minutes_to": {"0.32": None, "0.31": None},
+              "training": {"parameters": 1000, "steps": 6, "minutes": 0.1},
+              "test": {"nats_per_pixel": curve.points[-1]["val_nats_per_pixel"]}, "machine": {"load_average_before": [0.5]}}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{README_START}\nold table\n{README_END}\nafter\n")
+    assert write_readme_section([record], readme)
+    text = readme.read_text()
+    assert text.startswith(f"before\n{README_START}\n| recipe |") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text and "| `tiny` | 32/1/2 |" in text and "not reached" in text
+    (tmp_path / "other.md").write_text("no markers\n")
+    assert not write_readme_section([record], tmp_path / "other.md")
+
+    values = apply_overrides(smoke_config(data_root).to_dict(), ["optim.lr=3e-3", "data.augment=[]", "model.n_head=1"])
+    assert (values["optim"]["lr"], values["data"]["augment"], values["model"]["n_head"]) == (3e-3, [], 1)
+    for bad in ["optim.lr", "optim.speed=2", "lr=3"]:
+        with pytest.raises(ConfigError, match="expected SECTION.FIELD=VALUE"):
+            apply_overrides(smoke_config(data_root).to_dict(), [bad])
+
+
 def test_a_run_folder_is_never_overwritten_and_resumes_only_its_own_model(data_root, tmp_path):
     config = smoke_config(data_root, steps=2, checkpoint_steps=[], test=True)
     metrics = train(config, tmp_path / "run")
@@ -168,7 +220,7 @@ def test_two_process_ddp_on_the_cpu_trains_a_few_steps(data_root, tmp_path):
         sys.executable, "-m", "igptlib.train", "--size", "xs", "--root", str(data_root), "--clusters", "8",
         "--limit-train", "32", "--limit-val", "8", "--limit-test", "8", "--batch-size", "4", "--steps", "3",
         "--val-every", "3", "--val-batches", "1", "--no-test", "--no-progress-bar", "--precision", "32-true",
-        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--run-dir", str(tmp_path / "ddp"),
+        "--device", "cpu", "--devices", "2", "--strategy", "ddp", "--run-dir", str(tmp_path / "ddp"),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
