@@ -1,7 +1,9 @@
 """What the notebooks share: their parameters (validated, since papermill only warns about unknown
 names), the smoke mode the tests switch on, and where a run's files go.
 
-Every notebook's first cell does its imports and ends with `_names_before = set(globals())`; then
+Every notebook opens with the same set-up cell (on Colab it clones and installs the course:
+igptlib.colab; elsewhere it does nothing). The next cell does the imports and ends with
+`_names_before = set(globals())`; then
 comes the cell tagged `parameters` (which papermill follows with its injected cell), then
 `params = course.parameters(globals(), _names_before)`: any name that appeared in between must be
 a known parameter of the right type. Notebooks run from the repository root (course.go_to_root),
@@ -11,30 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import torch
 
 from igptlib.config import Config, ConfigError, DataConfig
 from igptlib.device import DEVICES, resolve_device
-
-
-def on_colab() -> bool:
-    return "google.colab" in sys.modules
-
-
-def install_on_colab() -> None:
-    """On Colab: install the project's requirements except torch, torchvision and numpy (Colab's
-    own builds match its GPU; pinning them would replace them), then the project itself."""
-    import subprocess
-    import tomllib
-
-    keep = {"torch", "torchvision", "numpy"}
-    requirements = tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
-    wanted = [r for r in requirements if r.split("=")[0].split(">")[0].split("<")[0].strip() not in keep]
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "."], check=True)
 
 
 def go_to_root() -> Path:
@@ -72,6 +56,7 @@ class CourseParameters(Config):
     rows: int = 14  # rows of the image kept for completion
     smoke: bool = False  # tiny data and steps: what the tests run
     device: str = "auto"  # where the model trains and samples: auto (the GPU when there is one), cpu or cuda
+    show_tensorboard: bool = True  # 05_training shows its logs inline (never in smoke mode; sweeps turn it off)
 
     def validate(self):
         DataConfig(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size, seed=self.seed)
