@@ -32,7 +32,7 @@ from PIL import Image
 
 from igptlib.data import DataError, load_split
 from igptlib.device import resolve_device
-from igptlib.images import ImageLoadError, load_image
+from igptlib.images import MAX_PIXELS, ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context
 from igptlib.sampling import complete_masked
 from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
@@ -95,18 +95,20 @@ def upright_turns(model, palette: np.ndarray, image: torch.Tensor) -> tuple[int,
     return int(nats.argmin()), nats.tolist()
 
 
-def prepare_upload(name: str, content: bytes, model, palette: np.ndarray,
-                   invert: bool | None = None, turn: int | None = None) -> tuple[torch.Tensor, list[str]]:
+def prepare_upload(name: str, content: bytes, model, palette: np.ndarray, invert: bool | None = None,
+                   turn: int | None = None, max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
     """An uploaded file's bytes as the model's input, uint8 [C, n_px, n_px], and notes on what was done.
 
     invert: None detects a white background (load_image); turn: quarter turns anticlockwise, None
-    lets the model choose (upright_turns). A file that is not a PNG or JPEG raises ImageLoadError.
+    lets the model choose (upright_turns). A file that is not a PNG or JPEG, or that would need more
+    than max_pixels once made square, raises ImageLoadError.
     """
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(name).name
         path.write_bytes(content)
         try:
-            image, notes = load_image(path, n_px=model.config.n_px, channels=palette.shape[1], invert=invert)
+            image, notes = load_image(path, n_px=model.config.n_px, channels=palette.shape[1], invert=invert,
+                                      max_pixels=max_pixels)
         except ImageLoadError as error:
             # The temporary folder means nothing to the user; the name they uploaded does.
             raise ImageLoadError(str(error).replace(str(path), name)) from None
@@ -255,11 +257,12 @@ class Explorer:
         self._show_error("")
         try:
             self.result = self._complete()
-        except (ValueError, OSError, DataError) as error:  # bad uploads, paths, checkpoints, data
+        except (ValueError, OSError, DataError, MemoryError) as error:  # bad uploads, paths, checkpoints, data
             self.result = None
             self.pictures.children = ()
             self.status.value = "failed"
-            self._show_error(str(error))
+            self._show_error(str(error) if not isinstance(error, MemoryError) else
+                             "Out of memory: expected a smaller image, model or number of samples for this machine.")
         finally:
             self.button.disabled = False
         return self.result
