@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
+import re
 
 import lightning as L
 import numpy as np
@@ -237,7 +239,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
-    except Exception as error:  # unpickling refusals and corrupt files alike
+    except pickle.UnpicklingError as error:  # torch's message runs to several lines of advice; the cause is one
+        found = re.search(r"Unsupported global: GLOBAL \S+", str(error))
+        raise CheckpointError(f"{path}: refused: it holds more than weights ({found[0] if found else 'not a plain pickle'}) "
+                              "and loading it could run code; expected a checkpoint saved by igpt train") from None
+    except Exception as error:  # corrupt files
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {error})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in checkpoint:
@@ -247,6 +253,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except ConfigError as error:
         raise CheckpointError(str(error)) from None
     return checkpoint
+
+
+def check_weights(config: ModelConfig, weights: dict, where) -> None:
+    """Refuse a model file whose config asks for more weights than it holds, or whose weights are not finite.
+
+    The first check comes before the model is built: a config's sizes come from the file, and
+    `n_layer: 100000` would otherwise allocate gigabytes only to fail on the shapes afterwards.
+    """
+    held = sum(tensor.numel() for tensor in weights.values())
+    # At least the attention (4 C^2) and MLP (8 C^2) matrices of every layer and a position embedding each.
+    needed = config.n_layer * 12 * config.n_embd**2 + config.seq_len * config.n_embd
+    if needed > held:
+        raise CheckpointError(
+            f"{where}: its model config (n_layer {config.n_layer}, n_embd {config.n_embd}, n_px {config.n_px}) "
+            f"needs at least {needed:,} weights, but the file holds {held:,}: expected a config that fits its weights")
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: weight {name} holds NaN or infinite values; expected finite weights")
 
 
 def _load_weights(module: ImageGPT, state_dict: dict, path) -> None:
@@ -294,6 +318,7 @@ def load_checkpoint(path: str | os.PathLike, palette: np.ndarray | None = None) 
         check_palette_fits(np.asarray(palette, dtype=np.float32), model, CheckpointError)
         if hparams.get("palette") is not None:
             check_same_palette(np.asarray(hparams["palette"], dtype=np.float32), palette, path)
+    check_weights(ModelConfig.from_dict(hparams["model"]), checkpoint["state_dict"], path)
     module = ImageGPT(hparams["model"], hparams.get("optim"), hparams.get("palette"), hparams.get("seed", 0))
     _load_weights(module, checkpoint["state_dict"], path)
     return module.eval()

@@ -3,8 +3,7 @@
 models/<name>.safetensors holds the GPT's weights (float32) and the palette (tensor "palette");
 its metadata holds the model config (YAML) and where the weights came from (the run, the step, the
 command). load_model opens a shipped name, a .safetensors file or a Lightning .ckpt alike, so the
-explorer, the notebooks and `igpt complete` accept any of them. An installed package carries the
-models as package data (igptlib/models/); IGPT_MODELS_DIR names another folder (find_models_dir).
+explorer, the notebooks and `igpt complete` accept any of them.
 
     shipped_models()                       names of the models in models/
     export_model(checkpoint, out, notes)   a .ckpt -> a .safetensors file with config and palette
@@ -16,31 +15,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from igptlib.config import ConfigError
 from igptlib.model import ModelConfig
-from igptlib.module import CheckpointError, ImageGPT, load_checkpoint
+from igptlib.module import CheckpointError, ImageGPT, check_weights, load_checkpoint
 from igptlib.train import RunConfig, find_run_folder
 
-MODELS_VARIABLE = "IGPT_MODELS_DIR"
-
-
-def find_models_dir() -> Path:
-    """Where the shipped models are: $IGPT_MODELS_DIR if set; else igptlib/models/, the package data
-    of an installed package; else models/ beside igptlib/, in a clone (an editable install too)."""
-    chosen = os.environ.get(MODELS_VARIABLE, "").strip()
-    if chosen:
-        return Path(chosen).expanduser()
-    package_data = Path(__file__).resolve().parent / "models"
-    return package_data if package_data.is_dir() else package_data.parent.parent / "models"
-
-
-MODELS_DIR = find_models_dir()  # read once, when igptlib is imported
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a shipped model's name: a file name, never a path
 
 
 def shipped_models(models_dir: str | os.PathLike = MODELS_DIR) -> list[str]:
@@ -48,11 +37,28 @@ def shipped_models(models_dir: str | os.PathLike = MODELS_DIR) -> list[str]:
     return sorted(path.stem for path in Path(models_dir).glob("*.safetensors"))
 
 
-def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, notes: dict | None = None) -> Path:
+def shipped_path(name: str, models_dir: str | os.PathLike = MODELS_DIR) -> Path:
+    """models/<name>.safetensors, for a name that is a plain file name (it cannot point elsewhere)."""
+    if not NAME.fullmatch(name):
+        raise ValueError(f"--name {name!r}: expected a plain model name of letters, digits, '.', '_' and '-' "
+                         f"(it becomes {Path(models_dir).name}/<name>.safetensors)")
+    return Path(models_dir) / f"{name}.safetensors"
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, notes: dict | None = None,
+                 force: bool = False) -> Path:
     """Write a checkpoint's weights, config and palette to one safetensors file; return its path.
 
     `notes` (plain data: run folder, step, command, metrics...) goes into the metadata as JSON.
+    An existing file is replaced only with `force`: shipped models are not overwritten by accident.
     """
+    out = Path(out)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out}: a directory; expected the path of a .safetensors file")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: expected a path ending in .safetensors (the file load_model reads)")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; choose another name, or replace it with --force")
     module = load_checkpoint(checkpoint)
     if module.palette is None:
         raise CheckpointError(f"{checkpoint}: holds no palette, so a shipped model could not turn tokens into colours")
@@ -69,7 +75,8 @@ def save_model(module: ImageGPT, out: str | os.PathLike, notes: dict | None = No
         metadata["dataset"] = dataset
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # a crash leaves no half-written model behind
-    save_file(tensors, partial, metadata=metadata)
+    # Written with open() rather than save_file, which makes every file mode 0600 whatever the umask.
+    partial.write_bytes(save(tensors, metadata=metadata))
     partial.replace(out)
     return out
 
@@ -89,8 +96,15 @@ def _load_safetensors(path: Path) -> ImageGPT:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
     if "model" not in metadata or "palette" not in tensors:
         raise CheckpointError(f"{path}: not a shipped igpt model (no model config or palette in it)")
-    config = ModelConfig.from_dict(yaml.safe_load(metadata["model"]), where=f"{path}: model")
-    module = ImageGPT(config, palette=tensors.pop("palette").numpy())
+    try:
+        config = ModelConfig.from_dict(yaml.safe_load(metadata["model"]), where=f"{path}: model")
+    except yaml.YAMLError as error:
+        raise CheckpointError(f"{path}: its model config is not valid YAML ({' '.join(str(error).split())})") from None
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
+    palette = tensors.pop("palette")
+    check_weights(config, tensors, path)
+    module = ImageGPT(config, palette=palette.numpy())
     missing, unexpected = module.model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights of another shape than the model's "
