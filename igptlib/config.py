@@ -6,7 +6,9 @@ key or a string where a number belongs is a clear error, never a silently ignore
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -17,6 +19,17 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value or file is not what the dataclass expects."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts and sizes: argparse names the flag in the error it makes of this one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _type_name(annotation) -> str:
@@ -61,6 +74,8 @@ def _check_value(value, annotation, where: str):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # NaN passes every range check (all comparisons are False)
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -120,8 +135,10 @@ class Config:
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
-        return cls.from_dict(values if values is not None else {}, where=str(path))
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None  # on one line
+        if values is None:  # an empty file would silently be every default: a full-size run
+            raise ConfigError(f"{path}: empty; expected a mapping of {cls.__name__} fields")
+        return cls.from_dict(values, where=str(path))
 
 
 AUGMENTATIONS = ("crop", "flip", "rotate")
@@ -166,6 +183,8 @@ class DataConfig(Config):
             raise ConfigError(f"DataConfig.val_fraction: expected a fraction between 0 and 1, got {self.val_fraction}")
         if self.batch_size < 1:
             raise ConfigError(f"DataConfig.batch_size: expected a positive integer, got {self.batch_size}")
+        if not 0 <= self.seed < 2**32:  # what numpy's and Lightning's seeding accept
+            raise ConfigError(f"DataConfig.seed: expected an integer in 0..{2**32 - 1}, got {self.seed}")
         for name in ("limit_train", "limit_val", "limit_test"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import fcntl
 import json
 import math
 import os
@@ -28,6 +30,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import default_collate
 
 from igptlib.config import Config, ConfigError, DataConfig
@@ -257,7 +260,11 @@ def find_run_folder(checkpoint: str | Path) -> Path | None:
     return None
 
 
-def _prepare_folder(config: RunConfig, run_dir: Path, resume: bool) -> None:
+class RunFolderBusy(OSError):
+    """Another process is training in this run folder."""
+
+
+def _check_folder(run_dir: Path, resume: bool) -> None:
     saved = run_dir / "config.yaml"
     if not resume and (saved.exists() or any((run_dir / "checkpoints").glob("*.ckpt"))):
         raise FileExistsError(
@@ -265,6 +272,48 @@ def _prepare_folder(config: RunConfig, run_dir: Path, resume: bool) -> None:
         )
     if resume and not saved.exists():
         raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no config.yaml")
+
+
+def lock_run_folder(run_dir: Path):
+    """Hold run_dir/.lock until the returned file is closed: one training process per run folder.
+
+    flock, not a marker file: the kernel releases it when the process ends, killed or not, so a
+    crash never leaves a folder locked.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunFolderBusy(f"{run_dir} is in use: another process is training in it (it holds {run_dir / '.lock'}); "
+                            "wait for it to end, or choose another run folder") from None
+    return handle
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def _record_config(config: RunConfig, run_dir: Path, resume: bool, step: int) -> None:
+    """Write config.yaml; a resumed run whose settings changed also gets an entry in history.yaml."""
+    saved = run_dir / "config.yaml"
+    if resume:
+        before, after = _flat(RunConfig.load_yaml(saved).to_dict()), _flat(config.to_dict())
+        changes = {key: [before.get(key), value] for key, value in after.items() if before.get(key) != value}
+        if changes:
+            print(f"{run_dir}: resumed at step {step} with changed settings (recorded in history.yaml): "
+                  + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items()))
+            history_path = run_dir / "history.yaml"
+            history = yaml.safe_load(history_path.read_text()) if history_path.exists() else []
+            history.append({"resumed_at_step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                            "changes": changes})
+            partial = history_path.with_name(history_path.name + ".partial")
+            partial.write_text(yaml.safe_dump(history, sort_keys=False))
+            partial.replace(history_path)
     config.save_yaml(saved)
 
 
@@ -291,14 +340,13 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     if accelerator == "gpu" and precision == "bf16-mixed" and not bf16_on_gpu(torch.device("cuda")):
         precision = "16-mixed"  # a GPU without bfloat16 units (a T4) only emulates it, slowly
         print("this GPU computes bfloat16 only by emulation: training in float16 autocast (16-mixed) instead")
-    ckpt_path = None
-    if resume and last.exists():
-        check_checkpoint(last, config.model)  # a clear error before Lightning meets another shape
-        ckpt_path = str(last.resolve())
+    ckpt_path, step = None, 0
     if _first_process():
-        _prepare_folder(config, run_dir, resume)  # only after the checks: a refused run changes no file
-        if resume and ckpt_path is None:
-            print(f"{run_dir}: no checkpoint saved yet; starting from step 0")
+        _check_folder(run_dir, resume)
+    if resume and last.exists():
+        # a clear error before Lightning meets another shape
+        step = check_checkpoint(last, config.model).get("global_step", 0)
+        ckpt_path = str(last.resolve())
 
     # On 2 cores the main process loads data (num_workers=0) on purpose; TrainBatches resumes
     # mid-epoch though Lightning cannot tell; a resumed run's checkpoint folder is not empty.
@@ -326,27 +374,43 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar, log_every_n_steps=t.log_every,
         default_root_dir=run_dir,
     )
-    if isinstance(trainer.accelerator, CPUAccelerator):
-        reuse_freed_memory()
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    wall = time.perf_counter() - started
-    metrics = {
-        "global_step": trainer.global_step,
-        "epoch": trainer.current_epoch,
-        "wall_seconds": round(wall, 1),
-        "parameters": module.model.num_parameters(),
-        "best_checkpoint": best.best_model_path or None,
-        "best_val_nats_per_pixel": None if best.best_model_score is None else float(best.best_model_score),
-        "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
-    }
-    if t.test:
-        results = trainer.test(module, datamodule=data, ckpt_path=best.best_model_path or None,
-                               weights_only=True, verbose=t.progress_bar)
-        metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
-    if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    lock = None
+    if _first_process():
+        # Only now that every check has passed: a run refused by any of them changes no file.
+        lock = lock_run_folder(run_dir)
+        _check_folder(run_dir, resume)  # again, under the lock: another process may have started this run
+        _record_config(config, run_dir, resume, step)
+        if resume and ckpt_path is None:
+            print(f"{run_dir}: no checkpoint saved yet; starting from step 0")
+    try:
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            reuse_freed_memory()
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        wall = time.perf_counter() - started
+        metrics = {
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "wall_seconds": round(wall, 1),
+            "parameters": module.model.num_parameters(),
+            "best_checkpoint": best.best_model_path or None,
+            "best_val_nats_per_pixel": None if best.best_model_score is None else float(best.best_model_score),
+            "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        }
+        if t.test:
+            results = trainer.test(module, datamodule=data, ckpt_path=best.best_model_path or None,
+                                   weights_only=True, verbose=t.progress_bar)
+            metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
+        if trainer.is_global_zero:
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
+    except BaseException:
+        if lock is not None and not resume and not any(checkpoints.glob("*.ckpt")):
+            (run_dir / "config.yaml").unlink(missing_ok=True)  # nothing to resume: the folder can take a new run
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 # -- the `igpt train` command -----------------------------------------------------------------------
