@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from igptlib.config import positive_int
 from igptlib.model import GPT, PRESETS, ModelConfig, ar_loss, model_config
 from igptlib.train import reuse_freed_memory
 
@@ -223,14 +224,14 @@ def print_report(result: dict, precision: str) -> None:
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per model (the median counts)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per model (the median counts)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per model first (default: 5)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="our model's precision")
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference model")
-    parser.add_argument("--n-px", type=int, default=28)
+    parser.add_argument("--n-px", type=positive_int, default=28)
     parser.add_argument("--vocab-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
                         help="reuse: glibc keeps freed memory, as `igpt train` sets it on CPUs (for both models); "
                              "default: glibc as it comes")

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from igptlib.config import positive_int
 from igptlib.model import GPT, model_config
 from igptlib.sampling import _check_sampling, complete, keep_rows, sample_next
 
@@ -99,10 +100,10 @@ def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: i
 
 def add_bench_sample_arguments(parser) -> None:
     parser.add_argument("--preset", default="xs")
-    parser.add_argument("--images", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--images", type=positive_int, default=1)
+    parser.add_argument("--samples", type=positive_int, default=16)
     parser.add_argument("--rows", type=int, default=14, help="rows kept; the rest are sampled")
-    parser.add_argument("--repeats", type=int, default=3, help="the cached sampler's best of this many runs")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="the cached sampler's best of this many runs")
 
 
 def run_bench_sample(args) -> None:

@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
-from igptlib.config import ConfigError, DataConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from igptlib.config import ConfigError, DataConfig, positive_int
 from igptlib.data import DATASETS, DataError
 from igptlib.device import DEVICES, resolve_device
-from igptlib.images import ImageLoadError
+from igptlib.images import MAX_PIXELS, ImageLoadError
 from igptlib.module import CheckpointError
 from igptlib.quantize import PaletteError
 
@@ -41,6 +43,8 @@ def run_centroids(args) -> None:
         dataset=args.dataset, root=args.root, n_px=args.n_px, clusters=args.clusters, palette=args.out,
         palette_method=args.method, palette_pixels=args.pixels, seed=args.seed,
     )
+    if config.palette_path.is_dir():
+        raise IsADirectoryError(f"--out {config.palette_path}: a directory; expected the path of a .npy file")
     exists = config.palette_path.exists()
     if exists and not args.force:
         print(f"{config.palette_path} exists; loading it (use --force to fit again)")
@@ -91,7 +95,7 @@ def run_complete(args) -> None:
         raise ValueError(f"{args.model}: the checkpoint holds no palette, so its tokens cannot be turned into colours")
     n_px, channels = module.model_config.n_px, module.palette.shape[1]
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
-    image, notes = load_image(args.image, n_px=n_px, channels=channels, invert=invert)
+    image, notes = load_image(args.image, n_px=n_px, channels=channels, invert=invert, max_pixels=args.max_pixels)
     print("\n".join(notes))
     rows = n_px // 2 if args.rows is None else args.rows
     tokens = encode(image[None], module.palette)
@@ -105,12 +109,15 @@ def run_complete(args) -> None:
 
 
 def run_export(args) -> None:
-    from igptlib.shipped import MODELS_DIR, export_model
+    from igptlib.shipped import export_model, shipped_path
 
     if args.format == "hf":
         run_export_hf(args)
         return
-    out = Path(args.out) if args.out else MODELS_DIR / f"{args.name}.safetensors"
+    if not (args.name or args.out):
+        raise ValueError("--name is required: the shipped model's name, written to models/<name>.safetensors "
+                         "(or --out: another .safetensors path)")
+    out = Path(args.out) if args.out else shipped_path(args.name)
     bad = [note for note in args.note if "=" not in note]
     if bad:
         raise ValueError(f"--note {bad[0]!r}: expected KEY=VALUE")
@@ -122,7 +129,7 @@ def run_export(args) -> None:
             notes[key].append(value)
         else:
             notes[key] = [notes[key], value]
-    path = export_model(args.checkpoint, out, notes)
+    path = export_model(args.checkpoint, out, notes, force=args.force)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
 
@@ -156,8 +163,16 @@ def _add_bench_commands(commands) -> None:
     sample.set_defaults(run=run_bench_sample)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is a --help away); subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="igpt", description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.")
+    parser = _Parser(prog="igpt", description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="fetch and verify a dataset (offline sources included)")
@@ -171,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     centroids.add_argument("--clusters", type=int, default=16)
     centroids.add_argument("--n-px", type=int, default=28, help="context reduction: resize to n_px x n_px first")
     centroids.add_argument("--method", choices=["minibatch", "kmeans"], default="minibatch")
-    centroids.add_argument("--pixels", type=int, default=200_000, help="pixels sampled for k-means")
+    centroids.add_argument("--pixels", type=positive_int, default=200_000, help="pixels sampled for k-means")
     centroids.add_argument("--seed", type=int, default=0)
     centroids.add_argument("--out", help="where to write the .npy (default: under the data root)")
     centroids.add_argument("--force", action="store_true", help="fit again even if the file exists")
@@ -181,11 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     augment = commands.add_parser("augment", help="write the augmented training set to disk and/or show a grid of it")
     _add_data_arguments(augment)
     augment.add_argument("--augment", nargs="*", default=["crop", "flip"], help="crop, flip, rotate (none: no flag values)")
-    augment.add_argument("--copies", type=int, default=1, help="augmented copies of the training split to write")
+    augment.add_argument("--copies", type=positive_int, default=1, help="augmented copies of the training split to write")
     augment.add_argument("--seed", type=int, default=0)
     augment.add_argument("--out", help="an .npz to write (images uint8 [N, C, H, W], labels)")
     augment.add_argument("--grid", help="a PNG of originals beside augmented versions, a row per label")
-    augment.add_argument("--per-label", type=int, default=6)
+    augment.add_argument("--per-label", type=positive_int, default=6)
     augment.set_defaults(run=run_augment)
 
     from igptlib.evaluate import add_evaluate_arguments, run_evaluate
@@ -199,14 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--model", "--checkpoint", default="mnist",
                           help="a shipped model's name, a .safetensors file or a .ckpt checkpoint (default: mnist)")
     complete.add_argument("--image", required=True, help="PNG, JPG or JPEG of any size or mode")
-    complete.add_argument("--samples", type=int, default=8)
+    complete.add_argument("--samples", type=positive_int, default=8)
     complete.add_argument("--rows", type=int, help="rows kept from the top (default: half the image)")
     complete.add_argument("--temperature", type=float, default=1.0)
-    complete.add_argument("--top-k", type=int)
+    complete.add_argument("--top-k", type=positive_int)
     complete.add_argument("--seed", type=int, default=0)
     complete.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                           help="white-background images are inverted when detected (auto; grayscale models only), always or never")
     complete.add_argument("--out", default="completion.png", help="the figure to write")
+    complete.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS,
+                          help=f"refuse images that need more pixels than this once made square (default: {MAX_PIXELS:,})")
     complete.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     complete.set_defaults(run=run_complete)
 
@@ -215,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a .ckpt checkpoint (--format hf: also a shipped model's name or a .safetensors file)")
     export.add_argument("--format", choices=["igpt", "hf"], default="igpt",
                         help="igpt: one .safetensors file (default); hf: a transformers ImageGPT folder at --out")
-    export.add_argument("--name", default="mnist", help="the shipped model's name: models/<name>.safetensors")
+    export.add_argument("--name", help="the shipped model's name: models/<name>.safetensors")
     export.add_argument("--out", help="another place to write the .safetensors file")
     export.add_argument("--force", action="store_true", help="replace an existing model file")
     export.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE", help="provenance kept in the metadata (a repeated KEY makes a list: command=... command=...)")
@@ -250,14 +267,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input or the machine's state can cause: one line, exit status 2. Anything else is
+# a bug: one line and exit status 1, with the traceback behind --debug.
+USER_ERRORS = (DataError, PaletteError, ConfigError, CheckpointError, ImageLoadError, OSError, ValueError,
+               MisconfigurationException)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in argv:  # accepted anywhere on the line, not only before the command
+        argv = ["--debug", *(arg for arg in argv if arg != "--debug")]
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DataError, PaletteError, ConfigError, CheckpointError, ImageLoadError, FileNotFoundError,
-            FileExistsError, ValueError) as error:
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
         print(f"igpt {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print(f"igpt {args.command}: error: out of memory; expected smaller inputs, sizes or counts "
+              f"for this machine", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"igpt {args.command}: internal error (a bug; --debug shows the traceback): "
+              f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from igptlib import plots
-from igptlib.config import DataConfig
+from igptlib.config import DataConfig, positive_int
 from igptlib.data import PixelDataModule, encode_all, load_split
 from igptlib.device import DEVICES, resolve_device
 from igptlib.module import check_same_palette, load_checkpoint
@@ -457,18 +457,18 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder)")
     parser.add_argument("--root", help="data root (default: the run's)")
     parser.add_argument("--dataset", default="mnist", help="for a checkpoint without a run folder (default: mnist)")
-    parser.add_argument("--limit-test", type=int, help="only the first N test images")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--limit-test", type=positive_int, help="only the first N test images")
+    parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     parser.add_argument("--precision", choices=PRECISIONS, default="32",
                         help="32 (default) or bf16: bfloat16 autocast for the passes over whole splits, faster on CPUs with bf16 instructions")
     parser.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
     parser.add_argument("--probe-layers", type=int, nargs="+", help="layers to probe (default: all, 0 = embeddings)")
-    parser.add_argument("--probe-train", type=int, help="fit the probes on the first N training images (default: all)")
+    parser.add_argument("--probe-train", type=positive_int, help="fit the probes on the first N training images (default: all)")
     parser.add_argument("--classification", action=argparse.BooleanOptionalAction, default=None,
                         help="the classification head's metrics (default: only for fine-tuned checkpoints)")
     parser.add_argument("--completions", type=int, default=16, help="test images to complete (0: none; default 16)")
-    parser.add_argument("--samples", type=int, default=4, help="completions per image (default 4)")
+    parser.add_argument("--samples", type=positive_int, default=4, help="completions per image (default 4)")
     parser.add_argument("--keep-rows", type=int, help="rows kept of each image (default: half)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)

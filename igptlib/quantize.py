@@ -109,6 +109,8 @@ def save_palette(palette: np.ndarray, path: str | Path) -> Path:
     """Write the palette as .npy; written to a temporary name first so a crash leaves no half file."""
     palette = check_palette(palette)
     path = Path(path)
+    if path.is_dir():  # checked first: the rename below would fail only after writing the .partial file
+        raise IsADirectoryError(f"{path}: a directory; expected the path of a .npy file")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npy")
     np.save(partial, palette)

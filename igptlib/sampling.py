@@ -8,6 +8,7 @@ batch.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,6 +16,8 @@ from tqdm.auto import tqdm
 
 from igptlib.device import gpu_autocast
 from igptlib.model import GPT
+
+MIN_TEMPERATURE = 1e-3  # exp(-gap / T) at a logit gap of 0.1 is exp(-100): greedy in all but name
 
 
 def keep_rows(n_px: int, rows: int) -> int:
@@ -62,10 +65,34 @@ def _check_sampling(model: GPT, tokens: torch.Tensor, keep: int, samples: int, t
         raise ValueError(f"keep must lie in 0..{min(tokens.shape[1], seq_len)}, got {keep}")
     if samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+        raise ValueError(f"temperature must be 0 (greedy) or a finite number from {MIN_TEMPERATURE} up "
+                         f"(below it the draw is greedy anyway, and logits / T overflows), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    _check_memory(model, tokens.shape[0] * samples)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device`, where the system says (Linux, CUDA); else None."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _check_memory(model: GPT, sequences: int) -> None:
+    """Refuse a batch whose key/value cache alone would not fit, before allocating any of it."""
+    c = model.config
+    need = 2 * c.n_layer * sequences * (c.seq_len + 1) * c.n_embd * 4  # keys and values, float32
+    free = free_memory(next(model.parameters()).device)
+    if free is not None and need > free:
+        raise ValueError(f"{sequences} sequences (images x samples) need about {need / 2**30:.1f} GiB for the "
+                         f"key/value cache, more than the {free / 2**30:.1f} GiB free here; expected fewer samples")
 
 
 def complete(
