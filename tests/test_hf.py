@@ -189,6 +189,10 @@ def test_transformers_generate_keeps_the_prefix_and_draws_valid_colours(tmp_path
     assert torch.equal(samples[:, :, :20], tokens[:, None, :20].expand(2, 3, 20))
     assert samples.min() >= 0 and samples.max() < K  # never the SOS token
     assert not torch.equal(samples[:, 0], samples[:, 1])  # sampled, not greedy
+    state = torch.random.get_rng_state()
+    again = complete_transformers(original, tokens, keep=20, samples=3, temperature=1.0, top_k=5, seed=0)
+    assert torch.equal(again, samples)  # seeded
+    assert torch.equal(torch.random.get_rng_state(), state)  # and the caller's random state untouched
 
 
 def test_what_cannot_be_converted_is_refused_clearly(tmp_path, capsys):
