@@ -54,16 +54,18 @@ def complete_transformers(
 ) -> torch.Tensor:
     """The same contract with a transformers ImageGPTForCausalImageModeling and its generate().
 
-    Its draws come from torch's global generator (seeded here), so they differ from ours.
+    Its draws come from torch's global generator, seeded here inside fork_rng (the caller's random
+    state is left as it was), so they differ from ours.
     """
     sos = model.config.vocab_size - 1  # the last row of its token embedding
     seq_len = model.config.n_positions
     prompts = tokens[:, :keep].repeat_interleave(samples, dim=0)
     prompts = torch.cat([torch.full((len(prompts), 1), sos, dtype=torch.long), prompts], dim=1)
-    torch.manual_seed(seed)
     sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or 0) if temperature > 0 else dict(do_sample=False)
-    out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=seq_len - keep,
-                         min_new_tokens=seq_len - keep, pad_token_id=sos, **sampling)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=seq_len - keep,
+                             min_new_tokens=seq_len - keep, pad_token_id=sos, **sampling)
     return out[:, 1:].reshape(tokens.shape[0], samples, seq_len)
 
 
