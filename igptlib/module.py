@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pickle
 import re
 
 import lightning as L
@@ -239,12 +238,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
-    except pickle.UnpicklingError as error:  # torch's message runs to several lines of advice; the cause is one
+    except Exception as error:  # unpickling refusals and corrupt files alike
+        # torch's refusal runs to several lines of advice; its cause is one line of them
         found = re.search(r"Unsupported global: GLOBAL \S+", str(error))
-        raise CheckpointError(f"{path}: refused: it holds more than weights ({found[0] if found else 'not a plain pickle'}) "
-                              "and loading it could run code; expected a checkpoint saved by igpt train") from None
-    except Exception as error:  # corrupt files
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(error).__name__}: {error})") from None
+        if found:
+            raise CheckpointError(f"{path}: refused: it holds more than weights ({found[0]}) and loading it "
+                                  "could run code; expected a checkpoint saved by igpt train") from None
+        cause = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(error).__name__}: "
+                              f"{cause[1] if cause else ' '.join(str(error).split())})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not an ImageGPT checkpoint (no model config or state_dict in it)")
