@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import types
@@ -19,6 +20,16 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value or file is not what the dataclass expects."""
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file igpt wrote (metrics.json, evaluation.json, ...), or a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error}); expected the file as igpt wrote it "
+                          "(run the step that writes it again)") from None
 
 
 def positive_int(text: str) -> int:

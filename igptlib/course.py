@@ -141,13 +141,12 @@ def train_once(config, run_dir: str | Path) -> dict:
     This is what makes the README's main command cheap to repeat. A folder holding another
     config, or an unfinished run, is left to train.train, which refuses to overwrite it.
     """
-    import json
-
+    from igptlib.config import read_json
     from igptlib.train import RunConfig, train
 
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.json"
     if metrics.exists() and RunConfig.load_yaml(run_dir / "config.yaml") == config:
         print(f"{run_dir} already holds this run, finished; delete the folder to train again")
-        return json.loads(metrics.read_text())
+        return read_json(metrics)
     return train(config, run_dir)

@@ -378,6 +378,15 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_the_folder_reus
     lock_run_folder(run).close()  # released after the failure
 
 
+def test_a_broken_metrics_json_is_named(tiny_run):
+    from igptlib.config import ConfigError
+    from igptlib.course import train_once
+
+    (tiny_run / "metrics.json").write_text('{"global_step": 2,')  # cut off mid-write
+    with pytest.raises(ConfigError, match=r"run/metrics.json: not valid JSON \(.*\); expected the file as igpt wrote it"):
+        train_once(RunConfig.load_yaml(tiny_run / "config.yaml"), tiny_run)
+
+
 # -- images: what the model sees ---------------------------------------------------------------------
 
 
