@@ -255,11 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(sweep)
     sweep.set_defaults(run=run_sweep)
 
-    report = commands.add_parser("report", help="build report/README.md and report/index.html from the run folders")
+    from igptlib.records import add_record_arguments, run_record
+
+    record = commands.add_parser("record", help="copy a finished run folder's small files into report/runs/<name> (committed)")
+    add_record_arguments(record)
+    record.set_defaults(run=run_record)
+
+    report = commands.add_parser("report", help="record runs/*, then build report/ (README, index.html, results.json, model cards) from report/runs/")
     add_report_arguments(report)
     report.set_defaults(run=run_report)
 
-    card = commands.add_parser("card", help="write a shipped model's card (report/models/<name>.md) from its run folder")
+    card = commands.add_parser("card", help="record a shipped model's run folder as its training record, then rebuild its card and the report")
     add_card_arguments(card)
     card.set_defaults(run=run_card)
 
@@ -277,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in argv:  # accepted anywhere on the line, not only before the command
         argv = ["--debug", *(arg for arg in argv if arg != "--debug")]
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.invocation = ["igpt", *argv]  # the command line, which records keep as provenance
     try:
         args.run(args)
     except USER_ERRORS as error:

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -453,7 +454,10 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of a run, e.g. runs/mnist-s-ar/checkpoints/best.ckpt")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint of a run, e.g. runs/mnist-s-ar/checkpoints/best.ckpt")
+    source.add_argument("--model", help="a shipped model's name or a .safetensors file, evaluated on its own dataset; "
+                        "default --out: its record, report/runs/shipped-<name>/evaluation.json (figures beside it)")
     parser.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder)")
     parser.add_argument("--root", help="data root (default: the run's)")
     parser.add_argument("--dataset", default="mnist", help="for a checkpoint without a run folder (default: mnist)")
@@ -475,38 +479,57 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
 
 
-def run_evaluate(args) -> dict:
-    """Evaluate a checkpoint and write its metrics (and figures) into its run folder."""
-    device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
+def _model_to_evaluate(args) -> tuple:
+    """(module, data config, folder for evaluation.json and figures, what was evaluated) for
+    --checkpoint (its run folder) or --model (a shipped model's record, or the folder of --out)."""
+    if args.model is not None:
+        from igptlib.records import made_by_finetuning, shipped_record
+        from igptlib.shipped import MODELS_DIR, load_model, model_dataset, read_notes, shipped_models
+
+        module = load_model(args.model)  # a name or a file; anything else is refused here
+        path = MODELS_DIR / f"{args.model}.safetensors" if args.model in shipped_models() else Path(args.model)
+        config = module.model_config
+        data = DataConfig(dataset=model_dataset(path) or args.dataset, n_px=config.n_px, clusters=config.vocab_size)
+        folder = Path(args.out).parent if args.out else shipped_record(path.stem)
+        return module, data, folder, {"model_file": str(path), "global_step": None,
+                                      "finetuned": made_by_finetuning(read_notes(path))}
     checkpoint = Path(args.checkpoint)
     module = load_checkpoint(checkpoint)
-    model_config = module.model_config
     run_dir = find_run_folder(checkpoint)
     if run_dir is not None:
         data = RunConfig.load_yaml(run_dir / "config.yaml").data
     else:  # a checkpoint on its own: the data is described by the flags and the model's shape
         run_dir = checkpoint.parent
-        data = DataConfig(dataset=args.dataset, n_px=model_config.n_px, clusters=model_config.vocab_size)
+        data = DataConfig(dataset=args.dataset, n_px=module.model_config.n_px, clusters=module.model_config.vocab_size)
+    # mmap: reading one number must not load a large checkpoint's tensors a second time.
+    step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    return module, data, run_dir, {"checkpoint": str(checkpoint), "global_step": step, "finetuned": module.optim_config.finetune}
+
+
+def run_evaluate(args) -> dict:
+    """Evaluate a checkpoint (or a shipped model) and write its metrics and figures into its run folder (or record)."""
+    device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
+    module, data, run_dir, source = _model_to_evaluate(args)
+    model_config = module.model_config
     changes = {name: getattr(args, name) for name in ("root", "limit_test", "batch_size") if getattr(args, name) is not None}
     data = data.replace(**changes)
     datamodule = PixelDataModule(data)
     datamodule.prepare_data()
     datamodule.setup()
     if module.palette is not None:  # tokens of another palette would mean other colours
-        check_same_palette(module.palette, datamodule.palette, checkpoint)
+        check_same_palette(module.palette, datamodule.palette, args.checkpoint or args.model)
 
     model = module.model.to(device).eval()
-    finetuned = module.optim_config.finetune
+    finetuned = source["finetuned"]
     results = evaluate_model(
         model, datamodule, probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
         classification=finetuned if args.classification is None else args.classification,
         completions=args.completions, samples=args.samples, keep_rows=args.keep_rows, temperature=args.temperature,
         seed=args.seed, figures=run_dir / "figures" if args.figures else None, precision=args.precision,
     )
-    # mmap: reading one number must not load a large checkpoint's tensors a second time.
-    step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step")
-    results = {"checkpoint": str(checkpoint), "global_step": step, "finetuned": finetuned,
-               "model": model_config.to_dict(), "data": data.to_dict(), **results}
+    results = {**source, "model": model_config.to_dict(), "data": data.to_dict(), **results}
+    if getattr(args, "invocation", None):  # set by `igpt`: the record keeps the command that measured it
+        results["command"] = shlex.join(args.invocation)
     out = Path(args.out) if args.out else run_dir / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # an interrupted write never replaces a good file

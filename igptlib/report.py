@@ -1,8 +1,18 @@
-"""The report: report/README.md (and report/index.html), built only from run folders' files.
+"""The report, built only from committed run records (report/runs/, see igptlib.records).
 
-Every number in it is read from a run folder (config.yaml, metrics.json, evaluation.json and the
-fine-tuning run beside them), and every table row names the folder it came from, so each figure
-can be traced to the run, and the command, that produced it.
+`igpt report` first records every finished run folder under runs/ (a local run folder refreshes
+the record of its name), then writes from the records alone:
+
+    report/results.json     one entry per record: what was trained, how long, on what, and what it measures
+    report/README.md        the results beside the seed report and the paper, the results tables,
+                            comparisons per dataset, and each record's figures
+    report/index.html       the same as one page
+    report/models/<m>.md    a card per shipped model (models/<m>.safetensors)
+    README.md               its results section, between the RESULTS_BEGIN and RESULTS_END markers
+
+Nothing depends on the time or on files outside the records and models/, so the same records
+give the same bytes: a fresh clone rebuilds the committed report exactly. The only numbers not
+measured here are the seed report's and the paper's, kept in LITERATURE with their sources.
 """
 from __future__ import annotations
 
@@ -11,319 +21,354 @@ import shutil
 from pathlib import Path
 
 from igptlib import plots
+from igptlib.model import PRESETS
+from igptlib.records import RECORDS, SHIPPED_PREFIX, made_by_finetuning, record_run, shipped_record, training_seconds
 from igptlib.train import RunConfig
+
+RESULTS_BEGIN = "<!-- results: written by `igpt report` from report/results.json; do not edit by hand -->"
+RESULTS_END = "<!-- end of results -->"
+
+# The headline numbers of the seed report and of the paper that this project reproduces, with their
+# sources. They are literature constants: nothing here measures them.
+SEED = "an iGPT-on-MNIST project report (the project's seed document 000)"
+PAPER = "Chen et al. 2020, \"Generative Pretraining from Pixels\" (as quoted in the seed document 001)"
+LITERATURE = [
+    {"measure": "fine-tuned classifier, Cohen's kappa", "key": "kappa", "dataset": "mnist",
+     "seed": "0.992 (iGPT-S fine-tuned on augmented MNIST; ch. 6.3)", "paper": "not reported (no MNIST)"},
+    {"measure": "fine-tuned classifier, test accuracy", "key": "finetuned_accuracy", "dataset": "mnist",
+     "seed": "not stated", "paper": "iGPT-L: 99.0% CIFAR-10, 88.5% CIFAR-100"},
+    {"measure": "linear probe, best layer, test accuracy", "key": "probe_accuracy", "dataset": "mnist",
+     "seed": "not measured", "paper": "iGPT-L 32x32: 96.3% CIFAR-10, 82.8% CIFAR-100, 95.5% STL-10"},
+]
+SEED_COMPUTE = "Google Colab Pro+ (ch. 3.5; hours not stated)"
+PAPER_COMPUTE = "iGPT-L (1.4B parameters): about 2,500 V100-days; pre-training on 2048 TPU cores"
+PAPER_PROBE_FINDING = "the best linear-probe features lie in the middle of the network, not at its end"
+
+CAPTIONS = {  # the figures a record may hold, in the order they are shown
+    "figures/completions.png": "completions of test images (first column the cut input, last the original)",
+    "figures/linear_probes.png": "linear probe accuracy per layer",
+    "figures/confusion_matrix.png": "confusion matrix",
+    "figures/actual_vs_predicted.png": "actual vs predicted",
+    "finetune/figures/confusion_matrix.png": "fine-tuned: confusion matrix",
+    "finetune/figures/actual_vs_predicted.png": "fine-tuned: actual vs predicted",
+}
 
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def read_run(folder: Path) -> dict | None:
-    """What the report needs from one run folder, or None if the folder holds no finished run."""
-    metrics = _read_json(folder / "metrics.json")
-    if metrics is None or not (folder / "config.yaml").exists():
-        return None
-    finetune = folder / "finetune"
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _config(path: Path) -> RunConfig | None:
+    return RunConfig.load_yaml(path) if path.exists() else None
+
+
+def read_record(folder: str | Path) -> dict:
+    """What the report needs from one record (or run folder); parts it lacks are None or empty."""
+    folder, finetune = Path(folder), Path(folder) / "finetune"
     return {
-        "folder": folder,
-        "config": RunConfig.load_yaml(folder / "config.yaml"),
-        "metrics": metrics,
+        "name": folder.name, "folder": folder, "about": _read_json(folder / "record.json") or {},
+        "config": _config(folder / "config.yaml"), "metrics": _read_json(folder / "metrics.json"),
         "evaluation": _read_json(folder / "evaluation.json") or {},
+        "commands": _lines(folder / "commands.txt") + _lines(finetune / "commands.txt"),
         "finetune_metrics": _read_json(finetune / "metrics.json"),
         "finetune_evaluation": _read_json(finetune / "evaluation.json") or {},
     }
 
 
-def find_runs(runs: str | Path = "runs") -> list[dict]:
-    """Finished runs directly under `runs` (smoke runs excluded), in name order."""
-    folders = sorted(p for p in Path(runs).iterdir() if p.is_dir() and p.name != "smoke") if Path(runs).is_dir() else []
-    return [run for run in map(read_run, folders) if run is not None]
+def _shipped(models_dir) -> dict[str, dict]:
+    """{model name: its file, dataset, config and notes} for every shipped model."""
+    from safetensors import safe_open
+
+    from igptlib.shipped import MODELS_DIR, load_model, read_notes, shipped_models
+
+    models_dir = Path(models_dir or MODELS_DIR)
+    found = {}
+    for name in shipped_models(models_dir):
+        path = models_dir / f"{name}.safetensors"
+        with safe_open(str(path), framework="pt") as handle:
+            dataset = (handle.metadata() or {}).get("dataset")
+        model = load_model(path).model
+        found[name] = {"file": path, "dataset": dataset, "config": model.config, "notes": read_notes(path),
+                       "parameters": model.num_parameters(), "megabytes": path.stat().st_size / 1e6}
+    return found
+
+
+def _preset(config) -> str:
+    shape = {"n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head}
+    return next((name for name, preset in PRESETS.items() if preset == shape), "custom")
+
+
+def _as_list(value) -> list:
+    """A note's value as a list: `igpt export --note` makes a list of a repeated key, a string of one."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def _minutes(folder: Path) -> float | None:
+    seconds = training_seconds(folder)
+    return None if seconds is None else round(seconds / 60, 1)
+
+
+def result(record: dict, model: dict | None = None) -> dict:
+    """One results.json entry: a record's numbers (and, for a shipped model, its file's metadata)."""
+    config, metrics, evaluation = record["config"], record["metrics"] or {}, record["evaluation"]
+    model_config = config.model if config else model["config"]
+    probes, completion, likelihood = evaluation.get("probes", {}), evaluation.get("completion", {}), evaluation.get("likelihood", {})
+    # The classifier's numbers: the fine-tuning run's evaluation, or the record's own if it evaluated a fine-tuned model.
+    classification = record["finetune_evaluation"].get("classification") or (
+        evaluation.get("classification", {}) if evaluation.get("finetuned") else {})
+    notes = model["notes"] if model else {}
+    commands = record["commands"] or _as_list(notes.get("command"))
+    commands = commands + [e["command"] for e in (evaluation, record["finetune_evaluation"]) if e.get("command")]
+    return {
+        "name": record["name"],
+        "kind": "shipped model" if model else "run",
+        "model_file": f"models/{model['file'].name}" if model else None,
+        "record": f"runs/{record['name']}",
+        "training_record": config is not None,
+        "dataset": config.data.dataset if config else model["dataset"],
+        "preset": _preset(model_config),
+        "width_layers_heads": [model_config.n_embd, model_config.n_layer, model_config.n_head],
+        "parameters": metrics.get("parameters", model["parameters"] if model else None),
+        "objective": model_config.objective,
+        "augmentation": config.data.augment if config else None,
+        "batch_size": config.data.batch_size if config else None,
+        "steps": metrics.get("global_step"),
+        "training_minutes": _minutes(record["folder"]),
+        "finetune_steps": (record["finetune_metrics"] or {}).get("global_step"),
+        "finetune_minutes": _minutes(record["folder"] / "finetune") if record["finetune_metrics"] else None,
+        "hardware": record["about"].get("hardware") or metrics.get("hardware") or notes.get("hardware"),
+        "evaluated": bool(evaluation),
+        "test_images": evaluation.get("test_images"),
+        "eval_precision": evaluation.get("precision"),
+        "nats_per_pixel": likelihood.get("nats_per_pixel"),
+        "bits_per_pixel": likelihood.get("bits_per_pixel"),
+        "probe_layer": probes.get("best_layer"),
+        "probe_layers": model_config.n_layer if probes else None,
+        "probe_accuracy": probes.get("best_test_accuracy"),
+        "probe_train": probes.get("train_examples"),
+        "finetuned_accuracy": classification.get("accuracy"),
+        "kappa": classification.get("kappa"),
+        "completion_images": completion.get("images"),
+        "completion_samples": completion.get("samples"),
+        "completion_class_agreement": completion.get("class_agreement"),
+        "completion_original_accuracy": completion.get("original_accuracy"),
+        "completion_pixel_agreement": completion.get("pixel_agreement"),
+        "classifier_model": model is not None and made_by_finetuning(model["notes"]),
+        "commands": commands,
+    }
+
+
+def find_records(records: Path, models: dict) -> list[tuple[dict, dict | None]]:
+    """(record, its shipped model) for every shipped model, whether its record holds results yet
+    or not, then (record, None) for every other record that holds results; each part in name order."""
+    shipped = [(read_record(shipped_record(name, records)), model) for name, model in models.items()]
+    others = sorted(p for p in records.iterdir() if p.is_dir() and not p.name.startswith(SHIPPED_PREFIX)) if records.is_dir() else []
+    runs = [read_record(folder) for folder in others]
+    return shipped + [(record, None) for record in runs if record["metrics"] or record["evaluation"]]
+
+
+# -- text -------------------------------------------------------------------------------------------
 
 
 def _number(value, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _row(run: dict) -> str:
-    config, metrics, evaluation = run["config"], run["metrics"], run["evaluation"]
-    nll = evaluation.get("likelihood", {})
-    probes = evaluation.get("probes", {})
-    completion = evaluation.get("completion", {})
-    classification = run["finetune_evaluation"].get("classification", {})
-    probe = f"{_number(probes.get('best_test_accuracy'))} (layer {probes['best_layer']})" if probes else "–"
-    return " | ".join([
-        f"`{run['folder']}`", config.data.dataset, f"{config.model.n_embd}/{config.model.n_layer}/{config.model.n_head}",
-        f"{metrics['parameters'] / 1e6:.2f}M", str(metrics["global_step"]), f"{training_seconds(run['folder']) / 60:.1f}",
-        _number(nll.get("nats_per_pixel")), _number(nll.get("bits_per_pixel")),
-        f"{nll.get('test_images', evaluation.get('test_images', '–'))}", evaluation.get("precision", "32"), probe,
-        _number(classification.get("accuracy")), _number(classification.get("kappa")),
-        _number(completion.get("class_agreement"), 3), _number(completion.get("pixel_agreement"), 3),
-    ])
+def _label(entry: dict) -> str:
+    return f"`{entry['name']}`"
 
 
-def _copy_figures(run: dict, figures: Path) -> list[tuple[str, str]]:
-    """Copy the run's figures into the report's folder; return (caption, relative path) pairs."""
-    name = run["folder"].name
-    sources = [
-        ("completions (first column the cut input, last the original)", run["folder"] / "figures" / "completions.png"),
-        ("linear probe accuracy per layer", run["folder"] / "figures" / "linear_probes.png"),
-        ("fine-tuned confusion matrix", run["folder"] / "finetune" / "figures" / "confusion_matrix.png"),
-        ("fine-tuned: actual vs predicted", run["folder"] / "finetune" / "figures" / "actual_vs_predicted.png"),
-    ]
-    shown = []
-    for caption, source in sources:
-        if source.exists():
-            target = figures / f"{name}_{source.stem}.png"
-            shutil.copyfile(source, target)
-            shown.append((caption, f"figures/{target.name}"))
-    fig = plots.loss_curves(run["folder"], title=f"{name}: pre-training")
-    shown.insert(0, ("pre-training loss", f"figures/{plots.save_figure(fig, f'{name}_pretraining_loss', figures, close=True).name}"))
-    return shown
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return ["None measured yet."]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-def _comparisons(runs: list[dict], figures: Path) -> list[tuple[str, str]]:
-    """S/M/L comparison curves across the runs (only metrics every run logged)."""
-    shown = []
-    pretrain = {run["folder"].name: run["folder"] for run in runs}
-    finetune = {run["folder"].name: run["folder"] / "finetune" for run in runs if run["finetune_metrics"]}
-    for caption, folders, metric in [
-        ("completion loss (validation nats per pixel)", pretrain, "val/nats_per_pixel"),
-        ("classification training loss", finetune, "train/clf_loss"),
-        ("classification validation loss", finetune, "val/clf_loss"),
-        ("classification validation accuracy", finetune, "val/acc"),
-    ]:
-        if len(folders) < 1:
-            continue
-        try:
-            fig = plots.comparison_curves(folders, metric, title=caption)
-        except (KeyError, ValueError):  # a metric some run did not log
-            continue
-        name = "compare_" + metric.replace("/", "_")
-        shown.append((caption, f"figures/{plots.save_figure(fig, name, figures, close=True).name}"))
-    return shown
+def _trained(entry: dict) -> str:
+    if not entry["training_record"]:
+        return "training record not preserved"
+    text = f"{entry['steps']} steps, {_number(entry['training_minutes'], 1)} min"
+    if entry["finetune_steps"] is not None:
+        text += f"; fine-tuned {entry['finetune_steps']} steps, {_number(entry['finetune_minutes'], 1)} min"
+    return text
 
 
-HEADER = [
-    "run folder", "dataset", "width/layers/heads", "parameters", "steps", "train min",
-    "test nats/px", "test bits/px", "test images", "eval precision", "best linear probe", "fine-tuned acc", "kappa",
-    "completion class agreement", "completion pixel agreement",
-]
+def remeasure_command(name: str, finetuned: bool) -> str:
+    """The command that re-measures a shipped model into its record (its card names it)."""
+    options = "--no-probes --completions 0" if finetuned else "--probe-train 10000 --completions 16"
+    return f"igpt evaluate --model {name} {options} --precision bf16 && igpt report"
 
 
-def build_report(runs: str | Path = "runs", out: str | Path = "report") -> Path:
-    """Write out/README.md and out/index.html from the finished runs under `runs`."""
-    found = find_runs(runs)
-    out = Path(out)
-    figures = out / "figures"
-    if figures.exists():
-        shutil.rmtree(figures)  # figures of runs that are gone must not linger
-    figures.mkdir(parents=True)
-    lines = [
-        "# igpt report",
-        "",
-        "Built by `igpt report` from the run folders named in each row; every number below is read from",
-        "those folders' `metrics.json` (training) and `evaluation.json` (evaluation), written by the",
-        "notebooks `05_training`, `07_evaluation` (run by `make` or `igpt sweep`). Fine-tuned figures come",
-        "from each run's `finetune/` folder. Likelihood is the mean next-pixel cross-entropy on the test",
-        "images counted in the table; completion agreement is measured on the first test images with a",
-        "separately trained digit classifier.",
-        "",
-    ]
-    if not found:
-        lines += ["No finished runs yet: run `make` (the xs pipeline) or `igpt sweep --sizes s m l`."]
-    else:
-        lines += ["## Results", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        lines += [f"| {_row(run)} |" for run in found]
-        lines += ["", "Hardware and time: `train min` is the wall time of pre-training, summed over every process of a run that was resumed (from its TensorBoard logs)."]
-        comparisons = _comparisons(found, figures)
-        if comparisons:
-            lines += ["", "## Comparisons across runs", ""]
-            lines += [f"![{caption}]({path})" for caption, path in comparisons]
-        for run in found:
-            lines += ["", f"## `{run['folder']}`", "", "```yaml", _config_summary(run["config"]), "```", ""]
-            lines += [f"**{caption}**\n\n![{caption}]({path})\n" for caption, path in _copy_figures(run, figures)]
-    cards = sorted((out / "models").glob("*.md"))
-    if cards:
-        lines += ["", "## Shipped models", "", "Each model card states how its model was trained and what it measures:", ""]
-        lines += [f"- [`models/{card.stem}.safetensors`](models/{card.name})" for card in cards]
-    lines += [
-        "",
-        "## For comparison (not measured here)",
-        "",
-        "- The seed report (iGPT-S on MNIST, Colab) states Cohen's kappa 0.992 for its classifier.",
-        "- The paper (Chen et al. 2020) reports linear-probe and fine-tuning accuracy on CIFAR-10/100",
-        "  and STL-10, not MNIST, from models pre-trained with 2048 TPU cores (as the seed report quotes it).",
-    ]
-    text = "\n".join(lines) + "\n"
-    (out / "README.md").write_text(text)
-    import mistune
+def result_tables(entries: list[dict]) -> list[str]:
+    """The training, generative, classification and completion tables of the report."""
+    def model(e):
+        width, layers, heads = e["width_layers_heads"]
+        return f"{e['preset']} ({width}/{layers}/{heads})"
 
-    (out / "index.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>igpt report</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style>\n"
-        + mistune.html(text)
-    )
-    return out / "README.md"
-
-
-# -- model cards for the shipped models -------------------------------------------------------------
-
-# Issue 7's targets for the shipped MNIST model: (what, the key in the card's numbers, target, direction)
-MNIST_TARGETS = [
-    ("test likelihood (nats/px)", "nats_per_pixel", 0.31, "at most"),
-    ("fine-tuned test accuracy", "accuracy", 0.993, "at least"),
-    ("fine-tuned Cohen's kappa", "kappa", 0.992, "at least"),
-    ("linear probe, best layer", "probe", 0.97, "at least"),
-]
-
-
-def training_seconds(run_dir: str | Path) -> float:
-    """Wall time of a run's training, resumptions included: for each process (a TensorBoard
-    version folder), the time from its first to its last logged value, summed."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    total = 0.0
-    for version in sorted((Path(run_dir) / "logs" / "tensorboard").glob("version_*")):
-        events = EventAccumulator(str(version), size_guidance={"scalars": 0})
-        events.Reload()
-        times = [event.wall_time for tag in events.Tags()["scalars"] for event in events.Scalars(tag)]
-        if times:
-            total += max(times) - min(times)
-    return total
-
-
-def card_numbers(run_dir: str | Path) -> dict:
-    """The headline test numbers of a shipped model's run folder (and its finetune/ folder)."""
-    run = read_run(Path(run_dir))
-    if run is None or not run["evaluation"]:
-        raise FileNotFoundError(f"{run_dir}: no finished, evaluated run (metrics.json and evaluation.json)")
-    evaluation, finetuned = run["evaluation"], run["finetune_evaluation"]
-    probes = evaluation.get("probes", {})
-    return {
-        "nats_per_pixel": evaluation["likelihood"]["nats_per_pixel"],
-        "bits_per_pixel": evaluation["likelihood"]["bits_per_pixel"],
-        "test_images": evaluation["test_images"], "precision": evaluation.get("precision", "32"),
-        "probe": probes.get("best_test_accuracy"), "probe_layer": probes.get("best_layer"),
-        "probe_train": probes.get("train_examples"),
-        "accuracy": finetuned.get("classification", {}).get("accuracy"),
-        "kappa": finetuned.get("classification", {}).get("kappa"),
-        "class_agreement": evaluation.get("completion", {}).get("class_agreement"),
-        "pixel_agreement": evaluation.get("completion", {}).get("pixel_agreement"),
-    }
-
-
-def _target_lines(numbers: dict) -> list[str]:
-    lines = ["| target | measured | status |", "|---|---|---|"]
-    for what, key, target, direction in MNIST_TARGETS:
-        value = numbers.get(key)
-        if value is None:
-            lines.append(f"| {what} {direction} {target} | not measured | – |")
-            continue
-        met = value <= target if direction == "at most" else value >= target
-        gap = "met" if met else f"missed by {abs(value - target):.4f}"
-        lines.append(f"| {what} {direction} {target} | {value:.4f} | {gap} |")
+    lines = ["### Training", ""]
+    lines += _table(["record", "dataset", "model (width/layers/heads)", "parameters", "objective", "augmentation",
+                     "training (wall time, all processes)", "hardware"],
+                    [[_label(e), e["dataset"] or "–", model(e), f"{e['parameters'] / 1e6:.2f}M" if e["parameters"] else "–",
+                      e["objective"], "–" if e["augmentation"] is None else ", ".join(e["augmentation"]) or "none",
+                      _trained(e), e["hardware"] or "not recorded"] for e in entries])
+    measured = [e for e in entries if e["evaluated"]]
+    waiting = [e for e in entries if not e["evaluated"]]
+    lines += ["", "### Generative: test likelihood", ""]
+    lines += _table(["record", "dataset", "test images", "evaluated in", "nats per pixel", "bits per pixel"],
+                    [[_label(e), e["dataset"], str(e["test_images"]), "bfloat16" if e["eval_precision"] == "bf16" else "float32",
+                      _number(e["nats_per_pixel"]), _number(e["bits_per_pixel"])] for e in measured])
+    lines += ["", "### Classification: linear probes and fine-tuning", ""]
+    lines += _table(["record", "dataset", "best probe layer (picked on validation)", "probe test accuracy",
+                     "probe fitted on", "fine-tuned test accuracy", "fine-tuned Cohen's kappa"],
+                    [[_label(e), e["dataset"],
+                      "–" if e["probe_layer"] is None else f"{e['probe_layer']} of {e['probe_layers']}",
+                      _number(e["probe_accuracy"]), "–" if e["probe_train"] is None else f"{e['probe_train']} images",
+                      _number(e["finetuned_accuracy"]), _number(e["kappa"])] for e in measured])
+    lines += ["", "### Completion: the bottom half of test images", ""]
+    lines += _table(["record", "dataset", "images x samples", "classifier agrees with the original's class",
+                     "classifier's accuracy on the originals", "completed pixels equal to the original's"],
+                    [[_label(e), e["dataset"], f"{e['completion_images']} x {e['completion_samples']}",
+                      _number(e["completion_class_agreement"], 3), _number(e["completion_original_accuracy"], 3),
+                      _number(e["completion_pixel_agreement"], 3)] for e in measured if e["completion_images"]])
+    if waiting:
+        lines += ["", "Awaiting re-measurement (their records hold no evaluation yet):", ""]
+        lines += [f"- {_label(e)}: `{remeasure_command(_model_name(e), e['classifier_model'])}`" if e["model_file"]
+                  else f"- {_label(e)}" for e in waiting]
     return lines
 
 
-def _as_list(value) -> list:
-    """A note's value as a list: `igpt export --note` makes a list of a repeated key, a string of one."""
-    return [value] if isinstance(value, str) else list(value)
+def _model_name(entry: dict) -> str:
+    """A shipped model's name (its record is shipped-<name>)."""
+    return Path(entry["model_file"]).stem
 
 
-def write_model_card(name: str, run_dir: str | Path, out: str | Path = "report/models", models_dir=None) -> Path:
-    """report/models/<name>.md: what a shipped model is, how it was made, and what it measures.
+def _best(entries: list[dict], key: str, dataset: str) -> dict | None:
+    scored = [e for e in entries if e[key] is not None and e["dataset"] == dataset]
+    return max(scored, key=lambda e: e[key]) if scored else None
 
-    Every number is read from the model file and its run folder: config, metrics.json and
-    evaluation.json of pre-training and fine-tuning, and the TensorBoard logs' timestamps.
-    """
-    from igptlib.shipped import MODELS_DIR, read_notes
 
-    model_path = Path(models_dir or MODELS_DIR) / f"{name}.safetensors"
-    if not model_path.exists():
-        raise FileNotFoundError(f"{model_path}: no such shipped model; ship one with `igpt export` first")
-    notes = read_notes(model_path)
-    run_dir, out = Path(run_dir), Path(out)
-    run = read_run(run_dir)
-    numbers = card_numbers(run_dir)
-    config, metrics = run["config"], run["metrics"]
-    d, m, o, t = config.data, config.model, config.optim, config.train
-    figures = out / name
-    figures.mkdir(parents=True, exist_ok=True)
+def _compute(entry: dict) -> str:
+    minutes = [m for m in (entry["training_minutes"], entry["finetune_minutes"]) if m is not None]
+    time = f"{sum(minutes):.0f} min of training" if minutes else "training time not preserved"
+    return f"{time} on {entry['hardware'] or 'unrecorded hardware'}"
+
+
+def literature_section(entries: list[dict]) -> list[str]:
+    """Each headline number of the seed report and the paper beside the project's best, with the
+    compute each took, and a commentary generated from the numbers."""
+    rows = []
+    for item in LITERATURE:
+        best = _best(entries, item["key"], item["dataset"])
+        ours = "not measured yet" if best is None else f"{best[item['key']]:.4f} ({_label(best)}, {best['dataset']})"
+        rows.append([item["measure"], item["seed"], item["paper"], ours, "–" if best is None else _compute(best)])
+    probed = [e for e in entries if e["probe_layer"] is not None]
+    layers = "; ".join(f"{_label(e)}: layer {e['probe_layer']} of {e['probe_layers']}" for e in probed) or "no probes measured yet"
+    rows.append(["best linear-probe layer", "not measured", PAPER_PROBE_FINDING, layers, "–"])
+    lines = ["## Results beside the seed report and the paper", "",
+             f"The seed report is {SEED}; its compute: {SEED_COMPUTE}. The paper is {PAPER}; its compute: {PAPER_COMPUTE}. "
+             "Their numbers are quoted, not measured here; the project's column is read from `results.json` "
+             "(the best record of each measure on MNIST).", ""]
+    lines += _table(["measure", "seed report", "paper", "this project", "this project's compute"], rows)
+    lines += ["", *commentary(entries)]
+    return lines
+
+
+def commentary(entries: list[dict]) -> list[str]:
+    """Sentences that follow from the numbers: the gap to the seed's kappa, where the probes peak."""
+    said = []
+    best = _best(entries, "kappa", "mnist")
+    if best is not None:
+        gap = best["kappa"] - 0.992
+        said.append(f"- The best MNIST kappa here, {best['kappa']:.4f} ({_label(best)}), is {abs(gap):.4f} "
+                    f"{'below' if gap < 0 else 'above'} the seed report's 0.992.")
+    probed = [e for e in entries if e["probe_layer"] is not None]
+    if probed:
+        last = [e for e in probed if e["probe_layer"] == e["probe_layers"]]
+        middle = [e for e in probed if 0 < e["probe_layer"] < e["probe_layers"]]
+        said.append(f"- The paper found that {PAPER_PROBE_FINDING}. Here the best layer is the last block in "
+                    f"{len(last)} of {len(probed)} probed records and a middle layer in {len(middle)}.")
+    return said or ["- No record is evaluated yet, so there is nothing to compare."]
+
+
+def readme_results(entries: list[dict]) -> list[str]:
+    """The compact table README.md shows between its results markers."""
+    rows = []
+    for e in entries:
+        name = f"`{_model_name(e)}` ([card](report/models/{_model_name(e)}.md))" if e["model_file"] else f"`{e['name']}`"
+        if not e["evaluated"]:
+            measured = "awaiting re-measurement"
+            rows.append([name, e["dataset"] or "–", _trained(e), measured, measured, measured])
+            continue
+        probe = "–" if e["probe_accuracy"] is None else f"{e['probe_accuracy']:.4f} (layer {e['probe_layer']})"
+        classifier = "–" if e["kappa"] is None else f"{e['finetuned_accuracy']:.4f}, kappa {e['kappa']:.4f}"
+        rows.append([name, e["dataset"], _trained(e), f"{_number(e['nats_per_pixel'])} on {e['test_images']} images", probe, classifier])
+    lines = ["Generated by `igpt report` from [report/results.json](report/results.json) (the full tables: "
+             "[report/README.md](report/README.md)):", ""]
+    return lines + _table(["model or run", "dataset", "training", "test nats per pixel", "best linear probe",
+                           "fine-tuned accuracy, kappa"], rows)
+
+
+def _replace_between_markers(path: Path, lines: list[str]) -> None:
+    text = path.read_text()
+    if RESULTS_BEGIN not in text or RESULTS_END not in text:
+        return
+    head, rest = text.split(RESULTS_BEGIN, 1)
+    tail = rest.split(RESULTS_END, 1)[1]
+    path.write_text(head + RESULTS_BEGIN + "\n" + "\n".join(lines) + "\n" + RESULTS_END + tail)
+
+
+# -- figures ----------------------------------------------------------------------------------------
+
+
+def _logged(folder: Path) -> bool:
+    return any(folder.glob("logs/csv/version_*/metrics.csv"))
+
+
+def _curves(record: dict, figures: Path, prefix: str) -> list[tuple[str, str]]:
+    """Loss curves of a record's pre-training and fine-tuning, drawn from its CSV logs."""
     shown = []
-    for caption, source in [
-        ("completions of test images (first column the cut input, last the original)", run_dir / "figures" / "completions.png"),
-        ("linear probe accuracy per layer", run_dir / "figures" / "linear_probes.png"),
-        ("fine-tuned confusion matrix", run_dir / "finetune" / "figures" / "confusion_matrix.png"),
-    ]:
-        if source.exists():
-            shutil.copyfile(source, figures / source.name)
-            shown.append(f"**{caption}**\n\n![{caption}]({name}/{source.name})\n")
-    loss = plots.save_figure(plots.loss_curves(run_dir, title=f"{name}: pre-training"), "pretraining_loss", figures, close=True)
-    shown.insert(0, f"**pre-training loss**\n\n![pre-training loss]({name}/{loss.name})\n")
-    finetune_line = "not fine-tuned"
-    if run["finetune_metrics"]:
-        finetune_line = (f"{run['finetune_metrics']['global_step']} steps of L_GEN + L_CLF from the best pre-training "
-                         f"checkpoint, {training_seconds(run_dir / 'finetune') / 60:.0f} min")
+    for stage, caption in (("", "pre-training loss"), ("finetune", "fine-tuning loss (L_GEN + L_CLF)")):
+        folder = record["folder"] / stage
+        if _logged(folder):
+            fig = plots.loss_curves(folder, title=f"{record['name']}: {caption}")
+            name = f"{record['name']}_{'finetuning' if stage else 'pretraining'}_loss"
+            shown.append((caption, prefix + plots.save_figure(fig, name, figures, close=True).name))
+    return shown
 
-    def number(key, digits=4):
-        return _number(numbers.get(key), digits)
 
-    lines = [
-        f"# Model card: `models/{name}.safetensors`",
-        "",
-        f"- **File**: {model_path.stat().st_size / 1e6:.1f} MB of float32 weights, with the palette and the model config in the same file; "
-        f"load it with `igptlib.load_model({name!r})`.",
-        f"- **Model**: GPT-2 over pixel tokens, width {m.n_embd}, {m.n_layer} layers, {m.n_head} heads, "
-        f"{metrics['parameters'] / 1e6:.2f}M parameters, objective {m.objective}.",
-        f"- **Data**: {d.dataset}, {d.n_px}x{d.n_px}, a {d.clusters}-colour k-means palette; the seeded 90/10 split of the "
-        f"training images, augmentation {d.augment or 'none'}, batch {d.batch_size}.",
-        f"- **Pre-training**: {metrics['global_step']} steps, lr {o.lr} with {o.warmup_steps} warm-up steps then {o.schedule} decay, "
-        f"{t.precision}; {training_seconds(run_dir) / 60:.0f} min of training wall time (all processes of the run, from its logs).",
-        f"- **Fine-tuning**: {finetune_line}.",
-        f"- **Hardware**: {notes.get('hardware', 'not recorded')}.",
-        *(f"- **Note**: {note}" for note in _as_list(notes.get("note", []))),
-        f"- **Run folder**: `{run_dir}` (not committed; the commands below rebuild it).",
-        "",
-        "## How it was made",
-        "",
-        "```sh",
-        *_as_list(notes.get("command", "not recorded")),
-        "```",
-        "",
-        "## Test results",
-        "",
-        f"Evaluated with `igpt evaluate` ({'bfloat16 autocast' if numbers['precision'] == 'bf16' else 'float32'}).",
-        "",
-        f"| measure | value |",
-        "|---|---|",
-        f"| test likelihood, nats per pixel ({numbers['test_images']} test images) | {number('nats_per_pixel')} |",
-        f"| test likelihood, bits per pixel | {number('bits_per_pixel')} |",
-        f"| linear probe, best layer (picked on validation; fitted on {numbers['probe_train']} training images) | "
-        f"{number('probe')} (layer {numbers['probe_layer']}) |",
-        f"| fine-tuned test accuracy | {number('accuracy')} |",
-        f"| fine-tuned Cohen's kappa | {number('kappa')} |",
-        f"| completions a separately trained {d.dataset} classifier labels as the original's class | {number('class_agreement', 3)} |",
-        f"| pixel agreement with the original in the completed half | {number('pixel_agreement', 3)} |",
-        "",
-    ]
-    if d.dataset == "mnist":
-        lines += ["## Against the targets", "", *_target_lines(numbers), ""]
-    seed_report = ("fine-tuned iGPT-S on MNIST on Colab and states Cohen's kappa 0.992." if d.dataset == "mnist"
-                   else f"worked on MNIST only; it has no {d.dataset} figures.")
-    lines += [
-        "## Beside the seed report and the paper (not measured here)",
-        "",
-        f"- The seed report {seed_report}",
-        "- The paper (Chen et al. 2020) trained iGPT-S/M/L (76M to 1.4B parameters) for up to 1M steps of",
-        f"  batch 128 on 2048 TPU cores and reports CIFAR-10/100 and STL-10, not {d.dataset}.",
-        "",
-        *shown,
-    ]
-    out.mkdir(parents=True, exist_ok=True)
-    card = out / f"{name}.md"
-    card.write_text("\n".join(lines) + "\n")
-    return card
+def _record_figures(record: dict, link: str) -> list[tuple[str, str]]:
+    """The figures kept in a record (the evaluation's, and figures preserved from lost run folders)."""
+    shown = [(caption, f"{link}/{path}") for path, caption in CAPTIONS.items() if (record["folder"] / path).exists()]
+    for path, caption in sorted(record["about"].get("preserved", {}).items()):
+        if (record["folder"] / path).exists():
+            shown.append((caption, f"{link}/{path}"))
+    return shown
+
+
+def comparisons(records: list[dict], figures: Path) -> list[tuple[str, str]]:
+    """Curves of several records on one dataset, one figure per dataset and metric."""
+    shown = []
+    datasets = sorted({r["config"].data.dataset for r in records if r["config"]})
+    for dataset in datasets:
+        mine = [r for r in records if r["config"] and r["config"].data.dataset == dataset]
+        for caption, stage, metric in [
+            ("validation nats per pixel (pre-training)", "", "val/nats_per_pixel"),
+            ("classification training loss (fine-tuning)", "finetune", "train/clf_loss"),
+            ("classification validation loss (fine-tuning)", "finetune", "val/clf_loss"),
+            ("classification validation accuracy (fine-tuning)", "finetune", "val/acc"),
+        ]:
+            runs = {r["name"]: r["folder"] / stage for r in mine if _logged(r["folder"] / stage)
+                    and metric in plots.read_metrics_csv(r["folder"] / stage)}
+            if len(runs) < 2:  # a comparison needs two curves
+                continue
+            fig = plots.comparison_curves(runs, metric, title=f"{dataset}: {caption}")
+            name = f"compare_{dataset}_{metric.replace('/', '_')}"
+            shown.append((f"{dataset}: {caption}", f"figures/{plots.save_figure(fig, name, figures, close=True).name}"))
+    return shown
 
 
 def _config_summary(config: RunConfig) -> str:
@@ -336,20 +381,202 @@ def _config_summary(config: RunConfig) -> str:
     ])
 
 
+def _figure_lines(shown: list[tuple[str, str]]) -> list[str]:
+    return [f"**{caption}**\n\n![{caption}]({path})\n" for caption, path in shown]
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def build_report(runs: str | Path | None = "runs", out: str | Path = "report", models_dir=None, readme: str | Path | None = None) -> Path:
+    """Record the finished run folders under `runs` (None: none), then write the report from out/runs/ alone.
+
+    readme: the README.md whose results section is rewritten (default: the one beside `out`, if it
+    has the markers).
+    """
+    out = Path(out)
+    records = out / RECORDS.name
+    local = sorted(p for p in Path(runs).iterdir() if p.is_dir() and p.name != "smoke") if runs and Path(runs).is_dir() else []
+    for folder in local:
+        if (folder / "metrics.json").exists() and (folder / "config.yaml").exists():
+            record_run(folder, records=records)
+    models = _shipped(models_dir)
+    pairs = find_records(records, models)
+    entries = [result(record, model) for record, model in pairs]
+    (out / "results.json").write_text(json.dumps(entries, indent=2) + "\n")
+
+    figures = out / "figures"
+    if figures.exists():
+        shutil.rmtree(figures)  # figures of records that are gone must not linger
+    figures.mkdir(parents=True)
+    lines = [
+        "# igpt report",
+        "",
+        "Built by `igpt report` from the committed records in [runs/](runs/) (one folder per run or shipped model: "
+        "config, metrics, evaluation, logs and figures, never checkpoints), listed in [results.json](results.json). "
+        "Every number below is read from those records; each row names its record. Rebuild with `igpt report`; "
+        "record a run folder with `igpt record RUN_DIR`, re-measure a shipped model with `igpt evaluate --model NAME`.",
+        "",
+    ]
+    if not entries:
+        lines += ["No records yet: run `make` (the xs pipeline) or `igpt sweep --sizes s m l`, then `igpt report`.", ""]
+    else:
+        lines += literature_section(entries) + ["", "## Results", ""] + result_tables(entries)
+        shown = comparisons([r for r, _ in pairs], figures)
+        if shown:
+            lines += ["", "## Comparisons (one figure per dataset)", "", *_figure_lines(shown)]
+        for entry, (record, model) in zip(entries, pairs):
+            lines += ["", f"## `{record['name']}`", ""]
+            if model is not None:
+                lines += [f"The shipped model `{entry['model_file']}`; its card: [models/{_model_name(entry)}.md](models/{_model_name(entry)}.md).", ""]
+            if record["config"]:
+                lines += ["```yaml", _config_summary(record["config"]), "```", ""]
+            lines += _figure_lines(_curves(record, figures, "figures/") + _record_figures(record, f"runs/{record['name']}"))
+    cards = write_model_cards(entries, pairs, out)
+    if cards:
+        lines += ["", "## Shipped models", "", "Each model card states how its model was made and what it measures:", ""]
+        lines += [f"- [`models/{card.stem}.safetensors`](models/{card.name})" for card in cards]
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    (out / "README.md").write_text(text)
+    _write_html(text, out / "index.html")
+    readme = Path(readme) if readme else out.resolve().parent / "README.md"
+    if readme.exists():
+        _replace_between_markers(readme, readme_results(entries))
+    return out / "README.md"
+
+
+def _write_html(markdown: str, path: Path) -> None:
+    """One page; its images are the report's own files, linked by relative paths."""
+    import mistune
+
+    path.write_text(
+        "<!doctype html><meta charset='utf-8'><title>igpt report</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style>\n"
+        + mistune.html(markdown)
+    )
+
+
+# -- model cards for the shipped models -------------------------------------------------------------
+
+# Issue 7's targets for the shipped MNIST model: (what, the key in results.json, target, direction)
+MNIST_TARGETS = [
+    ("test likelihood (nats/px)", "nats_per_pixel", 0.31, "at most"),
+    ("fine-tuned test accuracy", "finetuned_accuracy", 0.993, "at least"),
+    ("fine-tuned Cohen's kappa", "kappa", 0.992, "at least"),
+    ("linear probe, best layer", "probe_accuracy", 0.97, "at least"),
+]
+
+
+def _target_lines(entry: dict) -> list[str]:
+    lines = ["| target | measured | status |", "|---|---|---|"]
+    for what, key, target, direction in MNIST_TARGETS:
+        value = entry.get(key)
+        if value is None:
+            lines.append(f"| {what} {direction} {target} | not measured | – |")
+            continue
+        met = value <= target if direction == "at most" else value >= target
+        gap = "met" if met else f"missed by {abs(value - target):.4f}"
+        lines.append(f"| {what} {direction} {target} | {value:.4f} | {gap} |")
+    return lines
+
+
+def _measures(entry: dict) -> list[str]:
+    if not entry["evaluated"]:
+        return ["Awaiting re-measurement: this model's record holds no evaluation yet."]
+    lines = [f"Evaluated with `igpt evaluate` ({'bfloat16 autocast' if entry['eval_precision'] == 'bf16' else 'float32'}) "
+             f"on {entry['test_images']} test images.", "", "| measure | value |", "|---|---|"]
+    if entry["nats_per_pixel"] is not None:
+        lines += [f"| test likelihood, nats per pixel | {_number(entry['nats_per_pixel'])} |",
+                  f"| test likelihood, bits per pixel | {_number(entry['bits_per_pixel'])} |"]
+    if entry["probe_accuracy"] is not None:
+        lines.append(f"| linear probe, best layer (picked on validation; fitted on {entry['probe_train']} training images) | "
+                     f"{_number(entry['probe_accuracy'])} (layer {entry['probe_layer']} of {entry['probe_layers']}) |")
+    if entry["kappa"] is not None:
+        lines += [f"| fine-tuned test accuracy | {_number(entry['finetuned_accuracy'])} |",
+                  f"| fine-tuned Cohen's kappa | {_number(entry['kappa'])} |"]
+    if entry["completion_images"]:
+        lines += [f"| completions a separately trained {entry['dataset']} classifier labels as the original's class "
+                  f"({entry['completion_images']} images x {entry['completion_samples']}) | {_number(entry['completion_class_agreement'], 3)} |",
+                  f"| pixel agreement with the original in the completed half | {_number(entry['completion_pixel_agreement'], 3)} |"]
+    return lines
+
+
+def model_card(entry: dict, record: dict, model: dict, figures: list[tuple[str, str]]) -> str:
+    """A shipped model's card: the file, how it was made, and what its record measures."""
+    name = model["file"].stem
+    config, notes = model["config"], model["notes"]
+    lines = [
+        f"# Model card: `models/{name}.safetensors`",
+        "",
+        f"- **File**: {model['megabytes']:.1f} MB of float32 weights, with the palette and the model config in the same file; "
+        f"load it with `igptlib.load_model({name!r})`.",
+        f"- **Model**: GPT-2 over pixel tokens, width {config.n_embd}, {config.n_layer} layers, {config.n_head} heads, "
+        f"{model['parameters'] / 1e6:.2f}M parameters, objective {config.objective}"
+        f"{', fine-tuned with a classification head' if entry['classifier_model'] else ''}.",
+        f"- **Data**: {model['dataset'] or 'not recorded'}.",
+        f"- **Training**: {_trained(entry)}.",
+        f"- **Hardware**: {entry['hardware'] or 'not recorded'}.",
+        *(f"- **Note**: {note}" for note in _as_list(notes.get("note"))),
+        f"- **Record**: " + (f"[`report/runs/{record['name']}`](../runs/{record['name']}/)" if record["folder"].is_dir()
+                             else f"none yet (`report/runs/{record['name']}`)")
+        + ("" if entry["training_record"] else f". Its training record was not preserved ({record['about'].get('source', 'source not recorded')}): "
+           "what follows about its training is what the model file's metadata says."),
+    ]
+    if record["config"]:
+        lines += ["", "```yaml", _config_summary(record["config"]), "```"]
+    lines += ["", "## How it was made", "", "```sh", *(entry["commands"] or ["not recorded"]), "```", "",
+              "## Test results", "", *_measures(entry), "",
+              "Re-measure it from the committed model file (this rewrites its record, then the report and this card):", "",
+              "```sh", remeasure_command(name, entry["classifier_model"]), "```", ""]
+    if model["dataset"] == "mnist":
+        lines += ["## Against the targets", "", *_target_lines(entry), ""]
+    lines += ["The seed report's and the paper's numbers beside the project's: [the report](../README.md).", "",
+              *_figure_lines(figures)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_model_cards(entries: list[dict], pairs: list[tuple[dict, dict | None]], out: Path) -> list[Path]:
+    """out/models/<name>.md for every shipped model (and out/models/<name>/ for its drawn figures)."""
+    folder = out / "models"
+    if folder.exists():
+        shutil.rmtree(folder)  # cards of models no longer shipped must not linger
+    cards = []
+    for entry, (record, model) in zip(entries, pairs):
+        if model is None:
+            continue
+        name = model["file"].stem
+        folder.mkdir(parents=True, exist_ok=True)
+        figures = _curves(record, folder / name, f"{name}/") + _record_figures(record, f"../runs/{record['name']}")
+        card = folder / f"{name}.md"
+        card.write_text(model_card(entry, record, model, figures))
+        cards.append(card)
+    return cards
+
+
 def add_report_arguments(parser) -> None:
-    parser.add_argument("--runs", default="runs", help="folder holding the run folders (default: runs)")
-    parser.add_argument("--out", default="report", help="where the report goes (default: report)")
+    parser.add_argument("--runs", default="runs", help="the finished run folders under it are recorded first (default: runs)")
+    parser.add_argument("--records-only", action="store_true", help="record no run folder: build from the committed records alone")
+    parser.add_argument("--out", default="report", help="where the report and its records (runs/) live (default: report)")
 
 
 def run_report(args) -> None:
-    print(f"report: {build_report(args.runs, args.out)}")
+    print(f"report: {build_report(None if args.records_only else args.runs, args.out)}")
 
 
 def add_card_arguments(parser) -> None:
     parser.add_argument("--name", required=True, help="the shipped model: models/<name>.safetensors")
-    parser.add_argument("--run", dest="run_dir", required=True, help="its run folder (with finetune/ and evaluation.json)")
-    parser.add_argument("--out", default="report/models", help="where the card goes (default: report/models)")
+    parser.add_argument("--run", dest="run_dir", required=True,
+                        help="the run folder that made it (with finetune/ and evaluation.json): recorded as its training record")
+    parser.add_argument("--out", default="report", help="the report folder (default: report)")
 
 
 def run_card(args) -> None:
-    print(f"model card: {write_model_card(args.name, args.run_dir, args.out)}")
+    """Record a shipped model's run folder as report/runs/shipped-<name>, then rebuild the report and the cards."""
+    from igptlib.shipped import MODELS_DIR
+
+    if not (MODELS_DIR / f"{args.name}.safetensors").exists():
+        raise FileNotFoundError(f"{MODELS_DIR / args.name}.safetensors: no such shipped model; ship one with `igpt export` first")
+    record_run(args.run_dir, f"{SHIPPED_PREFIX}{args.name}", Path(args.out) / RECORDS.name)
+    build_report(runs=None, out=args.out)
+    print(f"model card: {Path(args.out) / 'models' / (args.name + '.md')}")

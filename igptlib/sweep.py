@@ -2,8 +2,8 @@
 
 `igpt sweep --sizes s m l` runs the training, completion and evaluation notebooks once per size;
 the executed notebooks are kept in each run folder (runs/<dataset>-<size>/notebooks/), beside the
-checkpoints, logs and metrics the notebooks write there. `igpt report` then builds the report from
-those folders.
+checkpoints, logs and metrics the notebooks write there. Each finished run is then recorded in
+report/runs/<dataset>-<size>/ (igptlib.records), from which `igpt report` builds the report.
 """
 from __future__ import annotations
 
@@ -46,8 +46,15 @@ def execute(notebook: str, out: Path, parameters: dict) -> Path:
 
 
 def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, runs: str | Path = "runs",
-          steps: int | None = None, smoke: bool = False, device: str = "auto") -> list[Path]:
-    """Run `notebooks` for every size; return the run folders, in order."""
+          steps: int | None = None, smoke: bool = False, device: str = "auto", records: str | Path | None = None,
+          command: list[str] | None = None) -> list[Path]:
+    """Run `notebooks` for every size; return the run folders, in order.
+
+    records: where to record each finished run for the report (igptlib.records; None: nowhere),
+    with `command` noted in its run folder as what made it.
+    """
+    from igptlib.records import note_command, record_run
+
     folders = []
     for size in sizes:
         folder = run_folder(dataset, size, runs)
@@ -61,6 +68,9 @@ def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, run
             started = time.perf_counter()
             out = execute(notebook, folder / "notebooks" / f"{notebook}.ipynb", parameters)
             print(f"{size}: {notebook} done in {time.perf_counter() - started:.0f} s -> {out}", flush=True)
+        if records is not None and (folder / "metrics.json").exists():
+            note_command(folder, command)
+            print(f"{size}: recorded in {record_run(folder, records=records)}", flush=True)
         folders.append(folder)
     return folders
 
@@ -72,6 +82,8 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--runs", default="runs", help="where the run folders go (default: runs)")
     parser.add_argument("--steps", type=int, help="training steps (default: the notebook's)")
     parser.add_argument("--smoke", action="store_true", help="tiny data and steps, as the tests run them")
+    parser.add_argument("--records", default="report/runs",
+                        help="record each finished run here for the report (default: report/runs; smoke runs are not recorded)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
 
 
@@ -80,4 +92,5 @@ def run_sweep(args) -> None:
     # papermill logs each cell as it starts ("Executing Cell 6") and the cells' output, timed.
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("papermill").setLevel(logging.INFO)
-    sweep(args.sizes, args.dataset, args.notebooks, args.runs, args.steps, args.smoke, args.device)
+    sweep(args.sizes, args.dataset, args.notebooks, args.runs, args.steps, args.smoke, args.device,
+          records=None if args.smoke else args.records, command=getattr(args, "invocation", None))

@@ -36,6 +36,7 @@ from torch.utils.data import default_collate
 from igptlib.config import Config, ConfigError, DataConfig
 from igptlib.device import DEVICES, bf16_on_gpu, lightning_accelerator
 from igptlib.model import PRESETS, ModelConfig, model_config
+from igptlib.records import describe_hardware, note_command
 from igptlib.module import ImageGPT, OptimConfig, check_checkpoint, read_checkpoint
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
@@ -393,6 +394,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             "epoch": trainer.current_epoch,
             "wall_seconds": round(wall, 1),
             "parameters": module.model.num_parameters(),
+        "hardware": describe_hardware(),  # the run's record says what it trained on
             "best_checkpoint": best.best_model_path or None,
             "best_val_nats_per_pixel": None if best.best_model_score is None else float(best.best_model_score),
             "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -498,6 +500,7 @@ def run_train(args) -> None:
     config, run_dir = config_from_args(args)
     metrics = train(config, run_dir, resume=args.resume)
     if _first_process():
+        note_command(run_dir, getattr(args, "invocation", None))  # provenance for the run's record
         print(f"run folder: {run_dir}  (step {metrics['global_step']}, {metrics['wall_seconds']} s)")
         if metrics["best_val_nats_per_pixel"] is not None:
             print(f"  best validation nats/pixel: {metrics['best_val_nats_per_pixel']:.4f}")

@@ -68,32 +68,3 @@ def test_igpt_export_then_complete_with_the_exported_model(mnist_root, tiny_chec
     assert "2 completions of the bottom 14 rows" in capsys.readouterr().out
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "oops"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
-
-
-def test_a_model_card_states_the_runs_numbers_and_the_targets(tiny_checkpoint, tmp_path, capsys):
-    import json
-    import shutil
-
-    from igptlib.report import build_report, write_model_card
-
-    run = tmp_path / "runs" / "tiny"
-    shutil.copytree(tiny_checkpoint.parent.parent, run)
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--limit-test", "32",
-                 "--probe-train", "64", "--completions", "2", "--samples", "2"]) == 0
-    evaluation = json.loads((run / "evaluation.json").read_text())
-    models = tmp_path / "models"
-    assert main(["export", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--out", str(models / "tiny.safetensors"),
-                 "--note", "hardware=2 test cores", "command=igpt train --size xs", "command=igpt evaluate",
-                 "note=stopped for 20 min"]) == 0
-    card = write_model_card("tiny", run, tmp_path / "report" / "models", models_dir=models).read_text()
-    assert f"| {evaluation['likelihood']['nats_per_pixel']:.4f} |" in card
-    assert "igpt train --size xs\nigpt evaluate" in card and "2 test cores" in card
-    assert "- **Note**: stopped for 20 min" in card and "separately trained mnist classifier" in card
-    missed = evaluation["likelihood"]["nats_per_pixel"] - 0.31  # two training steps are far from the target
-    assert f"| test likelihood (nats/px) at most 0.31 | {evaluation['likelihood']['nats_per_pixel']:.4f} | missed by {missed:.4f} |" in card
-    assert "| fine-tuned test accuracy at least 0.993 | not measured | – |" in card
-    assert (tmp_path / "report" / "models" / "tiny" / "pretraining_loss.png").exists()
-    assert main(["card", "--name", "absent", "--run", str(run)]) == 2
-    assert "absent.safetensors: no such shipped model" in capsys.readouterr().err
-    readme = build_report(tmp_path / "runs", tmp_path / "report").read_text()
-    assert "[`models/tiny.safetensors`](models/tiny.md)" in readme

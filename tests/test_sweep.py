@@ -17,23 +17,25 @@ def test_sweep_runs_the_notebooks_into_run_folders_and_the_report_reads_them(mni
     metrics = json.loads((folder / "metrics.json").read_text())
     evaluation = json.loads((folder / "evaluation.json").read_text())
 
-    report = build_report(runs, tmp_path / "report")
+    report = build_report(runs, tmp_path / "report", models_dir=tmp_path / "no-models")
     text = report.read_text()
-    row = next(line for line in text.splitlines() if line.startswith(f"| `{folder}`"))
-    # The numbers in the row are the run folder's own.
-    assert f"{evaluation['likelihood']['nats_per_pixel']:.4f}" in row
-    assert f"| {metrics['global_step']} |" in row
-    assert evaluation["precision"] == "bf16" and "| bf16 |" in row  # 07 evaluates under bfloat16 autocast
+    # The report's numbers are the run folder's own, through its record.
+    entry = json.loads((tmp_path / "report" / "results.json").read_text())[0]
+    assert entry["name"] == "mnist-xs" and (tmp_path / "report" / "runs" / "mnist-xs" / "evaluation.json").exists()
+    assert entry["nats_per_pixel"] == evaluation["likelihood"]["nats_per_pixel"]
+    assert f"| `mnist-xs` | mnist | 64 | bfloat16 | {evaluation['likelihood']['nats_per_pixel']:.4f} |" in text
+    assert entry["steps"] == metrics["global_step"]
+    assert entry["eval_precision"] == "bf16"  # 07 evaluates under bfloat16 autocast
     finetuned = json.loads((folder / "finetune" / "evaluation.json").read_text())
-    assert f"{finetuned['classification']['kappa']:.4f}" in row
+    assert entry["kappa"] == finetuned["classification"]["kappa"] and f"{finetuned['classification']['kappa']:.4f}" in text
     assert (tmp_path / "report" / "index.html").read_text().count("<img") >= 4
     for image in (tmp_path / "report" / "figures").iterdir():
         assert image.stat().st_size > 0 and f"figures/{image.name}" in text
 
 
 def test_an_empty_runs_folder_gives_a_report_that_says_so(tmp_path):
-    text = build_report(tmp_path / "none", tmp_path / "report").read_text()
-    assert "No finished runs yet" in text
+    text = build_report(tmp_path / "none", tmp_path / "report", models_dir=tmp_path / "none").read_text()
+    assert "No records yet" in text
 
 
 def test_an_unknown_notebook_is_a_clear_error(tmp_path):

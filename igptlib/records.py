@@ -1,0 +1,149 @@
+"""Run records: the small files of a run that the report is built from, committed under report/runs/.
+
+Run folders (runs/<name>/) hold checkpoints and are not committed. A record keeps what the report
+needs from one, in the same layout, so that a fresh clone rebuilds the same report:
+
+    report/runs/<name>/
+        record.json                  where the record came from (the run folder) and the hardware
+        commands.txt                 the igpt commands that wrote into the run folder, one a line
+        config.yaml  metrics.json  evaluation.json
+        timing.json                  per training process: its first and last logged time (training minutes)
+        logs/csv/version_*/metrics.csv   the logged curves
+        figures/*.png                the evaluation's figures
+        finetune/...                 the same files of the fine-tuning run
+
+`igpt record RUN_DIR [--name NAME]` writes one; `igpt sweep` and `igpt report` record the run folders
+they find. A shipped model's record is report/runs/shipped-<model>/: `igpt evaluate --model <model>`
+writes its evaluation.json and figures there; its training files are there only if they were kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+RECORDS = Path("report/runs")
+SHIPPED_PREFIX = "shipped-"
+FILES = ("config.yaml", "metrics.json", "evaluation.json", "commands.txt")
+FIGURES = ("completions.png", "linear_probes.png", "confusion_matrix.png", "actual_vs_predicted.png")
+STAGES = ("", "finetune")  # pre-training in the folder itself, fine-tuning in finetune/
+
+
+def shipped_record(model: str, records: str | Path = RECORDS) -> Path:
+    """The record folder of a shipped model."""
+    return Path(records) / f"{SHIPPED_PREFIX}{model}"
+
+
+def made_by_finetuning(notes: dict) -> bool:
+    """Whether a shipped model is a fine-tuned classifier: its notes name the checkpoint it was
+    exported from, and fine-tuning runs live in a run folder's finetune/ folder."""
+    return "finetune" in Path(str(notes.get("checkpoint", ""))).parts
+
+
+def describe_hardware() -> str:
+    """This machine in one line: the GPU if torch uses one, else the CPU and the threads torch uses."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():  # platform.processor() is often empty on Linux
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, no GPU"
+
+
+def process_times(run_dir: str | Path) -> list[list[float]]:
+    """[first, last] logged wall time of each training process of a run (one TensorBoard version
+    folder per process: a resumed run has several)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spans = []
+    versions = sorted((Path(run_dir) / "logs" / "tensorboard").glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))
+    for version in versions:
+        events = EventAccumulator(str(version), size_guidance={"scalars": 0})
+        events.Reload()
+        times = [event.wall_time for tag in events.Tags()["scalars"] for event in events.Scalars(tag)]
+        if times:
+            spans.append([min(times), max(times)])
+    return spans
+
+
+def training_seconds(folder: str | Path) -> float | None:
+    """Wall time of a run's training, resumptions included: each process's first to last logged
+    time, summed. Read from a record's timing.json, else from a run folder's TensorBoard logs;
+    None where neither exists."""
+    folder = Path(folder)
+    timing = folder / "timing.json"
+    if timing.exists():
+        spans = json.loads(timing.read_text())["processes"]
+    elif (folder / "logs" / "tensorboard").is_dir():
+        spans = process_times(folder)
+    else:
+        return None
+    return sum(end - start for start, end in spans)
+
+
+def _copy_stage(source: Path, target: Path) -> None:
+    """The small files of one stage (pre-training or fine-tuning) of a run folder."""
+    target.mkdir(parents=True)
+    for name in FILES:
+        if (source / name).exists():
+            shutil.copyfile(source / name, target / name)
+    for csv in sorted(source.glob("logs/csv/version_*/metrics.csv")):
+        destination = target / csv.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(csv, destination)
+    for name in FIGURES:
+        if (source / "figures" / name).exists():
+            (target / "figures").mkdir(exist_ok=True)
+            shutil.copyfile(source / "figures" / name, target / "figures" / name)
+    if (source / "logs" / "tensorboard").is_dir():
+        (target / "timing.json").write_text(json.dumps({"processes": process_times(source)}, indent=2) + "\n")
+
+
+def record_run(run_dir: str | Path, name: str | None = None, records: str | Path = RECORDS) -> Path:
+    """Copy a finished run folder's small files into records/<name> (default: the folder's name),
+    replacing an older record of that name whole, so that nothing stale survives. Returns the record."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.json").exists():
+        raise FileNotFoundError(f"{run_dir}: not a finished run folder (expected config.yaml and metrics.json)")
+    record = Path(records) / (name or run_dir.resolve().name)
+    staging = record.with_name(record.name + ".partial")  # an interrupted copy never replaces a good record
+    if staging.exists():
+        shutil.rmtree(staging)
+    for stage in STAGES:
+        if (run_dir / stage / "metrics.json").exists():
+            _copy_stage(run_dir / stage, staging / stage)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    source = {"source": str(run_dir), "hardware": metrics.get("hardware")}
+    (staging / "record.json").write_text(json.dumps(source, indent=2) + "\n")
+    if record.exists():
+        shutil.rmtree(record)
+    staging.replace(record)
+    return record
+
+
+def note_command(run_dir: str | Path, command: list[str] | str | None) -> None:
+    """Append an igpt command line to a run folder's commands.txt (the record's provenance)."""
+    if not command:
+        return
+    import shlex
+
+    line = command if isinstance(command, str) else shlex.join(command)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with (Path(run_dir) / "commands.txt").open("a") as file:
+        file.write(line + "\n")
+
+
+def add_record_arguments(parser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (its finetune/ folder comes along)")
+    parser.add_argument("--name", help="the record's name (default: the run folder's name)")
+    parser.add_argument("--records", default=str(RECORDS), help=f"where records live (default: {RECORDS})")
+
+
+def run_record(args) -> None:
+    print(f"record: {record_run(args.run_dir, args.name, args.records)}")
