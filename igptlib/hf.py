@@ -211,7 +211,7 @@ def export_hf(source: str | os.PathLike, folder: str | os.PathLike, force: bool 
     processor's preprocessor_config.json with the palette as clusters, and a README.md model card.
     A folder that already holds files is written into only with `force`.
     """
-    from igptlib.shipped import load_model, model_dataset
+    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, read_notes, shipped_models
 
     transformers = transformers_module()
     folder = Path(folder)
@@ -228,14 +228,21 @@ def export_hf(source: str | os.PathLike, folder: str | os.PathLike, force: bool 
     processor = transformers.ImageGPTImageProcessor(clusters=clusters_from_palette(module.palette),
                                                     size={"height": n_px, "width": n_px})
     processor.save_pretrained(folder)
-    (folder / "README.md").write_text(model_card(source, module, model_dataset(source)))
+    path = MODELS_DIR / f"{source}.safetensors" if str(source) in shipped_models() else Path(source)
+    imported_from = read_notes(path).get("imported_from") if path.suffix == ".safetensors" else None
+    (folder / "README.md").write_text(model_card(source, module, model_dataset(source), imported_from))
     return folder
 
 
-def model_card(source, module: ImageGPT, dataset: str | None) -> str:
-    """A model card: the YAML front matter a model hub reads, then how to use the model."""
+def model_card(source, module: ImageGPT, dataset: str | None, imported_from: str | None = None) -> str:
+    """A model card: the YAML front matter a model hub reads, then how to use the model.
+
+    A model igptlib trained is MIT-licensed like igptlib; one it imported keeps its weights' own
+    license, which igptlib cannot know (license: other).
+    """
     config = module.model_config
-    front = ["---", "license: mit", "library_name: transformers", "tags:", "- image-gpt", "- igpt"]
+    card_license = "other" if imported_from else "mit"
+    front = ["---", f"license: {card_license}", "library_name: transformers", "tags:", "- image-gpt", "- igpt"]
     if dataset in HUB_DATASETS:
         front += ["datasets:", f"- {HUB_DATASETS[dataset]}"]
     front += ["metrics:", "- perplexity", "- accuracy", "---"]
@@ -246,8 +253,10 @@ def model_card(source, module: ImageGPT, dataset: str | None) -> str:
 
 An autoregressive ImageGPT over {config.n_px}x{config.n_px} images in a {config.vocab_size}-colour
 {"grayscale" if channels == 1 else "RGB"} palette ({config.n_layer} layers, width {config.n_embd}, {config.n_head} heads),
-trained with igptlib{f" on {dataset}" if dataset else ""}. Its metrics (nats per pixel, whose exponential is the
-per-pixel perplexity, and linear-probe or fine-tuned accuracy) are in igptlib's model card for it.
+{f"converted by igptlib from the transformers ImageGPT folder {imported_from}; the license of those weights applies."
+  if imported_from else
+  f"trained with igptlib{f' on {dataset}' if dataset else ''}. Its metrics (nats per pixel, whose exponential is the "
+  "per-pixel perplexity, and linear-probe or fine-tuned accuracy) are in igptlib's model card for it."}
 
 ```python
 from transformers import ImageGPTForCausalImageModeling, ImageGPTImageProcessor

@@ -100,6 +100,9 @@ def test_a_transformers_model_imports_and_exports_back_unchanged(kind, tmp_path,
         torch.testing.assert_close(back.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
     processor = transformers.ImageGPTImageProcessor.from_pretrained(folder)
     np.testing.assert_allclose(np.asarray(processor.clusters), clusters, atol=1e-5)
+    card = (folder / "README.md").read_text()
+    assert yaml.safe_load(card.split("---")[1])["license"] == "other"  # imported weights keep their own license
+    assert f"converted by igptlib from the transformers ImageGPT folder {(tmp_path / 'hf').resolve()}" in card
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -127,7 +130,7 @@ def test_an_igpt_model_exports_to_transformers_and_imports_back(kind, tmp_path):
 
     card = (folder / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["license"] == "mit" and front["library_name"] == "transformers"
+    assert front["license"] == "mit" and front["library_name"] == "transformers" and "trained with igptlib" in card
     assert front["datasets"] == ["ylecun/mnist" if channels == 1 else "uoft-cs/cifar10"] and front["metrics"]
 
     back = tmp_path / "back.safetensors"
