@@ -62,6 +62,12 @@ def test_unconditional_generation(model):
     assert torch.equal(samples, generate(model, 5, seed=0))
 
 
+def test_unconditional_generation_can_show_its_progress(model, capsys):
+    assert torch.equal(generate(model, 2, seed=0, progress=True), generate(model, 2, seed=0))
+    err = capsys.readouterr().err
+    assert "sampling:" in err and "/64 [" in err  # a bar over the 64 pixels of the 8x8 images
+
+
 def test_kept_mask_must_be_a_raster_prefix():
     top_half = torch.zeros(8, 8, dtype=torch.bool)
     top_half[:4] = True
