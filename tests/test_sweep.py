@@ -41,3 +41,15 @@ def test_an_empty_runs_folder_gives_a_report_that_says_so(tmp_path):
 def test_an_unknown_notebook_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no notebook '09_magic'"):
         execute("09_magic", tmp_path / "out.ipynb", {})
+
+
+def test_igpt_sweep_shows_which_notebook_and_cell_is_running_and_for_how_long(tmp_path, capsys, caplog):
+    from igptlib.cli import main
+
+    assert main(["sweep", "--sizes", "xs", "--notebooks", "04_model", "--smoke", "--runs", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"xs: 04_model -> {tmp_path / 'mnist-xs' / 'notebooks'}" in out and "xs: 04_model done in" in out
+    assert "04_model: 100%" in err and "cell" in err  # papermill's bar: cells done of all, time taken
+    logged = [record.getMessage() for record in caplog.records if record.name.startswith("papermill")]
+    assert any(message.startswith("Executing Cell 6") for message in logged)  # each cell as it starts
+    assert any("tokens (2, 784) -> logits" in message for message in logged)  # and its output as it comes
