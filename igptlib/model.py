@@ -104,7 +104,14 @@ class ModelConfig(Config):
 PRESETS: dict[str, dict] = {
     # Heads of 32 to 64 dimensions: CPU attention kernels run several times slower on narrower heads.
     "xs": dict(n_embd=64, n_layer=4, n_head=2),  # CPU demos and tests: trains in minutes on 2 cores
-    "cpu": dict(n_embd=128, n_layer=4, n_head=4),  # the shipped models: about an hour on 2 CPU cores
+    "cpu": dict(n_embd=128, n_layer=4, n_head=4),  # the first shipped models: about an hour on 2 CPU cores
+    # Time to quality on 2 CPU cores: the attention kernel's time grows with n_layer * n_embd and the
+    # weights with n_layer * n_embd^2, so three wider layers learn more per minute than four narrow ones.
+    "cpu-fast": dict(n_embd=192, n_layer=3, n_head=3),
+    # The CPU ladder (igptlib.ladder): about 3x the parameters from one size to the next, heads of 64.
+    "cpu-s": dict(n_embd=192, n_layer=3, n_head=3),  # 1.5M
+    "cpu-m": dict(n_embd=256, n_layer=6, n_head=4),  # 5.0M
+    "cpu-l": dict(n_embd=448, n_layer=6, n_head=7),  # 14.9M
     "s": dict(n_embd=256, n_layer=8, n_head=4),  # the S/M/L sweep, each sized for one GPU
     "m": dict(n_embd=512, n_layer=12, n_head=8),
     "l": dict(n_embd=768, n_layer=16, n_head=12),

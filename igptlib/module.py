@@ -27,6 +27,9 @@ from igptlib.config import Config, ConfigError
 from igptlib.model import GPT, ModelConfig, ar_loss
 
 
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be used here: unreadable, or made for another model or palette."""
 
@@ -40,8 +43,13 @@ class OptimConfig(Config):
     beta1: float = 0.9
     beta2: float = 0.95  # as in the paper
     warmup_steps: int = 500
-    schedule: str = "cosine"  # after warm-up: "cosine" or "linear" decay over the run, or "constant"
+    # After warm-up: "cosine" or "linear" decay over the run; "constant"; or "wsd" (warm-up, stable,
+    # decay): constant until the last decay_fraction of the steps, then linear decay. A wsd run can
+    # be extended from any checkpoint of its stable phase (train saves one where the decay begins)
+    # with a larger step count and no warm restart.
+    schedule: str = "cosine"
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio (the paper decays to 0)
+    decay_fraction: float = 0.2  # wsd: the share of the steps spent decaying
     grad_clip: float = 1.0  # gradient norm clipping (0: off)
     finetune: bool = False  # False: L_GEN only; True: L_GEN + L_CLF with the classification head
     clf_weight: float = 1.0  # weight of L_CLF when fine-tuning
@@ -51,9 +59,9 @@ class OptimConfig(Config):
             raise ConfigError(f"OptimConfig.lr: expected a positive number, got {self.lr}")
         if self.warmup_steps < 0:
             raise ConfigError(f"OptimConfig.warmup_steps: expected 0 or more, got {self.warmup_steps}")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"OptimConfig.schedule: expected 'cosine', 'linear' or 'constant', got {self.schedule!r}")
-        for name in ("beta1", "beta2", "min_lr_ratio"):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"OptimConfig.schedule: expected one of {list(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("beta1", "beta2", "min_lr_ratio", "decay_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"OptimConfig.{name}: expected a number in [0, 1], got {getattr(self, name)}")
         for name in ("weight_decay", "grad_clip", "clf_weight"):
@@ -61,12 +69,24 @@ class OptimConfig(Config):
                 raise ConfigError(f"OptimConfig.{name}: expected 0 or more, got {getattr(self, name)}")
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:
+def decay_start(warmup_steps: int, total_steps: int, decay_fraction: float) -> int:
+    """The step where a wsd schedule's decay begins (never inside the warm-up)."""
+    return max(warmup_steps, total_steps - round(decay_fraction * total_steps))
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float,
+              decay_fraction: float = 0.2) -> float:
     """The learning-rate multiplier at optimizer step `step`: linear warm-up, then the decay."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant" or total_steps <= warmup_steps:
         return 1.0
+    if schedule == "wsd":
+        start = decay_start(warmup_steps, total_steps, decay_fraction)
+        if step < start:
+            return 1.0
+        progress = min(1.0, (step - start) / max(total_steps - start, 1))
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress)
     progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_lr_ratio + (1 - min_lr_ratio) * decay
@@ -159,7 +179,7 @@ class ImageGPT(L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else o.warmup_steps
 
         def factor(step: int) -> float:  # a closure, not a lambda in the state dict: weights_only loads
-            return lr_factor(step, o.warmup_steps, total, o.schedule, o.min_lr_ratio)
+            return lr_factor(step, o.warmup_steps, total, o.schedule, o.min_lr_ratio, o.decay_fraction)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

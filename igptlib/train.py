@@ -37,7 +37,7 @@ from igptlib.config import Config, ConfigError, DataConfig
 from igptlib.device import DEVICES, bf16_on_gpu, lightning_accelerator
 from igptlib.model import PRESETS, ModelConfig, model_config
 from igptlib.records import describe_hardware, note_command
-from igptlib.module import ImageGPT, OptimConfig, check_checkpoint, read_checkpoint
+from igptlib.module import ImageGPT, OptimConfig, check_checkpoint, decay_start, read_checkpoint
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 PAPER_CHECKPOINT_STEPS = [131000, 262000, 524000]
@@ -107,6 +107,22 @@ TRAIN_PRESETS: dict[str, dict] = {
         optim=dict(lr=2e-3, warmup_steps=100),
         train=dict(steps=1500, val_every=250, val_batches=20, save_every=100),
     ),
+    # Time to quality on 2 CPU cores (`igpt bench converge`; runs in report/bench/converge-*.json): a
+    # wsd schedule (the run extends from its decay-start checkpoint without a warm restart) and
+    # batch 16 (twice the updates of batch 32 for the same images, at the same images per second
+    # here); validation on 1,024 images; 3,200 steps fit in an hour on 2 cores.
+    "cpu-fast": dict(
+        data=dict(batch_size=16, augment=[]),
+        optim=dict(lr=2e-3, warmup_steps=100, schedule="wsd", decay_fraction=0.2),
+        train=dict(steps=3200, val_every=250, val_batches=64, save_every=100),
+    ),
+    # The CPU ladder: one schedule for the three sizes, so that size alone differs; crops of up to
+    # 2 pixels but no flips (a mirrored 2 or 7 is no digit of the test set).
+    **{size: dict(
+        data=dict(batch_size=16, augment=["crop"], crop_padding=2),
+        optim=dict(lr=1e-3, warmup_steps=200, schedule="wsd", decay_fraction=0.2),
+        train=dict(steps=2620, val_every=262, val_batches=32, save_every=100, checkpoint_steps=[655, 1310, 2620]),
+    ) for size in ("cpu-s", "cpu-m", "cpu-l")},
     "s": dict(optim=dict(lr=1e-3, warmup_steps=1000), train=dict(steps=30_000)),
     "m": dict(optim=dict(lr=6e-4, warmup_steps=2000), train=dict(steps=60_000)),
     "l": dict(optim=dict(lr=3e-4, warmup_steps=3000), train=dict(steps=100_000)),
@@ -212,17 +228,43 @@ class RunCheckpoints(L.Callback):
 
     def __init__(self, folder: Path, save_every: int, steps: list[int]):
         self.folder, self.save_every, self.steps = Path(folder), save_every, set(steps)
+        self.saved_step = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step in self.steps:
             trainer.save_checkpoint(self.folder / f"step-{step}.ckpt", weights_only=False)
         if step % self.save_every == 0 or step == trainer.max_steps:
-            partial = self.folder / "last.ckpt.partial"
-            trainer.save_checkpoint(partial, weights_only=False)
-            if trainer.is_global_zero:
-                os.replace(partial, self.folder / "last.ckpt")
-            trainer.strategy.barrier("last.ckpt")
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        # A run stopped early (a time budget, an interrupt Lightning caught) still resumes from its last step.
+        if trainer.global_step != self.saved_step:
+            self._save_last(trainer)
+
+    def _save_last(self, trainer) -> None:
+        partial = self.folder / "last.ckpt.partial"
+        trainer.save_checkpoint(partial, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(partial, self.folder / "last.ckpt")
+        trainer.strategy.barrier("last.ckpt")
+        self.saved_step = trainer.global_step
+
+
+class StopAfter(L.Callback):
+    """Stop training cleanly, after a whole step, once `seconds` have passed since it was made.
+
+    Not Lightning's Timer (Trainer(max_time=...)): that one keeps its elapsed time in the
+    checkpoint, so a resumed run would count the earlier processes' time against this one's budget.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds, self.started = seconds, time.perf_counter()
+        self.stopped = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if time.perf_counter() - self.started >= self.seconds:
+            self.stopped = trainer.should_stop = True
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -250,6 +292,15 @@ def reuse_freed_memory() -> bool:
 def _first_process() -> bool:
     """True in the process a user started (not in the ranks Lightning or a cluster launches besides it)."""
     return all(int(os.environ.get(name, "0")) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def checkpoint_steps(config: RunConfig) -> list[int]:
+    """The steps that keep a checkpoint of their own: the chosen ones, and where a wsd decay begins
+    (the checkpoint to extend the run from)."""
+    o, steps = config.optim, list(config.train.checkpoint_steps)
+    if o.schedule == "wsd":
+        steps.append(decay_start(o.warmup_steps, config.train.steps, o.decay_fraction))
+    return sorted(set(steps))
 
 
 def find_run_folder(checkpoint: str | Path) -> Path | None:
@@ -319,14 +370,18 @@ def _record_config(config: RunConfig, run_dir: Path, resume: bool, step: int) ->
 
 
 def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
-          datamodule: L.LightningDataModule | None = None, callbacks: list[L.Callback] = ()) -> dict:
+          datamodule: L.LightningDataModule | None = None, callbacks: list[L.Callback] = (),
+          budget_seconds: float | None = None) -> dict:
     """Train (or go on training) the run in `run_dir`; return the metrics also written to metrics.json.
 
     resume: continue from checkpoints/last.ckpt (the folder must hold this run's config.yaml).
     datamodule: defaults to PixelDataModule(config.data); any module whose loaders yield
     (tokens [B, T], labels [B]) and which has a .palette after setup() will do.
     callbacks: more Lightning callbacks for the Trainer.
+    budget_seconds: stop after a whole step once this much wall time has passed (counted from this
+    call), with last.ckpt saved there, so that `resume` goes on from it.
     """
+    stop = StopAfter(budget_seconds) if budget_seconds is not None else None
     from lightning.pytorch.accelerators import CPUAccelerator
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -371,7 +426,8 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         limit_val_batches=t.val_batches if t.val_batches is not None else 1.0,
         precision=precision, accelerator=accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False)],
-        callbacks=[RunCheckpoints(checkpoints, t.save_every, t.checkpoint_steps), best, *callbacks],
+        callbacks=[RunCheckpoints(checkpoints, t.save_every, checkpoint_steps(config)), best, *callbacks,
+                   *([stop] if stop else [])],
         enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar, log_every_n_steps=t.log_every,
         default_root_dir=run_dir,
     )
@@ -393,8 +449,9 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             "global_step": trainer.global_step,
             "epoch": trainer.current_epoch,
             "wall_seconds": round(wall, 1),
+            "stopped_by_budget": bool(stop and stop.stopped),
             "parameters": module.model.num_parameters(),
-        "hardware": describe_hardware(),  # the run's record says what it trained on
+            "hardware": describe_hardware(),  # the run's record says what it trained on
             "best_checkpoint": best.best_model_path or None,
             "best_val_nats_per_pixel": None if best.best_model_score is None else float(best.best_model_score),
             "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -421,7 +478,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
 _OVERRIDES = {
     "root": ("data", "root"), "batch_size": ("data", "batch_size"), "seed": ("data", "seed"),
     "augment": ("data", "augment"), "limit_train": ("data", "limit_train"), "limit_val": ("data", "limit_val"),
-    "limit_test": ("data", "limit_test"), "lr": ("optim", "lr"), "warmup_steps": ("optim", "warmup_steps"),
+    "limit_test": ("data", "limit_test"), "lr": ("optim", "lr"), "warmup_steps": ("optim", "warmup_steps"), "schedule": ("optim", "schedule"),
     "steps": ("train", "steps"), "val_every": ("train", "val_every"), "val_batches": ("train", "val_batches"),
     "save_every": ("train", "save_every"), "checkpoint_steps": ("train", "checkpoint_steps"),
     "precision": ("train", "precision"), "device": ("train", "accelerator"), "devices": ("train", "devices"),
@@ -437,6 +494,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a RunConfig YAML to start from instead of the --size preset")
     parser.add_argument("--run-dir", help="the run folder (default: runs/<dataset>-<size>-<objective>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--budget-minutes", type=float, metavar="MIN",
+                        help="stop cleanly at a checkpoint once this much wall time has passed (resume later with --resume)")
     parser.add_argument("--finetune-from", metavar="CKPT", help="fine-tune (L_GEN + L_CLF) from a pre-trained checkpoint")
     group = parser.add_argument_group("data")
     group.add_argument("--root", help="data root (default: data)")
@@ -451,6 +510,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimisation and trainer")
     group.add_argument("--lr", type=float)
     group.add_argument("--warmup-steps", type=int)
+    group.add_argument("--schedule", help="learning rate after warm-up: cosine, linear, constant or wsd")
     group.add_argument("--steps", type=int, help="optimizer steps in all")
     group.add_argument("--val-every", type=int)
     group.add_argument("--val-batches", type=int)
@@ -498,7 +558,11 @@ def config_from_args(args) -> tuple[RunConfig, Path]:
 
 def run_train(args) -> None:
     config, run_dir = config_from_args(args)
-    metrics = train(config, run_dir, resume=args.resume)
+    budget = None if args.budget_minutes is None else args.budget_minutes * 60
+    metrics = train(config, run_dir, resume=args.resume, budget_seconds=budget)
+    if metrics.get("stopped_by_budget") and _first_process():
+        print(f"stopped at step {metrics['global_step']} of {config.train.steps}: the {args.budget_minutes:g}-minute "
+              f"budget ran out; go on with --run-dir {run_dir} --resume")
     if _first_process():
         note_command(run_dir, getattr(args, "invocation", None))  # provenance for the run's record
         print(f"run folder: {run_dir}  (step {metrics['global_step']}, {metrics['wall_seconds']} s)")

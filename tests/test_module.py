@@ -55,6 +55,15 @@ def test_lr_warms_up_linearly_then_decays():
     assert lr_factor(60, 10, 110, "constant", 0.0) == 1.0
 
 
+def test_wsd_holds_the_rate_then_decays_and_extends_without_a_warm_restart():
+    factors = [lr_factor(step, 10, 110, "wsd", 0.0, decay_fraction=0.2) for step in range(111)]
+    assert factors[9] == pytest.approx(1.0) and all(f == 1.0 for f in factors[10:88])  # stable until step 88
+    assert all(a > b for a, b in zip(factors[88:110], factors[89:111])) and factors[110] == 0.0
+    # Extending the run to 220 steps from a stable-phase checkpoint: the rate at every step already
+    # taken is the same as before, so the longer run goes on without jumping back up.
+    assert [lr_factor(step, 10, 220, "wsd", 0.0, 0.2) for step in range(88)] == factors[:88]
+
+
 def test_bad_optim_configs_are_refused():
     with pytest.raises(ConfigError, match="schedule"):
         OptimConfig(schedule="step")
