@@ -151,6 +151,7 @@ def run_import_hf(args) -> None:
 
 def _add_bench_commands(commands) -> None:
     from igptlib.bench import add_bench_arguments, run_bench
+    from igptlib.bench_converge import add_bench_converge_arguments, run_bench_converge
     from igptlib.bench_sampling import add_bench_sample_arguments, run_bench_sample
 
     bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")
@@ -161,6 +162,9 @@ def _add_bench_commands(commands) -> None:
     sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler and transformers' generate()")
     add_bench_sample_arguments(sample)
     sample.set_defaults(run=run_bench_sample)
+    converge = kinds.add_parser("converge", help="time to quality: validation nats/px against wall minutes, then test")
+    add_bench_converge_arguments(converge)
+    converge.set_defaults(run=run_bench_converge)
 
 
 class _Parser(argparse.ArgumentParser):

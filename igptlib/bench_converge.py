@@ -1,0 +1,227 @@
+"""`igpt bench converge`: time to quality, the wait a user of this machine actually feels.
+
+Trains a preset from scratch for a wall-clock budget and records, at every validation, the
+validation nats per pixel against the wall minutes since the command started (data set-up and
+validation time included), then the test nats per pixel of the final model on the whole test split,
+in float32. Beside the curve it records what the time depends on: the machine's matmul peak, its
+load average before and after, the threads, the recipe (the run's whole config).
+
+A benchmark, not a test: it writes report/bench/converge-<name>.json and redraws
+report/bench/converge.png, every recorded recipe's curve on one plot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from igptlib.config import ConfigError
+from igptlib.model import PRESETS
+
+TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
+
+
+class ConvergenceCurve(L.Callback):
+    """(minutes since `started`, step, validation nats per pixel) at the end of every validation."""
+
+    def __init__(self, started: float):
+        self.started, self.points = started, []
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        self.points.append({
+            "minutes": round((time.perf_counter() - self.started) / 60, 3),
+            "step": trainer.global_step,
+            "val_nats_per_pixel": float(trainer.callback_metrics["val/nats_per_pixel"]),
+        })
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """`section.field=value` strings applied to a RunConfig dict (values parsed as YAML: 3e-3, [], true)."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot or section not in values or field not in values[section]:
+            known = ", ".join(f"{s}.FIELD" for s in values)
+            raise ConfigError(f"--set {override!r}: expected SECTION.FIELD=VALUE with a known field ({known})")
+        values[section][field] = _parse(text)
+    return values
+
+
+def _parse(text: str):
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def minutes_to(points: list[dict], target: float) -> float | None:
+    """The first validation's minutes at or below `target`, or None if the curve never got there."""
+    return next((p["minutes"] for p in points if p["val_nats_per_pixel"] <= target), None)
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def converge(name: str, size: str, minutes: float, overrides: list[str], run_dir: Path, threads: int | None) -> dict:
+    """Train `size` (changed by `overrides`) for `minutes` into run_dir; return the JSON record."""
+    from igptlib.bench import matmul_gflops
+    from igptlib.data import PixelDataModule
+    from igptlib.evaluate import likelihood
+    from igptlib.module import load_checkpoint
+    from igptlib.train import RunConfig, run_config, train
+
+    if minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {minutes}")
+    if threads:
+        torch.set_num_threads(threads)
+    values = apply_overrides(run_config(size, "mnist").to_dict(), overrides)
+    values["train"]["test"] = False  # the final model is tested below, in float32, outside the timed training
+    config = RunConfig.from_dict(values, where="--set")
+    if config.data.limit_test is not None:
+        raise ConfigError("the test nats per pixel are measured on the whole test split: leave data.limit_test unset")
+    record = {
+        "name": name, "size": size, "overrides": overrides, "budget_minutes": minutes,
+        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "matmul_gflops": {d: round(matmul_gflops(getattr(torch, d)), 1) for d in ("float32", "bfloat16")},
+                    "load_average_before": os.getloadavg()},
+        "config": config.to_dict(),
+    }
+    started = time.perf_counter()
+    curve = ConvergenceCurve(started)
+    metrics = train(config, run_dir, callbacks=[curve], budget_seconds=minutes * 60)
+    record["training"] = {"minutes": round((time.perf_counter() - started) / 60, 2), "steps": metrics["global_step"],
+                          "stopped_by_budget": metrics["stopped_by_budget"], "parameters": metrics["parameters"]}
+    record["machine"]["load_average_after_training"] = os.getloadavg()
+    record["curve"] = curve.points
+    record["minutes_to"] = {str(target): minutes_to(curve.points, target) for target in TARGETS}
+
+    model = load_checkpoint(run_dir / "checkpoints" / "last.ckpt").model  # the final weights, as the run ended
+    data = PixelDataModule(config.data)
+    data.prepare_data()
+    data.setup()
+    evaluated = time.perf_counter()
+    test = likelihood(model, data.test_dataloader(), progress=True)
+    record["test"] = {**test, "images": len(data.test_set), "precision": "float32",
+                      "seconds": round(time.perf_counter() - evaluated, 1),
+                      "meets": {str(target): test["nats_per_pixel"] <= target for target in TARGETS}}
+    return record
+
+
+def plot_curves(records: list[dict], title: str = "Time to quality on this machine (MNIST, 16 colours)"):
+    """Validation nats/px against wall minutes for each record; the final test value as a marker."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for record in records:
+        points = record["curve"]
+        line, = ax.plot([p["minutes"] for p in points], [p["val_nats_per_pixel"] for p in points], marker=".",
+                        label=f"{record['name']} (test {record['test']['nats_per_pixel']:.4f} at {record['training']['minutes']:.0f} min)")
+        ax.plot([record["training"]["minutes"]], [record["test"]["nats_per_pixel"]], marker="*", markersize=12,
+                color=line.get_color(), linestyle="none")
+    for target in TARGETS:
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="wall minutes since the command started (validation included)", ylabel="nats per pixel",
+           title=title, ylim=(0.29, 0.5))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+README_START = "<!-- converge: written by `igpt bench converge` from report/bench/converge-*.json; do not edit by hand -->"
+README_END = "<!-- end of converge -->"
+
+
+def _minutes(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1f}"
+
+
+def converge_table(records: list[dict]) -> str:
+    """A Markdown table of the recorded recipes: shape, batch, steps, minutes to the targets, test value."""
+    lines = [
+        "| recipe | width/layers/heads | parameters | batch | schedule | steps | training min | "
+        + " | ".join(f"min to {t} (validation)" for t in TARGETS) + " | test nats/px (final model) | load average before |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(TARGETS) + "---|---|",
+    ]
+    for r in records:
+        m, d, o = r["config"]["model"], r["config"]["data"], r["config"]["optim"]
+        lines.append(" | ".join([
+            f"| `{r['name']}`", f"{m['n_embd']}/{m['n_layer']}/{m['n_head']}", f"{r['training']['parameters'] / 1e6:.2f}M",
+            str(d["batch_size"]), f"{o['schedule']}, lr {o['lr']:g}", str(r["training"]["steps"]),
+            f"{r['training']['minutes']:.1f}", *(_minutes(r["minutes_to"][str(t)]) for t in TARGETS),
+            f"{r['test']['nats_per_pixel']:.4f}", f"{r['machine']['load_average_before'][0]:.1f} |",
+        ]))
+    return "\n".join(lines)
+
+
+def write_readme_section(records: list[dict], readme: Path) -> bool:
+    """Rewrite the README's block between the converge markers; False when it has no such block."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    block = f"{README_START}\n{converge_table(records)}\n"
+    readme.write_text(text[:start] + block + text[end:])
+    return True
+
+
+def add_bench_converge_arguments(parser) -> None:
+    parser.add_argument("--name", help="the recipe's name: report/bench/converge-NAME.json (required unless --redraw)")
+    parser.add_argument("--size", default="cpu", choices=list(PRESETS), help="the preset to start from (default: cpu)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the training (default: 30)")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="change the preset's config, e.g. optim.lr=3e-3 data.batch_size=16 model.n_head=2")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2, this machine's cores)")
+    parser.add_argument("--run-dir", help="the run folder (default: runs/converge-NAME)")
+    parser.add_argument("--out", default="report/bench", help="where the JSON and the plot go (default: report/bench)")
+    parser.add_argument("--readme", default="README.md", help="the README whose time-to-quality table is rewritten")
+    parser.add_argument("--redraw", action="store_true", help="train nothing: redraw the plot and the table from the JSONs")
+
+
+def redraw(out: Path, readme: Path) -> Path:
+    """The plot of every recorded recipe, and the README's table, from report/bench/converge-*.json."""
+    from igptlib.plots import save_figure
+
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("converge-*.json"))]
+    if not records:
+        raise FileNotFoundError(f"no converge-*.json in {out}: run `igpt bench converge --name NAME` first")
+    figure = save_figure(plot_curves(records), "converge", out, close=True)
+    if write_readme_section(records, readme):
+        print(f"table: {readme}")
+    return figure
+
+
+def run_bench_converge(args) -> None:
+    out = Path(args.out)
+    if args.redraw:
+        print(f"plot: {redraw(out, Path(args.readme))}")
+        return
+    if not args.name:
+        raise ValueError("--name is required: the recipe's name, for report/bench/converge-NAME.json")
+    run_dir = Path(args.run_dir or f"runs/converge-{args.name}")
+    record = converge(args.name, args.size, args.minutes, args.overrides, run_dir, args.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"converge-{args.name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    figure = redraw(out, Path(args.readme))
+    test = record["test"]["nats_per_pixel"]
+    print(f"{args.name}: {record['training']['steps']} steps in {record['training']['minutes']:.1f} min; "
+          f"test {test:.4f} nats/px ({record['test']['images']} images, float32)")
+    for target, minutes in record["minutes_to"].items():
+        print(f"  validation reached {target} nats/px: {'never' if minutes is None else f'after {minutes:.1f} min'}")
+    print(f"  record: {path}\n  plot: {figure}")
