@@ -273,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_card_arguments(card)
     card.set_defaults(run=run_card)
 
+    from igptlib.ladder import add_ladder_arguments, run_ladder
+
+    ladder = commands.add_parser("ladder", help="the CPU ladder: S, M and L trained, evaluated and fine-tuned alike, resumably")
+    add_ladder_arguments(ladder)
+    ladder.set_defaults(run=run_ladder)
+
     _add_bench_commands(commands)
     return parser
 

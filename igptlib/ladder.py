@@ -1,0 +1,187 @@
+"""The CPU ladder: three model sizes trained alike on this 2-core machine, and compared (issue 15).
+
+S, M and L (the presets cpu-s, cpu-m, cpu-l) see the same data, palette, batch, steps and schedule,
+so that what differs between them is size alone; S is also trained without augmentation, the
+ablation that says what augmentation buys. `igpt ladder` runs it stage by stage, per run:
+
+    pretrain   L_AR on augmented images, a checkpoint kept at each of the named steps
+    evaluate   test likelihood and linear probes at each named checkpoint, completions at the last
+    finetune   L_GEN + L_CLF from the last pre-training checkpoint, one recipe for every size
+    classify   the fine-tuned head's test accuracy and kappa; then the run is recorded for the report
+
+and goes on from wherever it stopped: a finished stage is skipped, a training stage resumes from its
+last checkpoint, and with --budget-minutes the running training stage stops at a checkpoint before
+the budget runs out (an evaluation starts only when the reserve it needs is left). The runs take
+hours: keep their folder (--runs) where it outlives a session.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+
+LADDER = ("cpu-s", "cpu-m", "cpu-l")
+ABLATION = "cpu-s"  # the size trained once more without augmentation
+# The seed saved iGPT checkpoints at 131,000, 262,000 and 524,000 steps; the ladder keeps the
+# 1:2:4 ratio at 1/200 of that scale.
+NAMED_STEPS = (655, 1310, 2620)
+FINETUNE = dict(steps=500, lr=5e-4, warmup_steps=50, val_every=100, augment=["crop"])  # one recipe for every run
+EVALUATION = dict(probe_train=10_000, samples=4, precision="bf16")
+COMPLETIONS = 8  # test images completed at the last named step (the report's figure per size)
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    done: Callable[[], bool]
+    run: Callable[[float | None], bool]  # seconds left (None: no budget) -> True when the stage finished
+    trains: bool  # a training stage can stop at a checkpoint; an evaluation cannot
+
+
+class Progress(L.Callback):
+    """A line every `every` steps: the stage, its step, its speed and the time it has left."""
+
+    def __init__(self, stage: str, every: int = 100):
+        self.stage, self.every = stage, every
+        self.started = self.first_step = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.started is None:
+            self.started, self.first_step = time.perf_counter(), step
+        elif step % self.every == 0:
+            rate = (time.perf_counter() - self.started) / (step - self.first_step)
+            print(f"ladder: {self.stage} step {step}/{trainer.max_steps}, {rate:.2f} s/step, "
+                  f"about {(trainer.max_steps - step) * rate / 60:.0f} min left in this stage", flush=True)
+
+
+def pretrain_config(size: str, augment: bool, steps=NAMED_STEPS, overrides=()):
+    from igptlib.bench_converge import apply_overrides
+    from igptlib.train import RunConfig, run_config
+
+    values = run_config(size, "mnist").to_dict()
+    values["train"].update(steps=steps[-1], checkpoint_steps=list(steps), test=False)
+    if not augment:
+        values["data"]["augment"] = []
+    return RunConfig.from_dict(apply_overrides(values, list(overrides)))
+
+
+def finetune_config(pretrained, init_from: Path, steps: int = FINETUNE["steps"]):
+    """The ladder's one fine-tuning recipe, from a pre-trained run's config and checkpoint."""
+    return pretrained.replace(
+        data=pretrained.data.replace(augment=FINETUNE["augment"]).to_dict(),
+        optim=pretrained.optim.replace(finetune=True, lr=FINETUNE["lr"], warmup_steps=FINETUNE["warmup_steps"],
+                                       schedule="cosine").to_dict(),
+        train=pretrained.train.replace(steps=steps, checkpoint_steps=[], val_every=FINETUNE["val_every"],
+                                       init_from=str(init_from)).to_dict(),
+    )
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    metrics = run_dir / "metrics.json"
+    return metrics.exists() and json.loads(metrics.read_text())["global_step"] >= steps
+
+
+def training(name: str, config, run_dir: Path) -> Stage:
+    from igptlib.train import train
+
+    def run(seconds_left: float | None) -> bool:
+        print(f"ladder: {name} in {run_dir}", flush=True)
+        metrics = train(config, run_dir, resume=(run_dir / "config.yaml").exists(),
+                        callbacks=[Progress(name)], budget_seconds=seconds_left)
+        return not metrics["stopped_by_budget"]
+
+    return Stage(name, lambda: finished(run_dir, config.train.steps), run, trains=True)
+
+
+def evaluation(name: str, checkpoint: Path, out: Path, **options) -> Stage:
+    """Evaluate one checkpoint into `out` (a JSON), with its figures in the folder beside it."""
+
+    def run(seconds_left: float | None) -> bool:
+        from igptlib.data import PixelDataModule
+        from igptlib.evaluate import evaluate_model, summary
+        from igptlib.module import load_checkpoint
+        from igptlib.train import RunConfig
+
+        print(f"ladder: {name}", flush=True)
+        module = load_checkpoint(checkpoint)
+        data = PixelDataModule(RunConfig.load_yaml(checkpoint.parent.parent / "config.yaml").data)
+        results = evaluate_model(module.model, data, figures=out.parent / "figures", **EVALUATION, **options)
+        results = {"checkpoint": str(checkpoint), **results}
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(json.dumps(results, indent=2) + "\n")
+        partial.replace(out)
+        print(summary(results), flush=True)
+        return True
+
+    return Stage(name, out.exists, run, trains=False)
+
+
+def stages(runs: Path, sizes=LADDER, ablation: str | None = ABLATION, steps=NAMED_STEPS, overrides=(),
+           finetune_steps: int = FINETUNE["steps"]) -> list[Stage]:
+    """Every stage of the ladder, in order."""
+    plan = [(size, True) for size in sizes] + ([(ablation, False)] if ablation else [])
+    found = []
+    for size, augment in plan:
+        name = f"ladder-{size}" + ("" if augment else "-noaug")
+        folder = Path(runs) / name
+        config = pretrain_config(size, augment, steps, overrides)
+        found.append(training(f"pretrain {name}", config, folder))
+        for step in steps:
+            last = step == steps[-1]
+            found.append(evaluation(
+                f"evaluate {name} at step {step}", folder / "checkpoints" / f"step-{step}.ckpt",
+                folder / ("evaluation.json" if last else f"evaluation-step-{step}.json"),
+                classification=False, completions=COMPLETIONS if last else 0))
+        tuned = folder / "finetune"
+        found.append(training(f"finetune {name}", finetune_config(config, folder / "checkpoints" / "last.ckpt", finetune_steps),
+                              tuned))
+        found.append(evaluation(f"classify {name}", tuned / "checkpoints" / "last.ckpt", tuned / "evaluation.json",
+                                probes=False, classification=True, completions=0))
+    return found
+
+
+def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: float = 20.0,
+           records: Path | None = None, **plan) -> bool:
+    """Run every stage not yet done, within the budget; True when the whole ladder is done.
+
+    plan: sizes, ablation, steps, overrides and finetune_steps, as stages() takes them.
+    """
+    from igptlib.records import record_run
+
+    todo = stages(runs, **plan)
+    print("ladder: " + "; ".join(f"{s.name} ({'done' if s.done() else 'to do'})" for s in todo), flush=True)
+    deadline = None if budget_minutes is None else time.perf_counter() + budget_minutes * 60
+    for stage in todo:
+        if stage.done():
+            continue
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left < (0 if stage.trains else reserve_minutes * 60):
+            print(f"ladder: stopping before {stage.name}: {max(left, 0) / 60:.0f} min of the budget left", flush=True)
+            return False
+        if not stage.run(left):
+            print(f"ladder: {stage.name} stopped at a checkpoint as the budget ran out; the same command goes on", flush=True)
+            return False
+        if records is not None and stage.name.startswith("classify"):
+            run_dir = Path(runs) / stage.name.split()[1]
+            print(f"ladder: recorded {record_run(run_dir, records=records)}", flush=True)
+    print("ladder: every stage is done", flush=True)
+    return True
+
+
+def add_ladder_arguments(parser) -> None:
+    parser.add_argument("--runs", default="runs", help="where the ladder's run folders live (default: runs)")
+    parser.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
+    parser.add_argument("--reserve-minutes", type=float, default=20.0,
+                        help="an evaluation starts only with this much of the budget left (default: 20)")
+    parser.add_argument("--records", default="report/runs", help="record each finished run here (default: report/runs)")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="change every run's config alike, e.g. train.val_batches=16")
+
+
+def run_ladder(args) -> None:
+    ladder(Path(args.runs), args.budget_minutes, args.reserve_minutes, Path(args.records), overrides=args.overrides)

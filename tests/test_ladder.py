@@ -1,0 +1,47 @@
+"""The CPU ladder on a tiny plan: it stops at a checkpoint when its budget runs out, goes on from
+there, evaluates every named checkpoint, fine-tunes, records, and skips whatever is done."""
+import json
+from pathlib import Path
+
+import torch
+
+from igptlib.ladder import ladder, stages
+
+
+def tiny_plan(root: Path) -> dict:
+    overrides = [f"data.root={root}", "data.limit_train=64", "data.limit_val=16", "data.limit_test=16",
+                 "data.batch_size=8", "train.val_every=2", "train.val_batches=1", "train.save_every=2",
+                 "train.progress_bar=false", "train.precision=32-true", "train.accelerator=cpu", "train.devices=1",
+                 "model.n_embd=32", "model.n_layer=1", "model.n_head=1"]
+    return dict(sizes=("xs",), ablation="xs", steps=(2, 4), overrides=overrides, finetune_steps=2)
+
+
+def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "MNIST").symlink_to(Path(mnist_root) / "MNIST", target_is_directory=True)
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    plan = tiny_plan(root)
+
+    assert not ladder(runs, budget_minutes=0.001, records=records, **plan)  # the first stage stops after one step
+    assert torch.load(runs / "ladder-xs/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
+    assert "stopped at a checkpoint" in capsys.readouterr().out
+
+    assert ladder(runs, records=records, **plan)
+    for name in ("ladder-xs", "ladder-xs-noaug"):
+        folder = runs / name
+        assert json.loads((folder / "metrics.json").read_text())["global_step"] == 4
+        early = json.loads((folder / "evaluation-step-2.json").read_text())
+        final = json.loads((folder / "evaluation.json").read_text())
+        assert early["checkpoint"].endswith("step-2.ckpt") and "completion" not in early
+        assert final["likelihood"]["nats_per_pixel"] > 0 and final["completion"]["images"] == 8
+        assert set(final["probes"]["test_accuracy"]) == {"0", "1"}  # the embeddings and the one block
+        tuned = json.loads((folder / "finetune/evaluation.json").read_text())
+        assert 0 <= tuned["classification"]["accuracy"] <= 1
+        assert (records / name / "finetune" / "evaluation.json").exists()
+    names = [stage.name for stage in stages(runs, **plan)]
+    assert names[0] == "pretrain ladder-xs" and names[-1] == "classify ladder-xs-noaug" and len(names) == 12
+
+    capsys.readouterr()
+    assert ladder(runs, records=records, **plan)  # nothing left to do
+    assert "every stage is done" in capsys.readouterr().out
