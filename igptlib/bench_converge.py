@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -70,20 +69,13 @@ def minutes_to(points: list[dict], target: float) -> float | None:
     return next((p["minutes"] for p in points if p["val_nats_per_pixel"] <= target), None)
 
 
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def converge(name: str, size: str, minutes: float, overrides: list[str], run_dir: Path, threads: int | None) -> dict:
     """Train `size` (changed by `overrides`) for `minutes` into run_dir; return the JSON record."""
     from igptlib.bench import matmul_gflops
     from igptlib.data import PixelDataModule
     from igptlib.evaluate import likelihood
     from igptlib.module import load_checkpoint
+    from igptlib.records import describe_hardware
     from igptlib.train import RunConfig, run_config, train
 
     if minutes <= 0:
@@ -97,7 +89,7 @@ def converge(name: str, size: str, minutes: float, overrides: list[str], run_dir
         raise ConfigError("the test nats per pixel are measured on the whole test split: leave data.limit_test unset")
     record = {
         "name": name, "size": size, "overrides": overrides, "budget_minutes": minutes,
-        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": {"hardware": describe_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "matmul_gflops": {d: round(matmul_gflops(getattr(torch, d)), 1) for d in ("float32", "bfloat16")},
                     "load_average_before": os.getloadavg()},
         "config": config.to_dict(),
