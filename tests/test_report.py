@@ -50,7 +50,7 @@ def test_a_run_is_recorded_and_the_report_reads_only_the_record(evaluated_run, t
 
     record = report / "runs" / "tiny"
     assert not list(record.rglob("*.ckpt")) and not list(record.rglob("events.out.*")), "records hold no checkpoints or event files"
-    for kept in ("config.yaml", "metrics.json", "evaluation.json", "commands.txt", "timing.json", "figures/linear_probes.png",
+    for kept in ("config.yaml", "metrics.json", "evaluation.json", "finetune/commands.txt", "timing.json", "figures/linear_probes.png",
                  "finetune/evaluation.json", "finetune/figures/confusion_matrix.png", "logs/csv/version_0/metrics.csv"):
         assert (record / kept).exists(), kept
     entry = json.loads((report / "results.json").read_text())[0]
@@ -107,9 +107,20 @@ def test_a_shipped_model_is_measured_into_its_record_and_its_card_names_the_comm
                  {"hardware": "2 test cores", "command": ["igpt train --size xs", "igpt export"], "note": "stopped for 20 min",
                   "checkpoint": "runs/tiny/checkpoints/last.ckpt"})
     export_model(tiny_checkpoint, models / "unmeasured.safetensors", {"checkpoint": "runs/tiny/finetune/checkpoints/last.ckpt"})
+    # The tiny model's palette was fitted on its 64 training images; a data root whose default
+    # palette is that one stands for the full-data palette a shipped model is checked against.
+    from igptlib.config import DataConfig
+    from igptlib.train import RunConfig
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "MNIST").symlink_to(mnist_root / "MNIST")
+    palette = DataConfig(dataset="mnist", root=str(root)).palette_path
+    palette.parent.mkdir(parents=True)
+    shutil.copyfile(RunConfig.load_yaml(tiny_checkpoint.parent.parent / "config.yaml").data.palette_path, palette)
     report = tmp_path / "report"
     out = report / "runs" / "shipped-tiny" / "evaluation.json"
-    assert main(["evaluate", "--model", str(models / "tiny.safetensors"), "--root", str(mnist_root), *SMALL,
+    assert main(["evaluate", "--model", str(models / "tiny.safetensors"), "--root", str(root), *SMALL,
                  "--probe-train", "64", "--completions", "0", "--out", str(out)]) == 0
     evaluation = json.loads(out.read_text())
     assert evaluation["model_file"] == str(models / "tiny.safetensors") and evaluation["finetuned"] is False
