@@ -3,7 +3,8 @@
 models/<name>.safetensors holds the GPT's weights (float32) and the palette (tensor "palette");
 its metadata holds the model config (YAML) and where the weights came from (the run, the step, the
 command). load_model opens a shipped name, a .safetensors file or a Lightning .ckpt alike, so the
-explorer, the notebooks and `igpt complete` accept any of them.
+explorer, the notebooks and `igpt complete` accept any of them. An installed package carries the
+models as package data (igptlib/models/); IGPT_MODELS_DIR names another folder (find_models_dir).
 
     shipped_models()                       names of the models in models/
     export_model(checkpoint, out, notes)   a .ckpt -> a .safetensors file with config and palette
@@ -28,7 +29,20 @@ from igptlib.model import ModelConfig
 from igptlib.module import CheckpointError, ImageGPT, check_weights, load_checkpoint
 from igptlib.train import RunConfig, find_run_folder
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_VARIABLE = "IGPT_MODELS_DIR"
+
+
+def find_models_dir() -> Path:
+    """Where the shipped models are: $IGPT_MODELS_DIR if set; else igptlib/models/, the package data
+    of an installed package; else models/ beside igptlib/, in a clone (an editable install too)."""
+    chosen = os.environ.get(MODELS_VARIABLE, "").strip()
+    if chosen:
+        return Path(chosen).expanduser()
+    package_data = Path(__file__).resolve().parent / "models"
+    return package_data if package_data.is_dir() else package_data.parent.parent / "models"
+
+
+MODELS_DIR = find_models_dir()  # read once, when igptlib is imported
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a shipped model's name: a file name, never a path
 
 
