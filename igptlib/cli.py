@@ -226,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                           help="white-background images are inverted when detected (auto; grayscale models only), always or never")
     complete.add_argument("--out", default="completion.png", help="the figure to write")
+    complete.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     complete.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS,
                           help=f"refuse images that need more pixels than this once made square (default: {MAX_PIXELS:,})")
-    complete.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     complete.set_defaults(run=run_complete)
 
     export = commands.add_parser("export", help="ship a checkpoint as one safetensors file (weights, config, palette)")
@@ -293,7 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in argv:  # accepted anywhere on the line, not only before the command
         argv = ["--debug", *(arg for arg in argv if arg != "--debug")]
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.invocation = ["igpt", *argv]  # the command line, which records keep as provenance
     try:
