@@ -1,4 +1,5 @@
 """`igpt bench train`: its baseline is the same model, and its report splits a step's time honestly."""
+import pytest
 import torch
 
 from igptlib.bench import ReferenceGPT, bench_train, print_report, train_flops_per_token
@@ -59,6 +60,8 @@ def test_bench_reports_where_each_models_time_goes(capsys):
 
 
 def test_bench_refuses_a_run_with_nothing_to_time(capsys):
-    for flags in (["--steps", "0"], ["--warmup", "-1"]):
-        assert main(["bench", "train", "--size", "xs", *flags]) == 2
-        assert "expected at least 1 timed step and no negative warm-up" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse's own check of the flag's type
+        main(["bench", "train", "--size", "xs", "--steps", "0"])
+    assert refused.value.code == 2 and "argument --steps: expected a positive integer, got 0" in capsys.readouterr().err
+    assert main(["bench", "train", "--size", "xs", "--warmup", "-1"]) == 2
+    assert "expected at least 1 timed step and no negative warm-up" in capsys.readouterr().err
