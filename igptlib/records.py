@@ -24,6 +24,8 @@ import platform
 import shutil
 from pathlib import Path
 
+from igptlib.config import read_json
+
 RECORDS = Path("report/runs")
 SHIPPED_PREFIX = "shipped-"
 FILES = ("config.yaml", "metrics.json", "evaluation.json", "commands.txt")
@@ -79,7 +81,7 @@ def training_seconds(folder: str | Path) -> float | None:
     folder = Path(folder)
     timing = folder / "timing.json"
     if timing.exists():
-        spans = json.loads(timing.read_text())["processes"]
+        spans = read_json(timing)["processes"]
     elif (folder / "logs" / "tensorboard").is_dir():
         spans = process_times(folder)
     else:
@@ -118,7 +120,7 @@ def record_run(run_dir: str | Path, name: str | None = None, records: str | Path
     for stage in STAGES:
         if (run_dir / stage / "metrics.json").exists():
             _copy_stage(run_dir / stage, staging / stage)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     source = {"source": str(run_dir), "hardware": metrics.get("hardware")}
     (staging / "record.json").write_text(json.dumps(source, indent=2) + "\n")
     if record.exists():

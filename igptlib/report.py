@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from igptlib import plots
+from igptlib.config import read_json
 from igptlib.model import PRESETS
 from igptlib.records import RECORDS, SHIPPED_PREFIX, made_by_finetuning, record_run, shipped_record, training_seconds
 from igptlib.train import RunConfig
@@ -55,7 +56,7 @@ CAPTIONS = {  # the figures a record may hold, in the order they are shown
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def _lines(path: Path) -> list[str]:

@@ -191,3 +191,15 @@ def test_the_report_page_shows_every_image_in_a_browser():
         browser.close()
     assert images, "the report shows no images"
     assert [src for src, shown in images if not shown] == []
+
+
+def test_a_broken_metrics_json_is_named_in_the_error(tmp_path):
+    from igptlib.config import ConfigError
+    from igptlib.records import record_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    (run / "metrics.json").write_text('{"global_step": 3,')  # cut off mid-write
+    with pytest.raises(ConfigError, match=r"run/metrics.json: not valid JSON"):
+        record_run(run, records=tmp_path / "records")
