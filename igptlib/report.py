@@ -404,6 +404,7 @@ def build_report(runs: str | Path | None = "runs", out: str | Path = "report", m
     models = _shipped(models_dir)
     pairs = find_records(records, models)
     entries = [result(record, model) for record, model in pairs]
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(entries, indent=2) + "\n")
 
     figures = out / "figures"
