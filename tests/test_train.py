@@ -57,6 +57,13 @@ def weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+def assert_same_weights(expected_run: Path, actual_run: Path) -> None:
+    """The two runs' last checkpoints hold bit-identical weights."""
+    expected, actual = weights(expected_run / "checkpoints/last.ckpt"), weights(actual_run / "checkpoints/last.ckpt")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
 def test_every_preset_makes_a_run_config_that_round_trips(tmp_path):
     for size in PRESETS:
         config = run_config(size, "mnist", "bert")
@@ -119,9 +126,7 @@ def test_an_interrupted_run_resumes_as_if_never_stopped(data_root, tmp_path, obj
     assert resumed["global_step"] == 6
 
     # Same batches, augmentation and masks in the same order: the very same weights.
-    expected, actual = weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(tmp_path / "resumed/checkpoints/last.ckpt")
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     # The resumed session logs from step 4 on, in a log version of its own.
     with open(tmp_path / "resumed/logs/csv/version_1/metrics.csv") as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
@@ -144,9 +149,7 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes_as_if_never_sto
     assert torch.load(tmp_path / "budget/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
     resumed = train(config, tmp_path / "budget", resume=True)
     assert resumed["global_step"] == 6
-    expected, actual = weights(tmp_path / "straight/checkpoints/last.ckpt"), weights(tmp_path / "budget/checkpoints/last.ckpt")
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    assert_same_weights(tmp_path / "straight", tmp_path / "budget")
     # wsd keeps the checkpoint where its decay begins (step 3 of 6): the one to extend the run from.
     assert (tmp_path / "straight/checkpoints/step-3.ckpt").exists()
 
