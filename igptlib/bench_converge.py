@@ -13,24 +13,34 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+
 import yaml
 
-from igptlib.config import ConfigError
+from igptlib.config import ConfigError, read_json
 from igptlib.model import PRESETS
+from igptlib.train import RunConfig, run_config
+from igptlib.module import decay_start
 
 TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
 
 
 class ConvergenceCurve(L.Callback):
-    """(minutes since `started`, step, validation nats per pixel) at the end of every validation."""
+    """(minutes since `started`, step, validation nats per pixel) at the end of every validation, and
+    the minutes at which each step in `kept` (the steps that keep a checkpoint) ended: a later run
+    branched from such a checkpoint starts its clock there."""
 
-    def __init__(self, started: float):
-        self.started, self.points = started, []
+    def __init__(self, started: float, kept: list[int] = ()):
+        self.started, self.points, self.kept, self.kept_minutes = started, [], set(kept), {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step in self.kept:
+            self.kept_minutes[str(trainer.global_step)] = round((time.perf_counter() - self.started) / 60, 3)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -71,36 +81,90 @@ def minutes_to(points: list[dict], target: float) -> float | None:
 
 def converge(name: str, size: str, minutes: float, overrides: list[str], run_dir: Path, threads: int | None) -> dict:
     """Train `size` (changed by `overrides`) for `minutes` into run_dir; return the JSON record."""
+    if minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {minutes}")
+    values = apply_overrides(run_config(size, "mnist").to_dict(), overrides)
+    values["train"]["test"] = False  # the final model is tested below, in float32, outside the timed training
+    config = RunConfig.from_dict(values, where="--set")
+    record = {"name": name, "size": size, "overrides": overrides, "budget_minutes": minutes, "run_dir": str(run_dir)}
+    return _train_and_test(record, config, run_dir, threads, started=time.perf_counter(), resume=False)
+
+
+def branch(name: str, parent: dict, parent_run_dir: Path, at_step: int, minutes: float, run_dir: Path,
+           threads: int | None) -> dict:
+    """A shorter run of the `parent` record's wsd recipe, its decay starting at `at_step`, timed from scratch.
+
+    Its clock starts at the parent's wall minutes at that step, so its minutes are those of the
+    shorter run trained from scratch; its curve is the parent's up to there, then its own.
+    """
+    config, parent_minutes = prepare_branch(parent, parent_run_dir, at_step, run_dir)
+    if minutes <= parent_minutes:
+        raise ValueError(f"--minutes {minutes:g}: the parent had already trained {parent_minutes:.1f} minutes at step {at_step}")
+    record = {"name": name, "size": parent["size"], "overrides": parent["overrides"] + [f"train.steps={config.train.steps}"],
+              "budget_minutes": minutes, "run_dir": str(run_dir),
+              "branch": {"parent": parent["name"], "at_step": at_step, "parent_minutes": parent_minutes}}
+    started = time.perf_counter() - parent_minutes * 60
+    record = _train_and_test(record, config, run_dir, threads, started=started, resume=True)
+    record["curve"] = [p for p in parent["curve"] if p["step"] <= at_step] + record["curve"]
+    record["minutes_to"] = {str(target): minutes_to(record["curve"], target) for target in TARGETS}
+    return record
+
+
+def prepare_branch(parent: dict, parent_run_dir: Path, at_step: int, run_dir: Path):
+    """Lay out run_dir to resume from the parent's step-AT_STEP.ckpt as the run whose wsd decay starts there.
+
+    Up to its decay a wsd schedule does not depend on the run's length, so the parent's first
+    `at_step` steps are exactly those of the shorter run. Returns (the shorter run's config, the
+    parent's wall minutes at `at_step`).
+    """
+    config = RunConfig.from_dict(parent["config"], where=f"converge record {parent['name']!r}")
+    o = config.optim
+    if o.schedule != "wsd":
+        raise ConfigError(f"--branch-from {parent['name']}: only a wsd run can be branched, its schedule is {o.schedule!r}")
+    steps = round(at_step / (1 - o.decay_fraction))
+    if not at_step < steps <= parent["training"]["steps"] or decay_start(o.warmup_steps, steps, o.decay_fraction) != at_step:
+        raise ConfigError(f"--at-step {at_step}: no run of at most {parent['training']['steps']} steps with a "
+                          f"{o.decay_fraction:g} decay share starts its decay there")
+    checkpoint = Path(parent_run_dir) / "checkpoints" / f"step-{at_step}.ckpt"
+    parent_minutes = parent.get("checkpoint_minutes", {}).get(str(at_step))
+    if parent_minutes is None or not checkpoint.exists():
+        kept = ", ".join(parent.get("checkpoint_minutes", {})) or "none"
+        raise FileNotFoundError(f"--at-step {at_step}: the parent run must have kept {checkpoint} and its minutes "
+                                f"(steps kept with their minutes: {kept})")
+    if (run_dir / "config.yaml").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; choose another --run-dir")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, run_dir / "checkpoints" / "last.ckpt")
+    config.save_yaml(run_dir / "config.yaml")  # the parent's settings; train() records the new length in history.yaml
+    config.train.steps = steps
+    return config, parent_minutes
+
+
+def _train_and_test(record: dict, config, run_dir: Path, threads: int | None, started: float, resume: bool) -> dict:
+    """Train until the budget (counted from `started`) or the last step, then test the final weights."""
     from igptlib.bench import matmul_gflops
     from igptlib.data import PixelDataModule
     from igptlib.evaluate import likelihood
     from igptlib.module import load_checkpoint
     from igptlib.records import describe_hardware
-    from igptlib.train import RunConfig, run_config, train
+    from igptlib.train import checkpoint_steps, train
 
-    if minutes <= 0:
-        raise ValueError(f"--minutes must be positive, got {minutes}")
-    if threads:
-        torch.set_num_threads(threads)
-    values = apply_overrides(run_config(size, "mnist").to_dict(), overrides)
-    values["train"]["test"] = False  # the final model is tested below, in float32, outside the timed training
-    config = RunConfig.from_dict(values, where="--set")
     if config.data.limit_test is not None:
         raise ConfigError("the test nats per pixel are measured on the whole test split: leave data.limit_test unset")
-    record = {
-        "name": name, "size": size, "overrides": overrides, "budget_minutes": minutes,
-        "machine": {"hardware": describe_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "matmul_gflops": {d: round(matmul_gflops(getattr(torch, d)), 1) for d in ("float32", "bfloat16")},
-                    "load_average_before": os.getloadavg()},
-        "config": config.to_dict(),
-    }
-    started = time.perf_counter()
-    curve = ConvergenceCurve(started)
-    metrics = train(config, run_dir, callbacks=[curve], budget_seconds=minutes * 60)
+    if threads:
+        torch.set_num_threads(threads)
+    record["machine"] = {"hardware": describe_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                         "matmul_gflops": {d: round(matmul_gflops(getattr(torch, d)), 1) for d in ("float32", "bfloat16")},
+                         "load_average_before": os.getloadavg()}
+    record["config"] = config.to_dict()
+    curve = ConvergenceCurve(started, kept=checkpoint_steps(config))
+    budget = record["budget_minutes"] * 60 - (time.perf_counter() - started)
+    metrics = train(config, run_dir, resume=resume, callbacks=[curve], budget_seconds=budget)
     record["training"] = {"minutes": round((time.perf_counter() - started) / 60, 2), "steps": metrics["global_step"],
                           "stopped_by_budget": metrics["stopped_by_budget"], "parameters": metrics["parameters"]}
     record["machine"]["load_average_after_training"] = os.getloadavg()
     record["curve"] = curve.points
+    record["checkpoint_minutes"] = curve.kept_minutes
     record["minutes_to"] = {str(target): minutes_to(curve.points, target) for target in TARGETS}
 
     model = load_checkpoint(run_dir / "checkpoints" / "last.ckpt").model  # the final weights, as the run ended
@@ -183,6 +247,11 @@ def add_bench_converge_arguments(parser) -> None:
     parser.add_argument("--out", default="report/bench", help="where the JSON and the plot go (default: report/bench)")
     parser.add_argument("--readme", default="README.md", help="the README whose time-to-quality table is rewritten")
     parser.add_argument("--redraw", action="store_true", help="train nothing: redraw the plot and the table from the JSONs")
+    parser.add_argument("--branch-from", metavar="PARENT",
+                        help="the recorded wsd run (report/bench/converge-PARENT.json) to branch from: a shorter run "
+                             "of the same recipe whose decay starts at --at-step, timed as if trained from scratch")
+    parser.add_argument("--at-step", type=int, help="with --branch-from: the parent's kept step where the decay starts")
+    parser.add_argument("--parent-run-dir", help="with --branch-from: the parent's run folder (default: the one its record names)")
 
 
 def redraw(out: Path, readme: Path) -> Path:
@@ -206,7 +275,14 @@ def run_bench_converge(args) -> None:
     if not args.name:
         raise ValueError("--name is required: the recipe's name, for report/bench/converge-NAME.json")
     run_dir = Path(args.run_dir or f"runs/converge-{args.name}")
-    record = converge(args.name, args.size, args.minutes, args.overrides, run_dir, args.threads)
+    if args.branch_from:
+        if args.overrides or args.at_step is None:
+            raise ValueError("--branch-from takes --at-step and no --set: a branch keeps its parent's recipe")
+        parent = read_json(out / f"converge-{args.branch_from}.json")
+        parent_run_dir = Path(args.parent_run_dir or parent.get("run_dir") or f"runs/converge-{args.branch_from}")
+        record = branch(args.name, parent, parent_run_dir, args.at_step, args.minutes, run_dir, args.threads)
+    else:
+        record = converge(args.name, args.size, args.minutes, args.overrides, run_dir, args.threads)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"converge-{args.name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

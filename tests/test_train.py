@@ -190,6 +190,37 @@ def test_the_convergence_curve_records_every_validation_against_wall_minutes(dat
             apply_overrides(smoke_config(data_root).to_dict(), [bad])
 
 
+def test_a_wsd_run_branched_at_a_kept_step_is_the_shorter_run_trained_from_scratch(data_root, tmp_path):
+    import time
+
+    from igptlib.bench_converge import ConvergenceCurve, prepare_branch
+    from igptlib.train import checkpoint_steps
+
+    values = smoke_config(data_root, steps=12, checkpoint_steps=[3]).to_dict()
+    values["optim"].update(schedule="wsd", decay_fraction=0.5)
+    parent_config = RunConfig.from_dict(values)
+    curve = ConvergenceCurve(time.perf_counter(), kept=checkpoint_steps(parent_config))
+    train(parent_config, tmp_path / "parent", callbacks=[curve])
+    assert sorted(curve.kept_minutes) == ["3", "6"]  # the chosen step and the decay's start
+    parent = {"name": "parent", "size": "xs", "overrides": [], "config": parent_config.to_dict(),
+              "training": {"steps": 12}, "curve": curve.points, "checkpoint_minutes": curve.kept_minutes}
+
+    with pytest.raises(FileNotFoundError, match="must have kept .*step-4.ckpt"):  # an 8-step run decays from 4
+        prepare_branch(parent, tmp_path / "parent", 4, tmp_path / "branch")
+    with pytest.raises(ConfigError, match="no run of at most 12 steps"):  # a 14-step run is longer than the parent
+        prepare_branch(parent, tmp_path / "parent", 7, tmp_path / "branch")
+
+    config, minutes = prepare_branch(parent, tmp_path / "parent", 3, tmp_path / "branch")
+    assert config.train.steps == 6 and minutes == curve.kept_minutes["3"] > 0
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        prepare_branch(parent, tmp_path / "parent", 3, tmp_path / "branch")
+    train(config, tmp_path / "branch", resume=True)
+
+    values["train"]["steps"] = 6
+    train(RunConfig.from_dict(values), tmp_path / "straight")
+    assert_same_weights(tmp_path / "straight", tmp_path / "branch")
+
+
 def test_a_run_folder_is_never_overwritten_and_resumes_only_its_own_model(data_root, tmp_path):
     config = smoke_config(data_root, steps=2, checkpoint_steps=[], test=True)
     metrics = train(config, tmp_path / "run")
