@@ -1,11 +1,14 @@
 """The CPU ladder: three model sizes trained alike on this 2-core machine, and compared (issue 15).
 
 S, M and L (the presets cpu-s, cpu-m, cpu-l) see the same data, palette, batch, steps and schedule,
-so that what differs between them is size alone; S is also trained without augmentation, the
-ablation that says what augmentation buys. `igpt ladder` runs it stage by stage, per run:
+so that what differs between them is size alone. S is trained twice more: without augmentation,
+the ablation that says what augmentation buys, and with BERT's objective instead of the
+autoregressive one, the paper's central comparison (issue 16). `igpt ladder` runs it stage by
+stage, per run:
 
-    pretrain   L_AR on augmented images, a checkpoint kept at each of the named steps
-    evaluate   test likelihood and linear probes at each named checkpoint, completions at the last
+    pretrain   L_AR (or L_BERT) on augmented images, a checkpoint kept at each of the named steps
+    evaluate   test likelihood (AR only) and linear probes at each named checkpoint, completions
+               (AR only) at the last
     finetune   L_GEN + L_CLF from the last pre-training checkpoint, one recipe for every size
     classify   the fine-tuned head's test accuracy and kappa; then the run is recorded for the report
 
@@ -26,6 +29,7 @@ import lightning as L
 
 LADDER = ("cpu-s", "cpu-m", "cpu-l")
 ABLATION = "cpu-s"  # the size trained once more without augmentation
+BERT = "cpu-s"  # the size trained once more with BERT's objective (mask probability 0.15)
 # The seed saved iGPT checkpoints at 131,000, 262,000 and 524,000 steps; the ladder keeps the
 # 1:2:4 ratio at 1/200 of that scale.
 NAMED_STEPS = (655, 1310, 2620)
@@ -59,11 +63,11 @@ class Progress(L.Callback):
                   f"about {(trainer.max_steps - step) * rate / 60:.0f} min left in this stage", flush=True)
 
 
-def pretrain_config(size: str, augment: bool, steps=NAMED_STEPS, overrides=()):
+def pretrain_config(size: str, augment: bool, steps=NAMED_STEPS, overrides=(), objective: str = "ar"):
     from igptlib.bench_converge import apply_overrides
     from igptlib.train import RunConfig, run_config
 
-    values = run_config(size, "mnist").to_dict()
+    values = run_config(size, "mnist", objective).to_dict()
     values["train"].update(steps=steps[-1], checkpoint_steps=list(steps), test=False)
     if not augment:
         values["data"]["augment"] = []
@@ -121,22 +125,24 @@ def evaluation(name: str, checkpoint: Path, out: Path, **options) -> Stage:
     return Stage(name, out.exists, run, trains=False)
 
 
-def stages(runs: Path, sizes=LADDER, ablation: str | None = ABLATION, steps=NAMED_STEPS, overrides=(),
-           finetune_steps: int = FINETUNE["steps"]) -> list[Stage]:
+def stages(runs: Path, sizes=LADDER, ablation: str | None = ABLATION, bert: str | None = BERT, steps=NAMED_STEPS,
+           overrides=(), finetune_steps: int = FINETUNE["steps"]) -> list[Stage]:
     """Every stage of the ladder, in order."""
-    plan = [(size, True) for size in sizes] + ([(ablation, False)] if ablation else [])
+    plan = ([(size, True, "ar") for size in sizes] + ([(ablation, False, "ar")] if ablation else [])
+            + ([(bert, True, "bert")] if bert else []))
     found = []
-    for size, augment in plan:
-        name = f"ladder-{size}" + ("" if augment else "-noaug")
+    for size, augment, objective in plan:
+        name = f"ladder-{size}" + ("" if augment else "-noaug") + ("" if objective == "ar" else f"-{objective}")
         folder = Path(runs) / name
-        config = pretrain_config(size, augment, steps, overrides)
+        config = pretrain_config(size, augment, steps, overrides, objective)
+        ar = objective == "ar"
         found.append(training(f"pretrain {name}", config, folder))
         for step in steps:
             last = step == steps[-1]
             found.append(evaluation(
                 f"evaluate {name} at step {step}", folder / "checkpoints" / f"step-{step}.ckpt",
                 folder / ("evaluation.json" if last else f"evaluation-step-{step}.json"),
-                classification=False, completions=COMPLETIONS if last else 0))
+                classification=False, completions=COMPLETIONS if last and ar else 0))
         tuned = folder / "finetune"
         found.append(training(f"finetune {name}", finetune_config(config, folder / "checkpoints" / "last.ckpt", finetune_steps),
                               tuned))
@@ -149,7 +155,7 @@ def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: flo
            records: Path | None = None, **plan) -> bool:
     """Run every stage not yet done, within the budget; True when the whole ladder is done.
 
-    plan: sizes, ablation, steps, overrides and finetune_steps, as stages() takes them.
+    plan: sizes, ablation, bert, steps, overrides and finetune_steps, as stages() takes them.
     """
     from igptlib.records import record_run
 

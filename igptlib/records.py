@@ -7,7 +7,9 @@ needs from one, in the same layout, so that a fresh clone rebuilds the same repo
         record.json                  where the record came from (the run folder) and the hardware
         commands.txt                 the igpt commands that wrote into the run folder, one a line
         config.yaml  metrics.json  evaluation.json
-        timing.json                  per training process: its first and last logged time (training minutes)
+        evaluation-step-<N>.json     evaluations of earlier named checkpoints (the CPU ladder's)
+        timing.json                  per training process its first and last logged time (training
+                                     minutes), and the time each logged step was reached
         logs/csv/version_*/metrics.csv   the logged curves
         figures/*.png                the evaluation's figures
         finetune/...                 the same files of the fine-tuning run
@@ -58,35 +60,62 @@ def describe_hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, no GPU"
 
 
-def process_times(run_dir: str | Path) -> list[list[float]]:
-    """[first, last] logged wall time of each training process of a run (one TensorBoard version
+def _logged_events(run_dir: str | Path) -> list[list]:
+    """Each training process's logged scalars as [(step, wall time), ...] (one TensorBoard version
     folder per process: a resumed run has several)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    spans = []
+    processes = []
     versions = sorted((Path(run_dir) / "logs" / "tensorboard").glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))
     for version in versions:
         events = EventAccumulator(str(version), size_guidance={"scalars": 0})
         events.Reload()
-        times = [event.wall_time for tag in events.Tags()["scalars"] for event in events.Scalars(tag)]
-        if times:
-            spans.append([min(times), max(times)])
-    return spans
+        logged = [(event.step, event.wall_time) for tag in events.Tags()["scalars"] for event in events.Scalars(tag)]
+        if logged:
+            processes.append(logged)
+    return processes
+
+
+def process_times(run_dir: str | Path) -> list[list[float]]:
+    """[first, last] logged wall time of each training process of a run."""
+    return [[min(t for _, t in logged), max(t for _, t in logged)] for logged in _logged_events(run_dir)]
+
+
+def step_times(run_dir: str | Path) -> list[list[float]]:
+    """[step, wall time] of each logged step, the first time the run reached it, in step order."""
+    first: dict[int, float] = {}
+    for logged in _logged_events(run_dir):
+        for step, wall_time in logged:
+            first[step] = min(wall_time, first.get(step, wall_time))
+    return [[step, first[step]] for step in sorted(first)]
+
+
+def _timing(folder: Path) -> dict | None:
+    """A record's timing.json, or the same read from a run folder's TensorBoard logs; None where neither exists."""
+    if (folder / "timing.json").exists():
+        return read_json(folder / "timing.json")
+    if (folder / "logs" / "tensorboard").is_dir():
+        return {"processes": process_times(folder), "step_times": step_times(folder)}
+    return None
+
+
+def minutes_at_step(folder: str | Path, step: int) -> float | None:
+    """Training wall minutes until the run first logged `step` or a later one (earlier processes'
+    whole spans included); None where the timing or that step was not kept."""
+    timing = _timing(Path(folder))
+    reached = [t for logged, t in (timing or {}).get("step_times", []) if logged >= step]
+    if not reached:
+        return None
+    moment = min(reached)
+    return sum(min(end, moment) - start for start, end in timing["processes"] if start <= moment) / 60
 
 
 def training_seconds(folder: str | Path) -> float | None:
     """Wall time of a run's training, resumptions included: each process's first to last logged
     time, summed. Read from a record's timing.json, else from a run folder's TensorBoard logs;
     None where neither exists."""
-    folder = Path(folder)
-    timing = folder / "timing.json"
-    if timing.exists():
-        spans = read_json(timing)["processes"]
-    elif (folder / "logs" / "tensorboard").is_dir():
-        spans = process_times(folder)
-    else:
-        return None
-    return sum(end - start for start, end in spans)
+    timing = _timing(Path(folder))
+    return None if timing is None else sum(end - start for start, end in timing["processes"])
 
 
 def _copy_stage(source: Path, target: Path) -> None:
@@ -95,6 +124,8 @@ def _copy_stage(source: Path, target: Path) -> None:
     for name in FILES:
         if (source / name).exists():
             shutil.copyfile(source / name, target / name)
+    for evaluation in sorted(source.glob("evaluation-step-*.json")):
+        shutil.copyfile(evaluation, target / evaluation.name)
     for csv in sorted(source.glob("logs/csv/version_*/metrics.csv")):
         destination = target / csv.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +135,8 @@ def _copy_stage(source: Path, target: Path) -> None:
             (target / "figures").mkdir(exist_ok=True)
             shutil.copyfile(source / "figures" / name, target / "figures" / name)
     if (source / "logs" / "tensorboard").is_dir():
-        (target / "timing.json").write_text(json.dumps({"processes": process_times(source)}, indent=2) + "\n")
+        timing = {"processes": process_times(source), "step_times": step_times(source)}
+        (target / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
 
 
 def record_run(run_dir: str | Path, name: str | None = None, records: str | Path = RECORDS) -> Path:

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from igptlib import plots
+from igptlib.comparison import comparison_section
 from igptlib.config import read_json
 from igptlib.model import PRESETS
 from igptlib.records import RECORDS, SHIPPED_PREFIX, made_by_finetuning, record_run, shipped_record, training_seconds
@@ -424,6 +425,9 @@ def build_report(runs: str | Path | None = "runs", out: str | Path = "report", m
         lines += ["No records yet: run `make` (the xs pipeline) or `igpt sweep --sizes s m l`, then `igpt report`.", ""]
     else:
         lines += literature_section(entries) + ["", "## Results", ""] + result_tables(entries)
+        ladder = comparison_section(records, figures)
+        if ladder:
+            lines += ["", *ladder]
         shown = comparisons([r for r, _ in pairs], figures)
         if shown:
             lines += ["", "## Comparisons (one figure per dataset)", "", *_figure_lines(shown)]

@@ -1,10 +1,13 @@
 """The CPU ladder on a tiny plan: it stops at a checkpoint when its budget runs out, goes on from
 there, evaluates every named checkpoint, fine-tunes, records, and skips whatever is done."""
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
+from igptlib.comparison import checkpoints, comparison_section
+from igptlib.train import RunConfig
 from igptlib.ladder import ladder, stages
 
 
@@ -13,7 +16,7 @@ def tiny_plan(root: Path) -> dict:
                  "data.batch_size=8", "train.val_every=2", "train.val_batches=1", "train.save_every=2",
                  "train.progress_bar=false", "train.precision=32-true", "train.accelerator=cpu", "train.devices=1",
                  "model.n_embd=32", "model.n_layer=1", "model.n_head=1"]
-    return dict(sizes=("xs",), ablation="xs", steps=(2, 4), overrides=overrides, finetune_steps=2)
+    return dict(sizes=("xs",), ablation="xs", bert="xs", steps=(2, 4), overrides=overrides, finetune_steps=2)
 
 
 def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root, tmp_path, capsys):
@@ -39,9 +42,37 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
         tuned = json.loads((folder / "finetune/evaluation.json").read_text())
         assert 0 <= tuned["classification"]["accuracy"] <= 1
         assert (records / name / "finetune" / "evaluation.json").exists()
+        assert (records / name / "evaluation-step-2.json").exists()
+    # BERT: the same size, data and steps; probes and fine-tuning, but no likelihood and no completion.
+    bert = runs / "ladder-xs-bert"
+    saved, ar = (RunConfig.load_yaml(runs / name / "config.yaml") for name in ("ladder-xs-bert", "ladder-xs"))
+    assert saved.model.objective == "bert" and saved.replace(model=ar.model.to_dict()) == ar
+    final = json.loads((bert / "evaluation.json").read_text())
+    assert final["objective"] == "bert" and "likelihood" not in final and "completion" not in final
+    assert set(final["probes"]["test_accuracy"]) == {"0", "1"}
+    assert 0 <= json.loads((bert / "finetune/evaluation.json").read_text())["classification"]["accuracy"] <= 1
     names = [stage.name for stage in stages(runs, **plan)]
-    assert names[0] == "pretrain ladder-xs" and names[-1] == "classify ladder-xs-noaug" and len(names) == 10
+    assert names[0] == "pretrain ladder-xs" and names[-1] == "classify ladder-xs-bert" and len(names) == 15
 
     capsys.readouterr()
     assert ladder(runs, records=records, **plan)  # nothing left to do
     assert "every stage is done" in capsys.readouterr().out
+
+    # The report's model comparison, from the records alone (the tiny run stands in for each size).
+    section = tmp_path / "section"
+    for source, names in (("ladder-xs", ("ladder-cpu-s", "ladder-cpu-m", "ladder-cpu-l")),
+                          ("ladder-xs-noaug", ("ladder-cpu-s-noaug",)), ("ladder-xs-bert", ("ladder-cpu-s-bert",))):
+        for name in names:
+            shutil.copytree(records / source, section / "runs" / name)
+    minutes = [row["minutes"] for row in checkpoints(section / "runs/ladder-cpu-s")]
+    assert len(minutes) == 2 and 0 < minutes[0] <= minutes[1]  # timed from the records' step times
+    lines = comparison_section(section / "runs", section / "figures")
+    text = "\n".join(lines)
+    assert lines[0] == "## Model comparison: the CPU ladder"
+    assert sum(line.startswith(("| S (", "| M (", "| L (")) for line in lines) == 6  # 3 sizes x 2 named steps
+    for figure in ("ladder_pretrain_val_nats_per_pixel", "ladder_finetune_train_acc", "ladder_finetune_val_clf_loss"):
+        assert f"figures/{figure}.png" in text and (section / "figures" / f"{figure}.png").exists()
+    assert "runs/ladder-cpu-m/figures/completions.png" in text
+    assert "Here L leads on 0 of 3 measures. This differs" in text  # equal numbers: the first size listed, S, leads
+    assert "### Augmentation at size S" in text and "| BERT (mask 0.15) |" in text and "probe, layer 1" in text
+    assert comparison_section(tmp_path / "no-records", section / "figures") == []
