@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from igptlib import plots
 from igptlib.config import read_json
 from igptlib.records import minutes_at_step
@@ -59,8 +61,10 @@ def _step(path: Path, folder: Path) -> int:
 def summary(folder: Path) -> dict:
     """A ladder record's headline numbers: size, cost, its checkpoints' rows and the fine-tuned classifier's."""
     metrics, tuned = _json(folder / "metrics.json"), _json(folder / "finetune" / "evaluation.json")
+    config = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").exists() else {}
     classification = tuned.get("classification", {})
     return {"name": folder.name, "parameters": metrics.get("parameters"), "steps": metrics.get("global_step"),
+            "augment": config.get("data", {}).get("augment", []),
             "checkpoints": checkpoints(folder), "finetuned_accuracy": classification.get("accuracy"),
             "kappa": classification.get("kappa"), "finetune_steps": _json(folder / "finetune" / "metrics.json").get("global_step"),
             "minutes": minutes_at_step(folder, metrics.get("global_step", 0)),
@@ -82,7 +86,7 @@ def size_table(runs: dict[str, dict]) -> list[str]:
             last = row["step"] == run["steps"]
             layers = len(row["probe_by_layer"]) - 1
             rows.append([f"{SIZES.get(name, name)} (`{name}`)", f"{run['parameters'] / 1e6:.2f}M" if run["parameters"] else "–",
-                         str(row["step"]), _number(row["minutes"], 0), _number(row["nats_per_pixel"]),
+                         str(row["step"]), _number(row["minutes"], 1), _number(row["nats_per_pixel"]),
                          "–" if row["probe_layer"] is None else f"{row['probe_layer']} of {layers}",
                          _number(row["probe_accuracy"]),
                          _number(run["finetuned_accuracy"]) if last else "", _number(run["kappa"]) if last else ""])
@@ -121,15 +125,15 @@ def conclusions(runs: dict[str, dict]) -> list[str]:
     if len(runs) < len(SIZES):
         return said + [f"- Only {', '.join(SIZES[n] for n in runs)} finished so far: no conclusion about size yet."]
     led_by_l = leaders.count("ladder-cpu-l")
-    verdict = ("This agrees" if led_by_l == len(leaders) else "This differs in part" if led_by_l else "This differs")
+    verdict = ("agrees with" if led_by_l == len(leaders) else "differs in part from" if led_by_l else "differs from")
     return said + [f"- The seed concluded that {SEED_CONCLUSION}. Here L leads on {led_by_l} of {len(leaders)} "
-                   f"measures. {verdict} with the seed, at these step counts and this CPU budget."]
+                   f"measures: this {verdict} the seed, at these step counts and this CPU budget."]
 
 
 def ablation_table(plain: dict, augmented: dict) -> list[str]:
     rows = [[label, _number(_last(run, "nats_per_pixel")), _number(_last(run, "probe_accuracy")),
              _number(run["finetuned_accuracy"]), _number(run["kappa"])]
-            for label, run in (("with augmentation (crop)", augmented), ("without augmentation", plain))]
+            for label, run in ((f"with augmentation ({', '.join(augmented['augment'])})", augmented), ("without augmentation", plain))]
     return _table(["S pre-trained", "test nats/px", "best probe accuracy", "fine-tuned accuracy", "kappa"], rows)
 
 

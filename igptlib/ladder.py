@@ -80,7 +80,7 @@ def finetune_config(pretrained, init_from: Path, steps: int = FINETUNE["steps"])
         data=pretrained.data.replace(augment=FINETUNE["augment"]).to_dict(),
         optim=pretrained.optim.replace(finetune=True, lr=FINETUNE["lr"], warmup_steps=FINETUNE["warmup_steps"],
                                        schedule="cosine").to_dict(),
-        train=pretrained.train.replace(steps=steps, checkpoint_steps=[], val_every=FINETUNE["val_every"],
+        train=pretrained.train.replace(steps=steps, checkpoint_steps=[], val_every=min(FINETUNE["val_every"], steps),
                                        init_from=str(init_from)).to_dict(),
     )
 

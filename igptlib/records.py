@@ -103,7 +103,8 @@ def minutes_at_step(folder: str | Path, step: int) -> float | None:
     """Training wall minutes until the run first logged `step` or a later one (earlier processes'
     whole spans included); None where the timing or that step was not kept."""
     timing = _timing(Path(folder))
-    reached = [t for logged, t in (timing or {}).get("step_times", []) if logged >= step]
+    # Lightning logs what happens during optimizer step n (counting from 1) under step n - 1.
+    reached = [t for logged, t in (timing or {}).get("step_times", []) if logged + 1 >= step]
     if not reached:
         return None
     moment = min(reached)

@@ -14,7 +14,7 @@ from igptlib.ladder import ladder, stages
 def tiny_plan(root: Path) -> dict:
     overrides = [f"data.root={root}", "data.limit_train=64", "data.limit_val=16", "data.limit_test=16",
                  "data.batch_size=8", "train.val_every=2", "train.val_batches=1", "train.save_every=2",
-                 "train.progress_bar=false", "train.precision=32-true", "train.accelerator=cpu", "train.devices=1",
+                 "train.progress_bar=false", "train.log_every=1", "train.precision=32-true", "train.accelerator=cpu", "train.devices=1",
                  "model.n_embd=32", "model.n_layer=1", "model.n_head=1"]
     return dict(sizes=("xs",), ablation="xs", bert="xs", steps=(2, 4), overrides=overrides, finetune_steps=2)
 
@@ -73,6 +73,6 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     for figure in ("ladder_pretrain_val_nats_per_pixel", "ladder_finetune_train_acc", "ladder_finetune_val_clf_loss"):
         assert f"figures/{figure}.png" in text and (section / "figures" / f"{figure}.png").exists()
     assert "runs/ladder-cpu-m/figures/completions.png" in text
-    assert "Here L leads on 0 of 3 measures. This differs" in text  # equal numbers: the first size listed, S, leads
-    assert "### Augmentation at size S" in text and "| BERT (mask 0.15) |" in text and "probe, layer 1" in text
+    assert "Here L leads on 0 of 3 measures: this differs from" in text  # equal numbers: the first size listed, S, leads
+    assert "| with augmentation (crop, flip) |" in text and "| BERT (mask 0.15) |" in text and "probe, layer 1" in text
     assert comparison_section(tmp_path / "no-records", section / "figures") == []
