@@ -217,7 +217,9 @@ def converge_table(records: list[dict]) -> str:
     for r in records:
         m, d, o = r["config"]["model"], r["config"]["data"], r["config"]["optim"]
         lines.append(" | ".join([
-            f"| `{r['name']}`", f"{m['n_embd']}/{m['n_layer']}/{m['n_head']}", f"{r['training']['parameters'] / 1e6:.2f}M",
+            f"| `{r['name']}`" + (f" (`{r['branch']['parent']}` to step {r['branch']['at_step']}, then its own decay)"
+                                  if "branch" in r else ""),
+            f"{m['n_embd']}/{m['n_layer']}/{m['n_head']}", f"{r['training']['parameters'] / 1e6:.2f}M",
             str(d["batch_size"]), f"{o['schedule']}, lr {o['lr']:g}", str(r["training"]["steps"]),
             f"{r['training']['minutes']:.1f}", *(_minutes(r["minutes_to"][str(t)]) for t in TARGETS),
             f"{r['test']['nats_per_pixel']:.4f}", f"{r['machine']['load_average_before'][0]:.1f} |",
