@@ -1,5 +1,16 @@
-"""igptlib: ImageGPT on MNIST-sized images. One module per stage of the data flow (see DESIGN.md)."""
-from igptlib.config import Config, ConfigError, DataConfig
+"""igptlib: ImageGPT on MNIST-sized images. One module per stage of the data flow (see ARCHITECTURE.md)."""
+from igptlib.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    model_config,
+    run_config,
+)
 from igptlib.data import (
     DATASETS,
     DataError,
@@ -26,8 +37,8 @@ from igptlib.evaluate import (
     pixel_agreement,
 )
 from igptlib.images import ImageLoadError, load_image
-from igptlib.model import GPT, PRESETS, KVCache, ModelConfig, ar_loss, bert_loss, mask_tokens, model_config
-from igptlib.module import CheckpointError, ImageGPT, OptimConfig, check_checkpoint, load_checkpoint
+from igptlib.model import GPT, KVCache, ar_loss, bert_loss, mask_tokens
+from igptlib.module import CheckpointError, ImageGPT, check_checkpoint, load_checkpoint
 from igptlib.quantize import (
     PaletteError,
     check_palette,
@@ -40,6 +51,6 @@ from igptlib.quantize import (
 )
 from igptlib.sampling import complete, complete_masked, generate, keep_from_mask, keep_rows
 from igptlib.shipped import export_model, load_model, shipped_models
-from igptlib.train import RunConfig, TrainBatches, TrainConfig, reuse_freed_memory, run_config, train
+from igptlib.train import TrainBatches, reuse_freed_memory, train
 
 __version__ = "0.1.0"

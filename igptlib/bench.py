@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from igptlib.config import positive_int
-from igptlib.model import GPT, PRESETS, ModelConfig, ar_loss, model_config
+from igptlib.config import PRESETS, ModelConfig, model_config, positive_int
+from igptlib.model import GPT, ar_loss
 from igptlib.train import reuse_freed_memory
 
 

@@ -20,11 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-import yaml
-
-from igptlib.config import ConfigError, read_json
-from igptlib.model import PRESETS
-from igptlib.train import RunConfig, run_config
+from igptlib.config import PRESETS, ConfigError, RunConfig, apply_overrides, read_json, run_config
 from igptlib.module import decay_start
 
 TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
@@ -50,28 +46,6 @@ class ConvergenceCurve(L.Callback):
             "step": trainer.global_step,
             "val_nats_per_pixel": float(trainer.callback_metrics["val/nats_per_pixel"]),
         })
-
-
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """`section.field=value` strings applied to a RunConfig dict (values parsed as YAML: 3e-3, [], true)."""
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        section, dot, field = key.partition(".")
-        if not sep or not dot or section not in values or field not in values[section]:
-            known = ", ".join(f"{s}.FIELD" for s in values)
-            raise ConfigError(f"--set {override!r}: expected SECTION.FIELD=VALUE with a known field ({known})")
-        values[section][field] = _parse(text)
-    return values
-
-
-def _parse(text: str):
-    value = yaml.safe_load(text)
-    if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def minutes_to(points: list[dict], target: float) -> float | None:

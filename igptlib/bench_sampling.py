@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from igptlib.config import positive_int
-from igptlib.model import GPT, model_config
+from igptlib.config import model_config, positive_int
+from igptlib.model import GPT
 from igptlib.sampling import _check_sampling, complete, keep_rows, sample_next
 
 

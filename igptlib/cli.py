@@ -8,9 +8,9 @@ from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from igptlib.config import ConfigError, DataConfig, positive_int
+from igptlib.config import DEVICES, ConfigError, DataConfig, positive_int
 from igptlib.data import DATASETS, DataError
-from igptlib.device import DEVICES, resolve_device
+from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError
 from igptlib.module import CheckpointError
 from igptlib.quantize import PaletteError

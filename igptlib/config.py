@@ -3,6 +3,16 @@
 Every stage takes one of these dataclasses; a run saves them beside its checkpoints, and papermill
 parameters and command-line flags map onto their fields. Loading is strict on purpose: a misspelt
 key or a string where a number belongs is a clear error, never a silently ignored setting.
+
+This is the one configuration module: every stage's dataclass and preset lives here, and it imports
+nothing else of igptlib, so that any module may import it (ARCHITECTURE.md).
+    DataConfig                   the dataset, palette size, image side, augmentation, batches
+    ModelConfig, PRESETS         the network's shape and objective; model_config(preset, **changes)
+    OptimConfig                  Adam(W), warm-up and schedule, pre-training or fine-tuning
+    TrainConfig                  steps, validation, checkpoints, precision, devices
+    RunConfig, TRAIN_PRESETS     all four, as a run folder's config.yaml; run_config(size, dataset, ...)
+    data_config_for(model)       the data of the tokens a model reads (a model file without its run)
+    apply_overrides(values, ["section.field=value", ...])   the generic command-line override
 """
 from __future__ import annotations
 
@@ -152,6 +162,11 @@ class Config:
         return cls.from_dict(values, where=str(path))
 
 
+# -- the data --------------------------------------------------------------------------------------
+
+# The datasets igptlib.data can fetch (its DATASETS table holds their files; tests/test_data.py checks
+# that the two agree). Named here so that a config is checked without importing the data code.
+DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10")
 AUGMENTATIONS = ("crop", "flip", "rotate")
 
 
@@ -177,10 +192,8 @@ class DataConfig(Config):
     limit_test: int | None = None
 
     def validate(self):
-        from igptlib.data import DATASETS  # the dataset table lives with the data code
-
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"DataConfig.dataset: unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+        if self.dataset not in DATASET_NAMES:
+            raise ConfigError(f"DataConfig.dataset: unknown dataset {self.dataset!r}; choose one of {sorted(DATASET_NAMES)}")
         if not 1 <= self.n_px <= 256:
             raise ConfigError(f"DataConfig.n_px: expected 1..256, got {self.n_px}")
         if not 2 <= self.clusters <= 4096:
@@ -208,3 +221,293 @@ class DataConfig(Config):
         # A palette fitted on a subset (smoke runs) is another palette: it gets its own name.
         subset = f"-first{self.limit_train}" if self.limit_train is not None else ""
         return Path(self.root) / "palettes" / f"{self.dataset}-k{self.clusters}-{self.n_px}px-seed{self.seed}{subset}.npy"
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+OBJECTIVES = ("ar", "bert")
+NORMS = ("layer", "rms")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP's; igptlib.model has the function of each name
+
+
+@dataclasses.dataclass
+class ModelConfig(Config):
+    """The shape of the network and its pre-training objective."""
+
+    vocab_size: int = 16  # palette size K; token ids 0..K-1, and K is BERT's mask token
+    n_px: int = 28  # images are n_px x n_px, so sequences hold n_px * n_px tokens
+    n_embd: int = 256
+    n_layer: int = 8
+    n_head: int = 8
+    dropout: float = 0.0  # the paper trains without dropout
+    objective: str = "ar"  # "ar": causal, next pixel; "bert": bidirectional, masked pixels
+    mask_prob: float = 0.15  # BERT: the chance that each pixel is masked
+    num_classes: int = 10  # the classification head (fine-tuning, L_CLF)
+    # OpenAI's iGPT (transformers' ImageGPT) differs in these two; the defaults are GPT-2's, as trained here.
+    norm: str = "layer"  # "layer": LayerNorm; "rms": x / sqrt(mean(x^2) + 1e-5) * weight, no centring, no bias
+    activation: str = "gelu"  # the MLP's: one of ACTIVATIONS
+
+    def validate(self):
+        for name in ("vocab_size", "n_px", "n_embd", "n_layer", "n_head", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ModelConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.vocab_size < 2:
+            raise ConfigError(f"ModelConfig.vocab_size: expected at least 2 palette colours, got {self.vocab_size}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"ModelConfig: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"ModelConfig.objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"ModelConfig.mask_prob: expected a probability in (0, 1), got {self.mask_prob}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"ModelConfig.dropout: expected a probability in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"ModelConfig.norm: expected one of {list(NORMS)}, got {self.norm!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"ModelConfig.activation: expected one of {list(ACTIVATIONS)}, got {self.activation!r}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.n_px * self.n_px
+
+    @property
+    def mask_token(self) -> int:
+        return self.vocab_size
+
+
+# Widths, depths and heads. Parameter counts for 28x28 MNIST with a 16-colour palette (from
+# GPT(model_config(name)).num_parameters()): xs 0.25M, s 6.5M, m 38.3M, l 114.0M,
+# igpt-s 76.1M, igpt-m 454.3M, igpt-l 1361.2M (the paper's 76M, 455M and 1.4B, there with 512
+# colours and longer contexts).
+PRESETS: dict[str, dict] = {
+    # Heads of 32 to 64 dimensions: CPU attention kernels run several times slower on narrower heads.
+    "xs": dict(n_embd=64, n_layer=4, n_head=2),  # CPU demos and tests: trains in minutes on 2 cores
+    "cpu": dict(n_embd=128, n_layer=4, n_head=4),  # the first shipped models: about an hour on 2 CPU cores
+    # Time to quality on 2 CPU cores: the attention kernel's time grows with n_layer * n_embd and the
+    # weights with n_layer * n_embd^2, so three wider layers learn more per minute than four narrow ones.
+    "cpu-fast": dict(n_embd=192, n_layer=3, n_head=3),
+    # The CPU ladder (igptlib.ladder): about 3x the parameters from one size to the next, heads of 64.
+    "cpu-s": dict(n_embd=192, n_layer=3, n_head=3),  # 1.5M
+    "cpu-m": dict(n_embd=256, n_layer=6, n_head=4),  # 5.0M
+    "cpu-l": dict(n_embd=448, n_layer=6, n_head=7),  # 14.9M
+    "s": dict(n_embd=256, n_layer=8, n_head=4),  # the S/M/L sweep, each sized for one GPU
+    "m": dict(n_embd=512, n_layer=12, n_head=8),
+    "l": dict(n_embd=768, n_layer=16, n_head=12),
+    "igpt-s": dict(n_embd=512, n_layer=24, n_head=8),  # the paper's iGPT-S, -M and -L
+    "igpt-m": dict(n_embd=1024, n_layer=36, n_head=8),
+    "igpt-l": dict(n_embd=1536, n_layer=48, n_head=16),
+}
+
+
+def model_config(preset: str = "s", **changes) -> ModelConfig:
+    """The ModelConfig of a named preset, with some fields changed (e.g. vocab_size, objective)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {list(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[preset], **changes}, where=f"preset {preset!r}")
+
+
+# -- the optimiser ---------------------------------------------------------------------------------
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")  # the learning rate after warm-up: igptlib.module.lr_factor
+
+
+@dataclasses.dataclass
+class OptimConfig(Config):
+    """Adam(W) with linear warm-up then decay, and the choice between pre-training and fine-tuning."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # the paper uses none; when set, it applies to matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95  # as in the paper
+    warmup_steps: int = 500
+    # After warm-up: "cosine" or "linear" decay over the run; "constant"; or "wsd" (warm-up, stable,
+    # decay): constant until the last decay_fraction of the steps, then linear decay. A wsd run can
+    # be extended from any checkpoint of its stable phase (train saves one where the decay begins)
+    # with a larger step count and no warm restart.
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio (the paper decays to 0)
+    decay_fraction: float = 0.2  # wsd: the share of the steps spent decaying
+    grad_clip: float = 1.0  # gradient norm clipping (0: off)
+    finetune: bool = False  # False: L_GEN only; True: L_GEN + L_CLF with the classification head
+    clf_weight: float = 1.0  # weight of L_CLF when fine-tuning
+
+    def validate(self):
+        if self.lr <= 0:
+            raise ConfigError(f"OptimConfig.lr: expected a positive number, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"OptimConfig.warmup_steps: expected 0 or more, got {self.warmup_steps}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"OptimConfig.schedule: expected one of {list(SCHEDULES)}, got {self.schedule!r}")
+        for name in ("beta1", "beta2", "min_lr_ratio", "decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"OptimConfig.{name}: expected a number in [0, 1], got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip", "clf_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"OptimConfig.{name}: expected 0 or more, got {getattr(self, name)}")
+
+
+# -- the trainer and the whole run -----------------------------------------------------------------
+
+DEVICES = ("auto", "cpu", "cuda")  # where a model runs: igptlib.device resolves the choice
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+PAPER_CHECKPOINT_STEPS = [131000, 262000, 524000]
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    """How long and where to train, when to validate and save: the Trainer's side of a run."""
+
+    steps: int = 20_000  # optimizer steps (batches: no gradient accumulation)
+    val_every: int = 1000  # steps between validations
+    val_batches: int | None = None  # batches per validation (None: the whole validation split)
+    save_every: int = 1000  # steps between refreshes of checkpoints/last.ckpt
+    checkpoint_steps: list[int] = dataclasses.field(default_factory=lambda: list(PAPER_CHECKPOINT_STEPS))
+    test: bool = True  # evaluate the best checkpoint on the test split at the end
+    precision: str = "bf16-mixed"  # Lightning's precision; bf16 autocast is also the fast path on CPUs
+    accelerator: str = "auto"  # the device: auto (the GPU when there is one), cpu or cuda
+    devices: int | str = "auto"  # per node; with strategy "ddp", one process each
+    strategy: str = "auto"  # auto, ddp, ...
+    num_nodes: int = 1
+    log_every: int = 50  # steps between logged training metrics
+    progress_bar: bool = True
+    init_from: str | None = None  # a checkpoint whose weights start this run (fine-tuning)
+
+    def validate(self):
+        for name in ("steps", "val_every", "save_every", "num_nodes", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ConfigError(f"TrainConfig.val_batches: expected a positive integer or null, got {self.val_batches}")
+        if any(step < 1 for step in self.checkpoint_steps):
+            raise ConfigError(f"TrainConfig.checkpoint_steps: expected positive step numbers, got {self.checkpoint_steps}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"TrainConfig.precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.accelerator not in DEVICES:
+            raise ConfigError(f"TrainConfig.accelerator: expected one of {list(DEVICES)}, got {self.accelerator!r}")
+        if isinstance(self.devices, str) and self.devices != "auto":
+            raise ConfigError(f"TrainConfig.devices: expected a number of devices or 'auto', got {self.devices!r}")
+
+
+# The model's fields that a run takes from its data: model field -> (data field, why they are equal).
+DERIVED_FROM_DATA = {
+    "vocab_size": ("clusters", "the palette's colours are the model's vocabulary"),
+    "n_px": ("n_px", "the model reads the data's images"),
+}
+
+
+@dataclasses.dataclass
+class RunConfig(Config):
+    """Everything a run needs: data, model, optimiser, trainer. Saved as the run folder's config.yaml.
+
+    The model's vocab_size and n_px are derived from the data here and nowhere else: from_dict
+    fills them in and to_dict leaves them out, so that a run's palette size and image side are set
+    once, in data. A mapping that names them (an older run's config.yaml, a checkpoint's model)
+    must agree with the data.
+    """
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self):
+        for field, (source, why) in DERIVED_FROM_DATA.items():
+            mine, theirs = getattr(self.model, field), getattr(self.data, source)
+            if mine != theirs:
+                raise ConfigError(f"model.{field} is {mine} but data.{source} is {theirs}: {why}, so they must be "
+                                  f"equal (set data.{source} alone: the run derives model.{field} from it)")
+
+    def to_dict(self) -> dict:
+        values = super().to_dict()
+        for field in DERIVED_FROM_DATA:
+            del values["model"][field]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str | None = None):
+        where = where or cls.__name__
+        if isinstance(values, dict) and isinstance(values.get("model", {}), dict):  # else the base class says what is wrong
+            data = _check_value(values.get("data", {}), DataConfig, f"{where}.data")
+            derived = {field: getattr(data, source) for field, (source, _) in DERIVED_FROM_DATA.items()}
+            values = {**values, "data": data, "model": {**derived, **values.get("model", {})}}
+        return super().from_dict(values, where)
+
+
+def data_config_for(model: ModelConfig, **fields) -> DataConfig:
+    """The DataConfig of the tokens a model reads (its palette size and image side), with other fields as given:
+    the data of a model file or a checkpoint that has no run folder."""
+    derived = {source: getattr(model, field) for field, (source, _) in DERIVED_FROM_DATA.items()}
+    return DataConfig(**derived, **fields)
+
+
+# Training settings per size: xs trains in minutes on 2 CPU cores; s, m, l are the one-GPU sweep.
+TRAIN_PRESETS: dict[str, dict] = {
+    "xs": dict(optim=dict(lr=3e-3, warmup_steps=50), train=dict(steps=500, val_every=100, val_batches=10, save_every=100)),
+    # Batch 32 without augmentation: the test set is unflipped, centred digits, and 1,500 steps see each
+    # training image less than once (the shipped mnist model: about an hour on 2 CPU cores).
+    "cpu": dict(
+        data=dict(batch_size=32, augment=[]),
+        optim=dict(lr=2e-3, warmup_steps=100),
+        train=dict(steps=1500, val_every=250, val_batches=20, save_every=100),
+    ),
+    # Time to quality on 2 CPU cores (`igpt bench converge`; runs in report/bench/converge-*.json): a
+    # wsd schedule (the run extends from its decay-start checkpoint without a warm restart) and
+    # batch 16 (twice the updates of batch 32 for the same images); validation on 1,024 images;
+    # 1,500 steps took 24.7 minutes on 2 busy cores, so 3,200 should fit in an hour.
+    "cpu-fast": dict(
+        data=dict(batch_size=16, augment=[]),
+        optim=dict(lr=2e-3, warmup_steps=100, schedule="wsd", decay_fraction=0.2),
+        train=dict(steps=3200, val_every=250, val_batches=64, save_every=100),
+    ),
+    # The CPU ladder: one schedule for the three sizes, so that size alone differs; crops of up to
+    # 2 pixels but no flips (a mirrored 2 or 7 is no digit of the test set).
+    **{size: dict(
+        data=dict(batch_size=16, augment=["crop"], crop_padding=2),
+        optim=dict(lr=1e-3, warmup_steps=200, schedule="wsd", decay_fraction=0.2),
+        train=dict(steps=2620, val_every=262, val_batches=32, save_every=100, checkpoint_steps=[655, 1310, 2620]),
+    ) for size in ("cpu-s", "cpu-m", "cpu-l")},
+    "s": dict(optim=dict(lr=1e-3, warmup_steps=1000), train=dict(steps=30_000)),
+    "m": dict(optim=dict(lr=6e-4, warmup_steps=2000), train=dict(steps=60_000)),
+    "l": dict(optim=dict(lr=3e-4, warmup_steps=3000), train=dict(steps=100_000)),
+    # The paper's shapes; the paper's own schedule (batch 128, 1M steps) is out of reach here.
+    "igpt-s": dict(optim=dict(lr=3e-4, warmup_steps=5000), train=dict(steps=100_000)),
+    "igpt-m": dict(optim=dict(lr=2e-4, warmup_steps=5000), train=dict(steps=100_000)),
+    "igpt-l": dict(optim=dict(lr=1e-4, warmup_steps=5000), train=dict(steps=100_000)),
+}
+
+
+def run_config(size: str = "s", dataset: str = "mnist", objective: str = "ar", **data) -> RunConfig:
+    """The RunConfig of a preset size for a dataset; `data` changes DataConfig fields (root, clusters...)."""
+    if size not in PRESETS:
+        raise ConfigError(f"unknown size {size!r}; choose one of {list(PRESETS)}")
+    preset = TRAIN_PRESETS[size]
+    data_config = DataConfig.from_dict({"dataset": dataset, **preset.get("data", {}), **data})
+    model = {**PRESETS[size], "objective": objective}  # its vocab_size and n_px are the data's
+    return RunConfig.from_dict({"data": data_config, "model": model, "optim": preset["optim"], "train": preset["train"]})
+
+
+# -- the generic override --------------------------------------------------------------------------
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """`section.field=value` strings applied to a config's dict, e.g. RunConfig.to_dict() (values parsed
+    as YAML: 3e-3, [], true), in the spirit of minGPT's CfgNode.merge_from_args: each component owns
+    its defaults, one generic override changes any of them. from_dict then checks the result."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot or section not in values or field not in values[section]:
+            known = ", ".join(f"{s}.FIELD" for s in values)
+            raise ConfigError(f"--set {override!r}: expected SECTION.FIELD=VALUE with a known field ({known})")
+        values[section][field] = _parse(text)
+    return values
+
+
+def _parse(text: str):
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value

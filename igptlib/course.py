@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from igptlib.config import Config, ConfigError, DataConfig
-from igptlib.device import DEVICES, resolve_device
+from igptlib.config import DEVICES, Config, ConfigError, DataConfig, RunConfig, read_json, run_config
+from igptlib.device import resolve_device
 
 
 def go_to_root() -> Path:
@@ -109,8 +109,6 @@ def parameters(namespace: dict, names_before: set[str]) -> CourseParameters:
 def run_configs(params: CourseParameters):
     """(pre-training, fine-tuning) RunConfigs for the parameters: the size's preset with the
     notebook's steps, batch size and seed; smoke mode shrinks data, steps and validation."""
-    from igptlib.train import run_config
-
     config = run_config(params.size, params.dataset, params.objective, root=params.data_root,
                         batch_size=params.batch_size, seed=params.seed)
     # Smoke runs still have to pass the notebooks' checks (the loss falls, accuracy beats chance).
@@ -141,8 +139,7 @@ def train_once(config, run_dir: str | Path) -> dict:
     This is what makes the README's main command cheap to repeat. A folder holding another
     config, or an unfinished run, is left to train.train, which refuses to overwrite it.
     """
-    from igptlib.config import read_json
-    from igptlib.train import RunConfig, train
+    from igptlib.train import train
 
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.json"

@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
+from igptlib.config import DEVICES
 
 
 def resolve_device(choice: str | torch.device = "auto") -> torch.device:

@@ -35,13 +35,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from igptlib import plots
-from igptlib.config import DataConfig, positive_int
+from igptlib.config import DEVICES, RunConfig, data_config_for, positive_int
 from igptlib.data import PixelDataModule, encode_all, load_split
-from igptlib.device import DEVICES, resolve_device
+from igptlib.device import resolve_device
 from igptlib.module import check_same_palette, load_checkpoint
 from igptlib.quantize import decode
 from igptlib.sampling import complete
-from igptlib.train import RunConfig, find_run_folder
+from igptlib.train import find_run_folder
 
 
 PRECISIONS = ("32", "bf16")  # of the evaluation passes: float32, or bfloat16 autocast
@@ -488,8 +488,7 @@ def _model_to_evaluate(args) -> tuple:
 
         module = load_model(args.model)  # a name or a file; anything else is refused here
         path = MODELS_DIR / f"{args.model}.safetensors" if args.model in shipped_models() else Path(args.model)
-        config = module.model_config
-        data = DataConfig(dataset=model_dataset(path) or args.dataset, n_px=config.n_px, clusters=config.vocab_size)
+        data = data_config_for(module.model_config, dataset=model_dataset(path) or args.dataset)
         folder = Path(args.out).parent if args.out else shipped_record(path.stem)
         return module, data, folder, {"model_file": str(path), "global_step": None,
                                       "finetuned": made_by_finetuning(read_notes(path))}
@@ -500,7 +499,7 @@ def _model_to_evaluate(args) -> tuple:
         data = RunConfig.load_yaml(run_dir / "config.yaml").data
     else:  # a checkpoint on its own: the data is described by the flags and the model's shape
         run_dir = checkpoint.parent
-        data = DataConfig(dataset=args.dataset, n_px=module.model_config.n_px, clusters=module.model_config.vocab_size)
+        data = data_config_for(module.model_config, dataset=args.dataset)
     # mmap: reading one number must not load a large checkpoint's tensors a second time.
     step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step")
     return module, data, run_dir, {"checkpoint": str(checkpoint), "global_step": step, "finetuned": module.optim_config.finetune}

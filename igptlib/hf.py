@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igptlib.model import GPT, ModelConfig
+from igptlib.config import ModelConfig
+from igptlib.model import GPT
 from igptlib.module import ImageGPT
 
 # transformers' activation names (ACT2FN) and igptlib's.

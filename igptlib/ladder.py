@@ -64,8 +64,7 @@ class Progress(L.Callback):
 
 
 def pretrain_config(size: str, augment: bool, steps=NAMED_STEPS, overrides=(), objective: str = "ar"):
-    from igptlib.bench_converge import apply_overrides
-    from igptlib.train import RunConfig, run_config
+    from igptlib.config import RunConfig, apply_overrides, run_config
 
     values = run_config(size, "mnist", objective).to_dict()
     values["train"].update(steps=steps[-1], checkpoint_steps=list(steps), test=False)
@@ -109,7 +108,7 @@ def evaluation(name: str, checkpoint: Path, out: Path, **options) -> Stage:
         from igptlib.data import PixelDataModule
         from igptlib.evaluate import evaluate_model, summary
         from igptlib.module import load_checkpoint
-        from igptlib.train import RunConfig
+        from igptlib.config import RunConfig
 
         print(f"ladder: {name}", flush=True)
         module = load_checkpoint(checkpoint)

@@ -13,8 +13,7 @@ every unmasked token under the bidirectional (BERT) one. The residual stream h i
 by its normed copy: each block only adds to it.
 
 Public API (the sampler and the evaluation build on it):
-    ModelConfig, PRESETS, model_config(preset, **changes)
-    GPT(config)
+    GPT(config)                  config: a ModelConfig (igptlib.config holds it and the PRESETS)
       .forward(tokens)             logits [B, T, V] for whole sequences
       .new_cache(batch_size)       an empty KVCache; .forward(tokens, cache) then decodes incrementally
       .features(tokens, layer)     normed, average-pooled features of a layer (linear probes)
@@ -25,17 +24,13 @@ Public API (the sampler and the evaluation build on it):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from igptlib.config import Config, ConfigError
-
-OBJECTIVES = ("ar", "bert")
-NORMS = ("layer", "rms")
+from igptlib.config import ModelConfig
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -49,83 +44,8 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
 # The MLP's activation. OpenAI's iGPT weights use quick GELU; exact GELU is as good as GPT-2's tanh
 # form and faster in bfloat16 on CPUs, so models trained here use it. (Named functions, not
 # lambdas: a model must stay picklable.)
-ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
-
-
-@dataclasses.dataclass
-class ModelConfig(Config):
-    """The shape of the network and its pre-training objective."""
-
-    vocab_size: int = 16  # palette size K; token ids 0..K-1, and K is BERT's mask token
-    n_px: int = 28  # images are n_px x n_px, so sequences hold n_px * n_px tokens
-    n_embd: int = 256
-    n_layer: int = 8
-    n_head: int = 8
-    dropout: float = 0.0  # the paper trains without dropout
-    objective: str = "ar"  # "ar": causal, next pixel; "bert": bidirectional, masked pixels
-    mask_prob: float = 0.15  # BERT: the chance that each pixel is masked
-    num_classes: int = 10  # the classification head (fine-tuning, L_CLF)
-    # OpenAI's iGPT (transformers' ImageGPT) differs in these two; the defaults are GPT-2's, as trained here.
-    norm: str = "layer"  # "layer": LayerNorm; "rms": x / sqrt(mean(x^2) + 1e-5) * weight, no centring, no bias
-    activation: str = "gelu"  # the MLP's: one of ACTIVATIONS
-
-    def validate(self):
-        for name in ("vocab_size", "n_px", "n_embd", "n_layer", "n_head", "num_classes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ModelConfig.{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.vocab_size < 2:
-            raise ConfigError(f"ModelConfig.vocab_size: expected at least 2 palette colours, got {self.vocab_size}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"ModelConfig: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"ModelConfig.objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ConfigError(f"ModelConfig.mask_prob: expected a probability in (0, 1), got {self.mask_prob}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"ModelConfig.dropout: expected a probability in [0, 1), got {self.dropout}")
-        if self.norm not in NORMS:
-            raise ConfigError(f"ModelConfig.norm: expected one of {list(NORMS)}, got {self.norm!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"ModelConfig.activation: expected one of {list(ACTIVATIONS)}, got {self.activation!r}")
-
-    @property
-    def seq_len(self) -> int:
-        return self.n_px * self.n_px
-
-    @property
-    def mask_token(self) -> int:
-        return self.vocab_size
-
-
-# Widths, depths and heads. Parameter counts for 28x28 MNIST with a 16-colour palette (from
-# GPT(model_config(name)).num_parameters()): xs 0.25M, s 6.5M, m 38.3M, l 114.0M,
-# igpt-s 76.1M, igpt-m 454.3M, igpt-l 1361.2M (the paper's 76M, 455M and 1.4B, there with 512
-# colours and longer contexts).
-PRESETS: dict[str, dict] = {
-    # Heads of 32 to 64 dimensions: CPU attention kernels run several times slower on narrower heads.
-    "xs": dict(n_embd=64, n_layer=4, n_head=2),  # CPU demos and tests: trains in minutes on 2 cores
-    "cpu": dict(n_embd=128, n_layer=4, n_head=4),  # the first shipped models: about an hour on 2 CPU cores
-    # Time to quality on 2 CPU cores: the attention kernel's time grows with n_layer * n_embd and the
-    # weights with n_layer * n_embd^2, so three wider layers learn more per minute than four narrow ones.
-    "cpu-fast": dict(n_embd=192, n_layer=3, n_head=3),
-    # The CPU ladder (igptlib.ladder): about 3x the parameters from one size to the next, heads of 64.
-    "cpu-s": dict(n_embd=192, n_layer=3, n_head=3),  # 1.5M
-    "cpu-m": dict(n_embd=256, n_layer=6, n_head=4),  # 5.0M
-    "cpu-l": dict(n_embd=448, n_layer=6, n_head=7),  # 14.9M
-    "s": dict(n_embd=256, n_layer=8, n_head=4),  # the S/M/L sweep, each sized for one GPU
-    "m": dict(n_embd=512, n_layer=12, n_head=8),
-    "l": dict(n_embd=768, n_layer=16, n_head=12),
-    "igpt-s": dict(n_embd=512, n_layer=24, n_head=8),  # the paper's iGPT-S, -M and -L
-    "igpt-m": dict(n_embd=1024, n_layer=36, n_head=8),
-    "igpt-l": dict(n_embd=1536, n_layer=48, n_head=16),
-}
-
-
-def model_config(preset: str = "s", **changes) -> ModelConfig:
-    """The ModelConfig of a named preset, with some fields changed (e.g. vocab_size, objective)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}; choose one of {list(PRESETS)}")
-    return ModelConfig.from_dict({**PRESETS[preset], **changes}, where=f"preset {preset!r}")
+# One for each name of igptlib.config.ACTIVATIONS (tests/test_model.py checks that they agree).
+ACTIVATION_FUNCTIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
 
 
 class KVCache:
@@ -204,7 +124,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
-        self.activation = ACTIVATIONS[config.activation]
+        self.activation = ACTIVATION_FUNCTIONS[config.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(self.activation(self.fc(x))))

@@ -13,7 +13,6 @@ and palette they are meant for and raises CheckpointError saying what differs.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -23,50 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from igptlib.config import Config, ConfigError
-from igptlib.model import GPT, ModelConfig, ar_loss
-
-
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
+from igptlib.config import ConfigError, ModelConfig, OptimConfig
+from igptlib.model import GPT, ar_loss
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used here: unreadable, or made for another model or palette."""
-
-
-@dataclasses.dataclass
-class OptimConfig(Config):
-    """Adam(W) with linear warm-up then decay, and the choice between pre-training and fine-tuning."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # the paper uses none; when set, it applies to matrices only
-    beta1: float = 0.9
-    beta2: float = 0.95  # as in the paper
-    warmup_steps: int = 500
-    # After warm-up: "cosine" or "linear" decay over the run; "constant"; or "wsd" (warm-up, stable,
-    # decay): constant until the last decay_fraction of the steps, then linear decay. A wsd run can
-    # be extended from any checkpoint of its stable phase (train saves one where the decay begins)
-    # with a larger step count and no warm restart.
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio (the paper decays to 0)
-    decay_fraction: float = 0.2  # wsd: the share of the steps spent decaying
-    grad_clip: float = 1.0  # gradient norm clipping (0: off)
-    finetune: bool = False  # False: L_GEN only; True: L_GEN + L_CLF with the classification head
-    clf_weight: float = 1.0  # weight of L_CLF when fine-tuning
-
-    def validate(self):
-        if self.lr <= 0:
-            raise ConfigError(f"OptimConfig.lr: expected a positive number, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"OptimConfig.warmup_steps: expected 0 or more, got {self.warmup_steps}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"OptimConfig.schedule: expected one of {list(SCHEDULES)}, got {self.schedule!r}")
-        for name in ("beta1", "beta2", "min_lr_ratio", "decay_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"OptimConfig.{name}: expected a number in [0, 1], got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip", "clf_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"OptimConfig.{name}: expected 0 or more, got {getattr(self, name)}")
 
 
 def decay_start(warmup_steps: int, total_steps: int, decay_fraction: float) -> int:

@@ -22,10 +22,8 @@ from pathlib import Path
 
 from igptlib import plots
 from igptlib.comparison import comparison_section
-from igptlib.config import read_json
-from igptlib.model import PRESETS
+from igptlib.config import PRESETS, RunConfig, read_json
 from igptlib.records import RECORDS, SHIPPED_PREFIX, made_by_finetuning, record_run, shipped_record, training_seconds
-from igptlib.train import RunConfig
 
 RESULTS_BEGIN = "<!-- results: written by `igpt report` from report/results.json; do not edit by hand -->"
 RESULTS_END = "<!-- end of results -->"

@@ -24,10 +24,9 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from igptlib.config import ConfigError
-from igptlib.model import ModelConfig
+from igptlib.config import ConfigError, ModelConfig, RunConfig
 from igptlib.module import CheckpointError, ImageGPT, check_weights, load_checkpoint
-from igptlib.train import RunConfig, find_run_folder
+from igptlib.train import find_run_folder
 
 MODELS_VARIABLE = "IGPT_MODELS_DIR"
 

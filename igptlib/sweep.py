@@ -11,7 +11,8 @@ import logging
 import time
 from pathlib import Path
 
-from igptlib.device import DEVICES, resolve_device
+from igptlib.config import DEVICES
+from igptlib.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

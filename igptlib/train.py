@@ -17,7 +17,6 @@ Lightning's DDP, chosen with --devices, --strategy ddp and --num-nodes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import fcntl
 import json
@@ -33,114 +32,10 @@ import torch
 import yaml
 from torch.utils.data import default_collate
 
-from igptlib.config import Config, ConfigError, DataConfig
-from igptlib.device import DEVICES, bf16_on_gpu, lightning_accelerator
-from igptlib.model import PRESETS, ModelConfig, model_config
+from igptlib.config import DEVICES, PRECISIONS, PRESETS, RunConfig, run_config
+from igptlib.device import bf16_on_gpu, lightning_accelerator
 from igptlib.records import describe_hardware, note_command
-from igptlib.module import ImageGPT, OptimConfig, check_checkpoint, decay_start, read_checkpoint
-
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
-PAPER_CHECKPOINT_STEPS = [131000, 262000, 524000]
-
-
-@dataclasses.dataclass
-class TrainConfig(Config):
-    """How long and where to train, when to validate and save: the Trainer's side of a run."""
-
-    steps: int = 20_000  # optimizer steps (batches: no gradient accumulation)
-    val_every: int = 1000  # steps between validations
-    val_batches: int | None = None  # batches per validation (None: the whole validation split)
-    save_every: int = 1000  # steps between refreshes of checkpoints/last.ckpt
-    checkpoint_steps: list[int] = dataclasses.field(default_factory=lambda: list(PAPER_CHECKPOINT_STEPS))
-    test: bool = True  # evaluate the best checkpoint on the test split at the end
-    precision: str = "bf16-mixed"  # Lightning's precision; bf16 autocast is also the fast path on CPUs
-    accelerator: str = "auto"  # the device: auto (the GPU when there is one), cpu or cuda
-    devices: int | str = "auto"  # per node; with strategy "ddp", one process each
-    strategy: str = "auto"  # auto, ddp, ...
-    num_nodes: int = 1
-    log_every: int = 50  # steps between logged training metrics
-    progress_bar: bool = True
-    init_from: str | None = None  # a checkpoint whose weights start this run (fine-tuning)
-
-    def validate(self):
-        for name in ("steps", "val_every", "save_every", "num_nodes", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.val_batches is not None and self.val_batches < 1:
-            raise ConfigError(f"TrainConfig.val_batches: expected a positive integer or null, got {self.val_batches}")
-        if any(step < 1 for step in self.checkpoint_steps):
-            raise ConfigError(f"TrainConfig.checkpoint_steps: expected positive step numbers, got {self.checkpoint_steps}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"TrainConfig.precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.accelerator not in DEVICES:
-            raise ConfigError(f"TrainConfig.accelerator: expected one of {list(DEVICES)}, got {self.accelerator!r}")
-        if isinstance(self.devices, str) and self.devices != "auto":
-            raise ConfigError(f"TrainConfig.devices: expected a number of devices or 'auto', got {self.devices!r}")
-
-
-@dataclasses.dataclass
-class RunConfig(Config):
-    """Everything a run needs: data, model, optimiser, trainer. Saved as the run folder's config.yaml."""
-
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-
-    def validate(self):
-        if self.model.vocab_size != self.data.clusters:
-            raise ConfigError(
-                f"model.vocab_size is {self.model.vocab_size} but data.clusters is {self.data.clusters}: "
-                f"the palette's colours are the model's vocabulary, so they must be equal"
-            )
-        if self.model.n_px != self.data.n_px:
-            raise ConfigError(f"model.n_px is {self.model.n_px} but data.n_px is {self.data.n_px}: they must be equal")
-
-
-# Training settings per size: xs trains in minutes on 2 CPU cores; s, m, l are the one-GPU sweep.
-TRAIN_PRESETS: dict[str, dict] = {
-    "xs": dict(optim=dict(lr=3e-3, warmup_steps=50), train=dict(steps=500, val_every=100, val_batches=10, save_every=100)),
-    # Batch 32 without augmentation: the test set is unflipped, centred digits, and 1,500 steps see each
-    # training image less than once (the shipped mnist model: about an hour on 2 CPU cores).
-    "cpu": dict(
-        data=dict(batch_size=32, augment=[]),
-        optim=dict(lr=2e-3, warmup_steps=100),
-        train=dict(steps=1500, val_every=250, val_batches=20, save_every=100),
-    ),
-    # Time to quality on 2 CPU cores (`igpt bench converge`; runs in report/bench/converge-*.json): a
-    # wsd schedule (the run extends from its decay-start checkpoint without a warm restart) and
-    # batch 16 (twice the updates of batch 32 for the same images); validation on 1,024 images;
-    # 1,500 steps took 24.7 minutes on 2 busy cores, so 3,200 should fit in an hour.
-    "cpu-fast": dict(
-        data=dict(batch_size=16, augment=[]),
-        optim=dict(lr=2e-3, warmup_steps=100, schedule="wsd", decay_fraction=0.2),
-        train=dict(steps=3200, val_every=250, val_batches=64, save_every=100),
-    ),
-    # The CPU ladder: one schedule for the three sizes, so that size alone differs; crops of up to
-    # 2 pixels but no flips (a mirrored 2 or 7 is no digit of the test set).
-    **{size: dict(
-        data=dict(batch_size=16, augment=["crop"], crop_padding=2),
-        optim=dict(lr=1e-3, warmup_steps=200, schedule="wsd", decay_fraction=0.2),
-        train=dict(steps=2620, val_every=262, val_batches=32, save_every=100, checkpoint_steps=[655, 1310, 2620]),
-    ) for size in ("cpu-s", "cpu-m", "cpu-l")},
-    "s": dict(optim=dict(lr=1e-3, warmup_steps=1000), train=dict(steps=30_000)),
-    "m": dict(optim=dict(lr=6e-4, warmup_steps=2000), train=dict(steps=60_000)),
-    "l": dict(optim=dict(lr=3e-4, warmup_steps=3000), train=dict(steps=100_000)),
-    # The paper's shapes; the paper's own schedule (batch 128, 1M steps) is out of reach here.
-    "igpt-s": dict(optim=dict(lr=3e-4, warmup_steps=5000), train=dict(steps=100_000)),
-    "igpt-m": dict(optim=dict(lr=2e-4, warmup_steps=5000), train=dict(steps=100_000)),
-    "igpt-l": dict(optim=dict(lr=1e-4, warmup_steps=5000), train=dict(steps=100_000)),
-}
-
-
-def run_config(size: str = "s", dataset: str = "mnist", objective: str = "ar", **data) -> RunConfig:
-    """The RunConfig of a preset size for a dataset; `data` changes DataConfig fields (root, clusters...)."""
-    if size not in PRESETS:
-        raise ConfigError(f"unknown size {size!r}; choose one of {list(PRESETS)}")
-    preset = TRAIN_PRESETS[size]
-    data_config = DataConfig.from_dict({"dataset": dataset, **preset.get("data", {}), **data})
-    model = model_config(size, vocab_size=data_config.clusters, n_px=data_config.n_px, objective=objective)
-    return RunConfig(data_config, model, OptimConfig.from_dict(preset["optim"]), TrainConfig.from_dict(preset["train"]))
+from igptlib.module import ImageGPT, check_checkpoint, decay_start, read_checkpoint
 
 
 # -- data: resumable training batches --------------------------------------------------------------
@@ -476,7 +371,8 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
 
 # Flags that change one config field: flag destination -> (section, field).
 _OVERRIDES = {
-    "root": ("data", "root"), "batch_size": ("data", "batch_size"), "seed": ("data", "seed"),
+    "root": ("data", "root"), "clusters": ("data", "clusters"), "n_px": ("data", "n_px"),  # the model's too (RunConfig)
+    "batch_size": ("data", "batch_size"), "seed": ("data", "seed"),
     "augment": ("data", "augment"), "limit_train": ("data", "limit_train"), "limit_val": ("data", "limit_val"),
     "limit_test": ("data", "limit_test"), "lr": ("optim", "lr"), "warmup_steps": ("optim", "warmup_steps"), "schedule": ("optim", "schedule"),
     "steps": ("train", "steps"), "val_every": ("train", "val_every"), "val_batches": ("train", "val_batches"),
@@ -544,10 +440,6 @@ def config_from_args(args) -> tuple[RunConfig, Path]:
             values[section][field] = getattr(args, flag)
     if args.objective:
         values["model"]["objective"] = args.objective
-    if args.clusters is not None:
-        values["data"]["clusters"] = values["model"]["vocab_size"] = args.clusters
-    if args.n_px is not None:
-        values["data"]["n_px"] = values["model"]["n_px"] = args.n_px
     if args.finetune_from:
         # The model is the pre-trained one; the new stage adds the classification loss.
         values["model"] = read_checkpoint(args.finetune_from)["hyper_parameters"]["model"]

@@ -29,7 +29,8 @@ def mnist_copy(mnist_root, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(mnist_root, tmp_path_factory) -> Path:
     """The last checkpoint of a 2-step xs run on real MNIST: hardly trained, but a real model and palette."""
-    from igptlib.train import run_config, train
+    from igptlib.config import run_config
+    from igptlib.train import train
 
     config = run_config("xs", root=str(mnist_root), limit_train=64, limit_val=32, limit_test=32, batch_size=16)
     config = config.replace(train={**config.train.to_dict(), "steps": 2, "val_every": 2, "save_every": 2,

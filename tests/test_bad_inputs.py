@@ -31,11 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from igptlib.cli import main
+from igptlib.config import RunConfig, run_config
 from igptlib.data import DATASETS, MIRROR_VARIABLE, DataError, PixelDataModule, fetch, load_split
 from igptlib.explorer import Explorer
 from igptlib.images import load_image
 from igptlib.shipped import MODELS_DIR, export_model, shipped_models
-from igptlib.train import RunConfig, lock_run_folder, run_config, train
+from igptlib.train import lock_run_folder, train
 
 
 

@@ -4,7 +4,8 @@ import torch
 
 from igptlib.bench import ReferenceGPT, bench_train, print_report, train_flops_per_token
 from igptlib.cli import main
-from igptlib.model import GPT, model_config
+from igptlib.config import model_config
+from igptlib.model import GPT
 
 
 def reference_with_weights_of(model: GPT) -> ReferenceGPT:

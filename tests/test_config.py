@@ -1,6 +1,7 @@
 import pytest
+import yaml
 
-from igptlib.config import ConfigError, DataConfig
+from igptlib.config import PRESETS, ConfigError, DataConfig, RunConfig, apply_overrides, data_config_for, run_config
 
 
 def test_yaml_round_trip(tmp_path):
@@ -56,3 +57,45 @@ def test_default_palette_path_names_what_it_holds():
 
 def test_a_palette_fitted_on_a_subset_gets_its_own_file():
     assert DataConfig(limit_train=512).palette_path.name == "mnist-k16-28px-seed0-first512.npy"
+
+
+def test_every_preset_makes_a_run_config_that_round_trips(tmp_path):
+    for size in PRESETS:
+        config = run_config(size, "mnist", "bert")
+        assert config.model.vocab_size == config.data.clusters == 16
+        assert RunConfig.load_yaml(config.save_yaml(tmp_path / f"{size}.yaml")) == config
+
+
+def test_run_configs_are_strict():
+    values = run_config("xs").to_dict()
+    with pytest.raises(ConfigError, match=r"train: unknown key\(s\) \['max_steps'\]"):
+        RunConfig.from_dict({**values, "train": {**values["train"], "max_steps": 3}})
+    with pytest.raises(ConfigError, match="RunConfig.train.steps: expected an integer, got 'many'"):
+        RunConfig.from_dict({**values, "train": {**values["train"], "steps": "many"}})
+    with pytest.raises(ConfigError, match="precision"):
+        RunConfig.from_dict({**values, "train": {**values["train"], "precision": "bf16"}})
+
+
+def test_the_model_takes_its_vocabulary_and_image_side_from_the_data(tmp_path):
+    values = run_config("xs").to_dict()
+    assert "vocab_size" not in values["model"] and "n_px" not in values["model"]  # set once, in data
+    config = RunConfig.from_dict({**values, "data": {**values["data"], "clusters": 8, "n_px": 14}})
+    assert (config.model.vocab_size, config.model.n_px) == (8, 14)
+    assert data_config_for(config.model, root="elsewhere") == config.data.replace(root="elsewhere")
+    assert config.replace(data=config.data.replace(clusters=4).to_dict()).model.vocab_size == 4
+    # An older run's config.yaml names them: it loads when they agree with the data, as they had to.
+    older = {**values, "model": {**values["model"], "vocab_size": 16, "n_px": 28}}
+    (tmp_path / "older.yaml").write_text(yaml.safe_dump(older))
+    assert RunConfig.load_yaml(tmp_path / "older.yaml") == run_config("xs")
+    with pytest.raises(ConfigError, match="model.vocab_size is 8 but data.clusters is 16"):
+        RunConfig.from_dict({**values, "model": {**values["model"], "vocab_size": 8}})
+    with pytest.raises(ConfigError, match="model.n_px is 14 but data.n_px is 28"):
+        RunConfig(model=run_config("xs").model.replace(n_px=14))
+
+
+def test_overrides_change_any_field_of_any_section():
+    values = apply_overrides(run_config("xs").to_dict(), ["optim.lr=3e-3", "data.augment=[]", "model.n_head=1"])
+    assert (values["optim"]["lr"], values["data"]["augment"], values["model"]["n_head"]) == (3e-3, [], 1)
+    for bad in ["optim.lr", "optim.speed=2", "lr=3"]:
+        with pytest.raises(ConfigError, match="expected SECTION.FIELD=VALUE"):
+            apply_overrides(run_config("xs").to_dict(), [bad])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from igptlib.config import DataConfig
+from igptlib.config import DATASET_NAMES, DataConfig
 from igptlib.data import (
     DATASETS,
     DataError,
@@ -25,6 +25,11 @@ MNIST_TEST_LABELS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 def md5(path):
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_the_dataset_table_holds_exactly_the_datasets_a_config_accepts():
+    # igptlib.config names the datasets (it imports nothing of igptlib.data); igptlib.data describes their files.
+    assert set(DATASETS) == set(DATASET_NAMES)
 
 
 def test_files_under_the_root_are_verified_and_used_first(mnist_root):

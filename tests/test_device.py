@@ -71,7 +71,7 @@ def test_notebook_parameters_check_the_device():
 
 
 def test_a_training_config_names_a_device_choice():
-    from igptlib.train import TrainConfig
+    from igptlib.config import TrainConfig
 
     assert TrainConfig(accelerator="cpu").accelerator == "cpu"
     with pytest.raises(ConfigError, match=r"TrainConfig.accelerator: expected one of \['auto', 'cpu', 'cuda'\]"):

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from igptlib.config import DataConfig
+from igptlib.config import DataConfig, ModelConfig, model_config
 from igptlib.data import PixelDataModule, load_split
 from igptlib.evaluate import (
     add_evaluate_arguments,
@@ -29,7 +29,7 @@ from igptlib.evaluate import (
     train_digit_classifier,
     unaugmented_train_loader,
 )
-from igptlib.model import GPT, ModelConfig, ar_loss, model_config
+from igptlib.model import GPT, ar_loss
 
 
 def tiny(**changes) -> GPT:
@@ -299,7 +299,8 @@ def test_evaluate_model_refuses_data_of_another_shape(datamodule):
 
 
 def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, classifier):
-    from igptlib.train import run_config, train
+    from igptlib.config import run_config
+    from igptlib.train import train
 
     config = run_config("xs", root=str(mnist_root), limit_train=64, limit_val=32, limit_test=32, batch_size=16)
     config = config.replace(train={**config.train.to_dict(), "steps": 2, "val_every": 2, "save_every": 2,

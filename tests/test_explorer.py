@@ -203,7 +203,7 @@ def test_without_a_model_the_explorer_says_what_to_do(mnist_root, tiny_checkpoin
 def test_test_images_come_from_the_models_own_dataset(tiny_checkpoint, tmp_path):
     import shutil
 
-    from igptlib.train import RunConfig
+    from igptlib.config import RunConfig
 
     run = tmp_path / "fashion-run"
     shutil.copytree(tiny_checkpoint.parent.parent, run)

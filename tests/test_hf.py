@@ -16,8 +16,8 @@ from PIL import Image
 
 from igptlib.bench_sampling import complete_transformers
 from igptlib.cli import main
+from igptlib.config import ModelConfig
 from igptlib.hf import HFError, export_hf, import_hf, to_transformers
-from igptlib.model import ModelConfig
 from igptlib.module import ImageGPT
 from igptlib.quantize import encode
 from igptlib.sampling import complete, keep_rows

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from igptlib.comparison import checkpoints, comparison_section
-from igptlib.train import RunConfig
+from igptlib.config import RunConfig
 from igptlib.ladder import ladder, stages
 
 

@@ -2,17 +2,8 @@
 import pytest
 import torch
 
-from igptlib.config import ConfigError
-from igptlib.model import (
-    GPT,
-    PRESETS,
-    Block,
-    ModelConfig,
-    ar_loss,
-    bert_loss,
-    mask_tokens,
-    model_config,
-)
+from igptlib.config import ACTIVATIONS, PRESETS, ConfigError, ModelConfig, model_config
+from igptlib.model import ACTIVATION_FUNCTIONS, GPT, Block, ar_loss, bert_loss, mask_tokens
 
 
 def tiny(**changes) -> ModelConfig:
@@ -203,6 +194,11 @@ def test_bad_model_configs_are_refused_clearly(tmp_path):
     (tmp_path / "bad.yaml").write_text("n_layer: 2\nwidth: 64\n")
     with pytest.raises(ConfigError, match="width"):
         ModelConfig.load_yaml(tmp_path / "bad.yaml")
+
+
+def test_every_activation_a_config_accepts_has_its_function():
+    # The names are igptlib.config's, which imports nothing of the model; the functions are the model's.
+    assert set(ACTIVATION_FUNCTIONS) == set(ACTIVATIONS)
 
 
 def test_shipped_models_load_and_configs_without_the_newer_keys_keep_todays_model():

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from igptlib.config import ConfigError
-from igptlib.model import ModelConfig
-from igptlib.module import CheckpointError, ImageGPT, OptimConfig, load_checkpoint, lr_factor, read_checkpoint
+from igptlib.config import ConfigError, ModelConfig, OptimConfig
+from igptlib.module import CheckpointError, ImageGPT, load_checkpoint, lr_factor, read_checkpoint
 
 MODEL = dict(vocab_size=8, n_px=6, n_embd=32, n_layer=2, n_head=4)
 

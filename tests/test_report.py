@@ -109,8 +109,7 @@ def test_a_shipped_model_is_measured_into_its_record_and_its_card_names_the_comm
     export_model(tiny_checkpoint, models / "unmeasured.safetensors", {"checkpoint": "runs/tiny/finetune/checkpoints/last.ckpt"})
     # The tiny model's palette was fitted on its 64 training images; a data root whose default
     # palette is that one stands for the full-data palette a shipped model is checked against.
-    from igptlib.config import DataConfig
-    from igptlib.train import RunConfig
+    from igptlib.config import DataConfig, RunConfig
 
     root = tmp_path / "data"
     root.mkdir()

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from igptlib.bench_sampling import complete_naive
-from igptlib.model import GPT, model_config
+from igptlib.config import model_config
+from igptlib.model import GPT
 from igptlib.sampling import complete, generate, keep_from_mask, keep_rows
 
 
