@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,32 @@ def run_complete(args) -> None:
     original = decode(tokens, module.palette)  # what the model saw: the image in palette colours
     fig = completion_figure(original, decode(completed, module.palette), keep_rows=rows)
     print(f"figure: {save_figure(fig, Path(args.out).name, Path(args.out).parent)}")
+
+
+def run_robustness(args) -> None:
+    from igptlib.data import load_split
+    from igptlib.evaluate import digit_classifier
+    from igptlib.robustness import robustness_table
+    from igptlib.shipped import load_model, model_dataset
+
+    generator, classifier = load_model(args.model), load_model(args.classifier)
+    dataset = model_dataset(args.model) or "mnist"
+    images, labels = load_split(dataset, args.root, train=False)
+    judge, judge_info = digit_classifier(args.root, dataset, progress=True)
+    started = time.perf_counter()
+    rows = robustness_table(generator, classifier, judge, images[: args.images], labels[: args.images], args.samples, args.seed)
+    result = {"model": args.model, "classifier": args.classifier, "dataset": dataset, "judge": judge_info,
+              "seconds": round(time.perf_counter() - started, 1), "command": " ".join(args.invocation), "rows": rows}
+    out = Path(args.out or f"report/runs/robustness-{args.model}/robustness.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['transform']:>12} handling {'on ' if row['handling'] else 'off'}: completion class agreement "
+              f"{row['class_agreement']:.3f}, pixel agreement {row['pixel_agreement']:.3f}, "
+              f"classifier accuracy {row['classification_accuracy']:.3f}"
+              + (f"; the handling undid the inversion {row['inversion_detected_right']:.3f}, "
+                 f"the rotation {row['rotation_chosen_right']:.3f}" if row["handling"] else ""))
+    print(f"table: {out}")
 
 
 def run_export(args) -> None:
@@ -272,6 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     card = commands.add_parser("card", help="record a shipped model's run folder as its training record, then rebuild its card and the report")
     add_card_arguments(card)
     card.set_defaults(run=run_card)
+
+    robustness = commands.add_parser("robustness", help="inverted and rotated test images: completion and classification, handling on and off")
+    robustness.add_argument("--model", default="mnist", help="the model that completes (default: mnist)")
+    robustness.add_argument("--classifier", default="mnist-classifier", help="the fine-tuned model that classifies (default: mnist-classifier)")
+    robustness.add_argument("--images", type=positive_int, default=200, help="the first N test images (default: 200)")
+    robustness.add_argument("--samples", type=positive_int, default=2, help="completions per image (default: 2)")
+    robustness.add_argument("--seed", type=int, default=0)
+    robustness.add_argument("--root", default="data", help="the data root (test images and the judge's cache)")
+    robustness.add_argument("--out", help="the JSON to write (default: report/runs/robustness-MODEL/robustness.json)")
+    robustness.set_defaults(run=run_robustness)
 
     from igptlib.ladder import add_ladder_arguments, run_ladder
 

@@ -1,0 +1,123 @@
+"""Inverted and rotated digits: are they still completed and classified like the training digits?
+
+The seed's functional requirement 6 asks that a half image that is inverted or rotated is still
+completed as the training data would be. This module measures it on test images transformed by
+a known inversion and rotation, with the project's handling off (the model sees the image as it
+is) and on:
+
+    inversion     a white background is detected and the image inverted back (load_image's rule)
+    orientation   the model judges: of every quarter turn combined with a small correction
+                  (ORIENTATIONS), the one under which it finds the image most likely is undone
+
+Completions are judged in the upright frame: the known transform is undone on a completion
+before the reference CNN reads it, so that class agreement says whether the model completed the
+digit it was shown, not whether the CNN reads rotated digits. Pixel agreement compares the
+completed half with the image the model was shown. The handling's own success rate (did it pick
+the inversion and the turn that undo the transform?) is counted beside them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from igptlib.evaluate import classify_images, pixel_agreement
+from igptlib.images import has_white_background
+from igptlib.quantize import decode, encode
+from igptlib.sampling import complete, keep_rows
+
+TRANSFORMS = {  # name: (inverted, degrees anticlockwise)
+    "upright": (False, 0), "inverted": (True, 0),
+    "rotated 10°": (False, 10), "rotated 20°": (False, 20), "rotated 30°": (False, 30),
+    "turned 90°": (False, 90), "turned 180°": (False, 180), "turned 270°": (False, 270),
+}
+# The rotations the orientation handling may undo: every quarter turn, each with small corrections.
+ORIENTATIONS = [turn + small for turn in (0, 90, 180, 270) for small in (-30, -20, -10, 0, 10, 20, 30)]
+
+
+def transform(images: torch.Tensor, inverted: bool, degrees: float) -> torch.Tensor:
+    """uint8 images [N, C, H, W] rotated `degrees` anticlockwise (black fill), then inverted if asked."""
+    turned = TF.rotate(images, degrees) if degrees % 360 else images
+    return 255 - turned if inverted else turned
+
+
+def detect_inversion(images: torch.Tensor) -> torch.Tensor:
+    """A bool per image: its border is mostly bright (dark ink on white, the inverse of MNIST)."""
+    return torch.tensor([has_white_background(image.float().mean(dim=0).numpy()) for image in images])
+
+
+@torch.inference_mode()
+def most_likely_rotation(model, palette: np.ndarray, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Per image, the rotation in ORIENTATIONS whose undoing the model finds most likely (lowest nats/px)."""
+    device = next(model.parameters()).device
+    model.eval()
+    chosen = []
+    for image in images:
+        candidates = torch.stack([transform(image[None], False, -angle)[0] for angle in ORIENTATIONS])
+        nats = []
+        for chunk in encode(candidates, palette).split(batch_size):
+            tokens = chunk.to(device)
+            logits = model(tokens).float()
+            nats.append(F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(dim=1).cpu())
+        chosen.append(ORIENTATIONS[int(torch.cat(nats).argmin())])
+    return torch.tensor(chosen)
+
+
+def handle(model, palette: np.ndarray, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images as the handling leaves them, the inversion it detected, the rotation it undid) per image."""
+    inverted = detect_inversion(images)
+    upright_colours = torch.where(inverted[:, None, None, None], 255 - images, images)
+    rotation = most_likely_rotation(model, palette, upright_colours)
+    handled = torch.stack([transform(image[None], False, -float(angle))[0] for image, angle in zip(upright_colours, rotation)])
+    return handled, inverted, rotation
+
+
+def measure(generator, classifier, judge, images: torch.Tensor, labels: torch.Tensor, name: str, handling: bool,
+            samples: int = 2, seed: int = 0) -> dict:
+    """One row of the table: `images` [N, C, H, W] transformed by TRANSFORMS[name], handled or not,
+    completed from their top half by `generator` and classified by `classifier` (both as
+    igptlib.load_model returns them, with their palettes); `judge` reads the completions."""
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; the known transforms are {list(TRANSFORMS)}")
+    model, palette = generator.model, generator.palette
+    inverted, degrees = TRANSFORMS[name]
+    shown = transform(images, inverted, degrees)
+    row: dict = {"transform": name, "handling": handling, "images": len(images), "samples": samples}
+    undo_inversion, undo_degrees = torch.full((len(images),), inverted), torch.full((len(images),), float(degrees))
+    if handling:
+        shown, undo_inversion, undo_degrees = handle(model, palette, shown)
+        row["inversion_detected_right"] = float((undo_inversion == inverted).float().mean())
+        row["rotation_chosen_right"] = float(((undo_degrees - degrees) % 360 == 0).float().mean())
+        # What is left of the transform after the handling: undone below, before the judge reads a completion.
+        undo_inversion = undo_inversion != inverted
+        undo_degrees = degrees - undo_degrees
+    n_px = model.config.n_px
+    tokens = encode(shown, palette)
+    keep = keep_rows(n_px, n_px // 2)
+    completions = complete(model, tokens, keep, samples=samples, seed=seed)
+    drawn = decode(completions.flatten(0, 1), palette)
+    upright = torch.stack([  # undone in the reverse order: the colours first, then the rotation
+        transform((255 - image if flip else image)[None], False, -float(angle))[0]
+        for image, flip, angle in zip(drawn, undo_inversion.repeat_interleave(samples), undo_degrees.repeat_interleave(samples))
+    ])
+    predicted = classify_images(judge, upright).view(len(images), samples)
+    row["class_agreement"] = float((predicted == labels[:, None]).float().mean())
+    row["pixel_agreement"] = pixel_agreement(tokens, completions, keep)
+    with torch.inference_mode():
+        classifier.model.eval()
+        device = next(classifier.model.parameters()).device
+        logits = torch.cat([classifier.model.classify(chunk.to(device)).cpu()
+                            for chunk in encode(shown, classifier.palette).split(256)])
+    row["classification_accuracy"] = float((logits.argmax(dim=-1) == labels).float().mean())
+    return row
+
+
+def robustness_table(generator, classifier, judge, images: torch.Tensor, labels: torch.Tensor, samples: int = 2,
+                     seed: int = 0, progress: bool = True) -> list[dict]:
+    """Every transform, with the handling off and on."""
+    from tqdm.auto import tqdm
+
+    plan = [(name, handling) for name in TRANSFORMS for handling in (False, True)]
+    return [measure(generator, classifier, judge, images, labels, name, handling, samples, seed)
+            for name, handling in tqdm(plan, desc="robustness", disable=not progress)]

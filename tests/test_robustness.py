@@ -1,0 +1,64 @@
+"""Inverted and rotated digits, on real MNIST test images and the shipped models."""
+import pytest
+import torch
+
+from igptlib.data import load_split
+from igptlib.evaluate import digit_classifier
+from igptlib.robustness import ORIENTATIONS, TRANSFORMS, detect_inversion, handle, measure, transform
+from igptlib.shipped import load_model
+
+
+@pytest.fixture(scope="module")
+def test_images(mnist_root):
+    images, labels = load_split("mnist", mnist_root, train=False)
+    return images[:6], labels[:6]
+
+
+def test_quarter_turns_and_inversion_undo_exactly_and_inversion_is_detected(test_images):
+    images, _ = test_images
+    for degrees in (90, 180, 270):
+        assert torch.equal(transform(transform(images, False, degrees), False, -degrees), images)
+    inverted = transform(images, True, 0)
+    assert torch.equal(255 - inverted, images)
+    assert detect_inversion(inverted).all() and not detect_inversion(images).any()
+
+
+def test_the_handling_undoes_an_inversion_and_picks_an_orientation_the_model_finds_likelier(test_images):
+    images, _ = test_images
+    module = load_model("mnist")
+    shown = transform(images, True, 180)
+    handled, inverted, rotation = handle(module.model, module.palette, shown)
+    assert handled.shape == images.shape and handled.dtype == torch.uint8
+    assert inverted.all()
+    assert set(rotation.tolist()) <= set(ORIENTATIONS)
+
+
+def test_a_row_of_the_table_measures_completion_and_classification(mnist_root, test_images):
+    images, labels = test_images
+    generator, classifier = load_model("mnist"), load_model("mnist-classifier")
+    judge, _ = digit_classifier(mnist_root)
+    off = measure(generator, classifier, judge, images, labels, "inverted", handling=False, samples=1)
+    on = measure(generator, classifier, judge, images, labels, "inverted", handling=True, samples=1)
+    assert set(TRANSFORMS) >= {off["transform"]} and off["images"] == 6 and "inversion_detected_right" not in off
+    assert on["inversion_detected_right"] == 1.0  # MNIST's black border turns white: the rule cannot miss it
+    for row in (off, on):
+        assert all(0 <= row[key] <= 1 for key in ("class_agreement", "pixel_agreement", "classification_accuracy"))
+    # Undoing a detected inversion gives the classifier back the digits it was trained on.
+    assert on["classification_accuracy"] >= off["classification_accuracy"]
+    with pytest.raises(ValueError, match="known transforms are"):
+        measure(generator, classifier, judge, images, labels, "mirrored", handling=False)
+
+
+def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mnist_root, tmp_path, capsys):
+    import json
+
+    from igptlib.cli import main
+
+    out = tmp_path / "robustness.json"
+    assert main(["robustness", "--images", "2", "--samples", "1", "--root", str(mnist_root), "--out", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert [(row["transform"], row["handling"]) for row in table["rows"]] == [
+        (name, handling) for name in TRANSFORMS for handling in (False, True)]
+    assert table["judge"]["test_accuracy"] > 0.9 and table["command"].startswith("igpt robustness")
+    assert "turned 90° handling on" in capsys.readouterr().out
+    assert main(["robustness", "--model", "no-such-model", "--out", str(out)]) == 2
