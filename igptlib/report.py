@@ -371,6 +371,31 @@ def comparisons(records: list[dict], figures: Path) -> list[tuple[str, str]]:
     return shown
 
 
+def robustness_section(records: Path) -> list[str]:
+    """The inverted and rotated digits (`igpt robustness`), a table per measured model."""
+    lines = []
+    for path in sorted(records.glob("robustness-*/robustness.json")):
+        table = read_json(path)
+        rows = [[row["transform"], "on" if row["handling"] else "off", _number(row["class_agreement"], 3),
+                 _number(row["pixel_agreement"], 3), _number(row["classification_accuracy"], 3),
+                 _number(row.get("inversion_detected_right"), 3), _number(row.get("rotation_chosen_right"), 3)]
+                for row in table["rows"]]
+        first = table["rows"][0]
+        lines += [f"### `{table['model']}` completing, `{table['classifier']}` classifying", "",
+                  f"The first {first['images']} {table['dataset']} test images, {first['samples']} completions of the "
+                  f"bottom half each, judged by a CNN (test accuracy {table['judge']['test_accuracy']:.4f}) after the "
+                  f"known transform is undone; `{table['command']}` ({table['seconds'] / 60:.0f} min).", ""]
+        lines += _table(["transform", "handling", "completion class agreement", "pixel agreement", "classifier accuracy",
+                         "handling undid the inversion", "handling undid the rotation"], rows) + [""]
+    if lines:
+        lines = ["## Inverted and rotated digits", "",
+                 "The seed asks that inverted or rotated half images still complete like the training digits. With "
+                 "the handling on, a white background is inverted back and the model picks the orientation it finds "
+                 "most likely (a quarter turn and a correction of up to 30 degrees) before completing; off, it sees "
+                 "the image as it is.", "", *lines]
+    return lines
+
+
 def _config_summary(config: RunConfig) -> str:
     d, m, o, t = config.data, config.model, config.optim, config.train
     return "\n".join([
@@ -426,6 +451,9 @@ def build_report(runs: str | Path | None = "runs", out: str | Path = "report", m
         ladder = comparison_section(records, figures)
         if ladder:
             lines += ["", *ladder]
+        robust = robustness_section(records)
+        if robust:
+            lines += ["", *robust]
         shown = comparisons([r for r, _ in pairs], figures)
         if shown:
             lines += ["", "## Comparisons (one figure per dataset)", "", *_figure_lines(shown)]

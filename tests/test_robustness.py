@@ -54,7 +54,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
 
     from igptlib.cli import main
 
-    out = tmp_path / "robustness.json"
+    out = tmp_path / "robustness-mnist" / "robustness.json"
     assert main(["robustness", "--images", "2", "--samples", "1", "--root", str(mnist_root), "--out", str(out)]) == 0
     table = json.loads(out.read_text())
     assert [(row["transform"], row["handling"]) for row in table["rows"]] == [
@@ -62,3 +62,10 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     assert table["judge"]["test_accuracy"] > 0.9 and table["command"].startswith("igpt robustness")
     assert "turned 90° handling on" in capsys.readouterr().out
     assert main(["robustness", "--model", "no-such-model", "--out", str(out)]) == 2
+
+    # The report's table is read from the record the command wrote.
+    from igptlib.report import robustness_section
+
+    lines = robustness_section(tmp_path)
+    assert lines[0] == "## Inverted and rotated digits" and "### `mnist` completing, `mnist-classifier` classifying" in lines
+    assert sum(line.startswith("| turned 90° |") for line in lines) == 2
