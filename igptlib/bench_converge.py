@@ -110,8 +110,7 @@ def prepare_branch(parent: dict, parent_run_dir: Path, at_step: int, run_dir: Pa
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, run_dir / "checkpoints" / "last.ckpt")
     config.save_yaml(run_dir / "config.yaml")  # the parent's settings; train() records the new length in history.yaml
-    config.train.steps = steps
-    return config, parent_minutes
+    return config.replace(train=config.train.replace(steps=steps).to_dict()), parent_minutes
 
 
 def _train_and_test(record: dict, config, run_dir: Path, threads: int | None, started: float, resume: bool) -> dict:
