@@ -76,18 +76,23 @@ def _logged_events(run_dir: str | Path) -> list[list]:
     return processes
 
 
-def process_times(run_dir: str | Path) -> list[list[float]]:
-    """[first, last] logged wall time of each training process of a run."""
-    return [[min(t for _, t in logged), max(t for _, t in logged)] for logged in _logged_events(run_dir)]
+def _spans(processes: list[list]) -> list[list[float]]:
+    return [[min(t for _, t in logged), max(t for _, t in logged)] for logged in processes]
 
 
-def step_times(run_dir: str | Path) -> list[list[float]]:
+def _first_times(processes: list[list]) -> list[list[float]]:
     """[step, wall time] of each logged step, the first time the run reached it, in step order."""
     first: dict[int, float] = {}
-    for logged in _logged_events(run_dir):
+    for logged in processes:
         for step, wall_time in logged:
             first[step] = min(wall_time, first.get(step, wall_time))
     return [[step, first[step]] for step in sorted(first)]
+
+
+def timing_from_logs(run_dir: str | Path) -> dict:
+    """What timing.json keeps of a run folder's TensorBoard logs, read once."""
+    processes = _logged_events(run_dir)
+    return {"processes": _spans(processes), "step_times": _first_times(processes)}
 
 
 def _timing(folder: Path) -> dict | None:
@@ -95,7 +100,7 @@ def _timing(folder: Path) -> dict | None:
     if (folder / "timing.json").exists():
         return read_json(folder / "timing.json")
     if (folder / "logs" / "tensorboard").is_dir():
-        return {"processes": process_times(folder), "step_times": step_times(folder)}
+        return timing_from_logs(folder)
     return None
 
 
@@ -136,8 +141,7 @@ def _copy_stage(source: Path, target: Path) -> None:
             (target / "figures").mkdir(exist_ok=True)
             shutil.copyfile(source / "figures" / name, target / "figures" / name)
     if (source / "logs" / "tensorboard").is_dir():
-        timing = {"processes": process_times(source), "step_times": step_times(source)}
-        (target / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        (target / "timing.json").write_text(json.dumps(timing_from_logs(source), indent=2) + "\n")
 
 
 def record_run(run_dir: str | Path, name: str | None = None, records: str | Path = RECORDS) -> Path:
