@@ -15,6 +15,7 @@ What the paper reports, and what this module computes from a model and a PixelDa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
@@ -56,75 +58,58 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batches(loader, desc: str, progress: bool):
-    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
+# -- one pass over a split -------------------------------------------------------------------------
 
 
-# -- likelihood ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SplitPass:
+    """What one forward pass over a split gives: whichever of these were asked for."""
+
+    labels: np.ndarray  # the loader's labels [N]
+    likelihood: dict | None = None  # nats and bits per pixel (AR models)
+    predicted: np.ndarray | None = None  # the classification head's labels [N]
+    features: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # {layer: [N, n_embd]}
 
 
 @torch.inference_mode()
-def likelihood(model, loader, progress: bool = False, classes: bool = False):
-    """Mean next-pixel cross-entropy over every pixel of every image the loader yields.
+def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False, layers: list[int] = (),
+               progress: bool = False, desc: str = "pass") -> SplitPass:
+    """Likelihood, class predictions and layer features of every image the loader yields, from one
+    forward pass per batch: an evaluation that wants all three of the test split pays for one pass.
 
-    The model must be autoregressive: model(tokens)[:, t] predicts tokens[:, t] from the ones
-    before it. The sum over all pixels is divided once at the end, so unequal batch sizes weigh right.
-    With classes=True the same pass also reads the classification head, and the result is
-    (likelihood dict, actual labels, predicted labels), as predict_classes gives them.
+    likelihood: mean next-pixel cross-entropy over every pixel, the sum divided once at the end so
+    that unequal batch sizes weigh right; the model must be autoregressive (model(tokens)[:, t]
+    predicts tokens[:, t] from the ones before it). Each layer's features equal
+    model.features(tokens, layer) (layer 0: the input embeddings, layer k: the output of block k),
+    read by hooks on the blocks instead of running them again per layer.
     """
-    if model.config.objective != "ar":
+    if likelihood and model.config.objective != "ar":
         raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
-    model.eval()
-    device = _device(model)
-    total, pixels = 0.0, 0
-    actual, predicted = [], []
-    for tokens, labels in _batches(loader, "likelihood", progress):
-        tokens = tokens.to(device)
-        if classes:
-            logits, class_logits = model.forward_with_classes(tokens)
-            predicted.append(class_logits.argmax(dim=-1).cpu())
-            actual.append(labels)
-        else:
-            logits = model(tokens)
-        logits = logits.float()  # float32 even if the model runs in lower precision
-        total += F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="sum").item()
-        pixels += tokens.numel()
-    if pixels == 0:
-        raise ValueError("the loader yielded no images")
-    nats = total / pixels
-    result = {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
-    if classes:
-        return result, torch.cat(actual).numpy(), torch.cat(predicted).numpy()
-    return result
-
-
-# -- linear probes ---------------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def layer_features(model, loader, layers: list[int] | None = None, progress: bool = False) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Features of several layers from one pass per batch: ({layer: [N, n_embd]}, labels [N]).
-
-    Each layer's features equal model.features(tokens, layer) (layer 0: the input embeddings,
-    layer k: the output of block k), but model.features runs the blocks again for every layer;
-    hooks on the blocks read all layers from a single forward pass instead.
-    """
     n_layer = model.config.n_layer
-    layers = list(range(n_layer + 1)) if layers is None else list(layers)
+    layers = list(layers)
     bad = [layer for layer in layers if not 0 <= layer <= n_layer]
-    if bad or not layers:
+    if bad:
         raise ValueError(f"layers must lie in 0..{n_layer}, got {layers}")
     model.eval()
     device = _device(model)
     stream: dict[int, torch.Tensor] = {}
-    hooks = [model.blocks[0].register_forward_pre_hook(lambda block, args: stream.__setitem__(0, args[0]))]
-    for index, block in enumerate(model.blocks, start=1):
-        hooks.append(block.register_forward_hook(lambda block, args, out, index=index: stream.__setitem__(index, out)))
+    hooks = []
+    if layers:
+        hooks.append(model.blocks[0].register_forward_pre_hook(lambda block, args: stream.__setitem__(0, args[0])))
+        for index, block in enumerate(model.blocks, start=1):
+            hooks.append(block.register_forward_hook(lambda block, args, out, index=index: stream.__setitem__(index, out)))
+    total, pixels = 0.0, 0
+    labels, predicted = [], []
     features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    labels = []
     try:
-        for tokens, batch_labels in _batches(loader, "features", progress):
-            model(tokens.to(device))
+        for tokens, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+            tokens = tokens.to(device)
+            logits, class_logits = model.forward_with_classes(tokens)
+            if likelihood:  # reduced in float32 even if the model runs in lower precision
+                total += F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="sum").item()
+                pixels += tokens.numel()
+            if classes:
+                predicted.append(class_logits.argmax(dim=-1).cpu())
             for layer in layers:
                 h = stream[layer].float()
                 features[layer].append(F.layer_norm(h, h.shape[-1:]).mean(dim=1).cpu())  # as GPT.features
@@ -134,67 +119,113 @@ def layer_features(model, loader, layers: list[int] | None = None, progress: boo
             hook.remove()
     if not labels:
         raise ValueError("the loader yielded no images")
-    return {layer: torch.cat(chunks).numpy() for layer, chunks in features.items()}, torch.cat(labels).numpy()
+    result = SplitPass(labels=torch.cat(labels).numpy(),
+                       features={layer: torch.cat(chunks).numpy() for layer, chunks in features.items()})
+    if likelihood:
+        nats = total / pixels
+        result.likelihood = {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
+    if classes:
+        result.predicted = torch.cat(predicted).numpy()
+    return result
+
+
+def all_layers(model) -> list[int]:
+    return list(range(model.config.n_layer + 1))
+
+
+# -- likelihood ------------------------------------------------------------------------------------
+
+
+def likelihood(model, loader, progress: bool = False, classes: bool = False):
+    """Mean next-pixel cross-entropy over every pixel of every image the loader yields (AR models).
+
+    With classes=True the same pass also reads the classification head, and the result is
+    (likelihood dict, actual labels, predicted labels), as predict_classes gives them.
+    """
+    found = split_pass(model, loader, likelihood=True, classes=classes, progress=progress, desc="likelihood")
+    return (found.likelihood, found.labels, found.predicted) if classes else found.likelihood
+
+
+# -- linear probes ---------------------------------------------------------------------------------
+
+
+def layer_features(model, loader, layers: list[int] | None = None, progress: bool = False) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Features of several layers (default all) from one pass per batch: ({layer: [N, n_embd]}, labels [N])."""
+    layers = all_layers(model) if layers is None else list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    found = split_pass(model, loader, layers=layers, progress=progress, desc="features")
+    return found.features, found.labels
+
+
+def fit_linear_probe(features, labels, max_iter: int = 1000, seed: int = 0):
+    """A logistic regression on standardised features (a scikit-learn pipeline; .score gives accuracy).
+
+    Standardising with the training set's mean and spread first lets the probe converge in a few
+    hundred L-BFGS steps, whatever the scale of the layer.
+    """
+    _check_examples("train", features, labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("the training labels hold a single class: a probe needs at least two")
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed)).fit(features, labels)
+
+
+def _check_examples(split: str, features, labels) -> None:
+    if len(features) != len(labels):
+        raise ValueError(f"{split}: {len(features)} feature rows but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError(f"{split}: no examples")
+
+
+def probe_accuracy(probe, features, labels, split: str = "test") -> float:
+    _check_examples(split, features, labels)
+    return float(probe.score(features, labels))
 
 
 def linear_probe(train_features, train_labels, test_features, test_labels, max_iter: int = 1000, seed: int = 0) -> float:
-    """Accuracy on the test features of a logistic regression fitted on the train features.
-
-    Features are standardised with the training set's mean and spread first: the probe then
-    converges in a few hundred L-BFGS steps, whatever the scale of the layer.
-    """
-    for name, features, labels in (("train", train_features, train_labels), ("test", test_features, test_labels)):
-        if len(features) != len(labels):
-            raise ValueError(f"{name}: {len(features)} feature rows but {len(labels)} labels")
-        if len(labels) == 0:
-            raise ValueError(f"{name}: no examples")
-    if len(np.unique(train_labels)) < 2:
-        raise ValueError("the training labels hold a single class: a probe needs at least two")
-    scaler = StandardScaler().fit(train_features)
-    probe = LogisticRegression(max_iter=max_iter, random_state=seed)
-    probe.fit(scaler.transform(train_features), train_labels)
-    return float(probe.score(scaler.transform(test_features), test_labels))
+    """Accuracy on the test features of a probe fitted on the train features."""
+    _check_examples("test", test_features, test_labels)
+    return probe_accuracy(fit_linear_probe(train_features, train_labels, max_iter, seed), test_features, test_labels)
 
 
-def linear_probes(model, train_loader, val_loader, test_loader, layers: list[int] | None = None,
-                  max_iter: int = 1000, seed: int = 0, progress: bool = False) -> dict:
-    """A linear probe per layer; the best layer is picked on validation and reported on test.
-
-    Picking on validation keeps the test accuracy an honest estimate (picking the best of several
-    test scores would flatter it). The train loader should yield unaugmented images.
-    """
-    train, train_labels = layer_features(model, train_loader, layers, progress)
-    val, val_labels = layer_features(model, val_loader, layers, progress)
-    test, test_labels = layer_features(model, test_loader, layers, progress)
+def probes_from_features(train: SplitPass, val: SplitPass, test: SplitPass, max_iter: int = 1000, seed: int = 0,
+                         progress: bool = False) -> dict:
+    """A linear probe per layer, fitted once on train; the best layer is picked on validation and
+    reported on test. Picking on validation keeps the test accuracy an honest estimate (picking the
+    best of several test scores would flatter it)."""
+    if not train.features:
+        raise ValueError("no layer's features to probe")
     val_accuracy, test_accuracy = {}, {}
-    for layer in tqdm(train, desc="probes", unit="layer", leave=False, disable=not progress):
-        val_accuracy[layer] = linear_probe(train[layer], train_labels, val[layer], val_labels, max_iter, seed)
-        test_accuracy[layer] = linear_probe(train[layer], train_labels, test[layer], test_labels, max_iter, seed)
+    for layer in tqdm(train.features, desc="probes", unit="layer", leave=False, disable=not progress):
+        probe = fit_linear_probe(train.features[layer], train.labels, max_iter, seed)
+        val_accuracy[layer] = probe_accuracy(probe, val.features[layer], val.labels, "validation")
+        test_accuracy[layer] = probe_accuracy(probe, test.features[layer], test.labels)
     best = max(val_accuracy, key=val_accuracy.get)
     return {
         "val_accuracy": val_accuracy,
         "test_accuracy": test_accuracy,
         "best_layer": best,
         "best_test_accuracy": test_accuracy[best],
-        "train_examples": len(train_labels),
+        "train_examples": len(train.labels),
     }
+
+
+def linear_probes(model, train_loader, val_loader, test_loader, layers: list[int] | None = None,
+                  max_iter: int = 1000, seed: int = 0, progress: bool = False) -> dict:
+    """probes_from_features on the three loaders' features. The train loader should yield unaugmented images."""
+    layers = all_layers(model) if layers is None else list(layers)
+    train, val, test = (split_pass(model, loader, layers=layers, progress=progress, desc=f"{name} features")
+                        for name, loader in (("train", train_loader), ("validation", val_loader), ("test", test_loader)))
+    return probes_from_features(train, val, test, max_iter, seed, progress)
 
 
 # -- classification --------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
 def predict_classes(model, loader, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(actual labels, the classification head's predictions) over every image of the loader."""
-    model.eval()
-    device = _device(model)
-    actual, predicted = [], []
-    for tokens, labels in _batches(loader, "classify", progress):
-        predicted.append(model.classify(tokens.to(device)).argmax(dim=-1).cpu())
-        actual.append(labels)
-    if not actual:
-        raise ValueError("the loader yielded no images")
-    return torch.cat(actual).numpy(), torch.cat(predicted).numpy()
+    found = split_pass(model, loader, classes=True, progress=progress, desc="classify")
+    return found.labels, found.predicted
 
 
 def classification_metrics(actual, predicted, num_classes: int = 10) -> dict:
@@ -413,19 +444,18 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     # logits and features are still reduced in float32. Sampling is left out: its
     # one-query decode steps run faster in float32.
     with torch.autocast(_device(model).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        if ar and classification:  # one pass over the test split serves both
-            results["likelihood"], actual, predicted = likelihood(model, test_loader, progress, classes=True)
-        elif ar:
-            results["likelihood"] = likelihood(model, test_loader, progress)
+        layers = (all_layers(model) if probe_layers is None else list(probe_layers)) if probes else []
+        test = split_pass(model, test_loader, likelihood=ar, classes=classification, layers=layers,
+                          progress=progress, desc="test split")  # one pass serves all three
+        if ar:
+            results["likelihood"] = test.likelihood
         if probes:
-            results["probes"] = linear_probes(
-                model, unaugmented_train_loader(datamodule, probe_train), datamodule.val_dataloader(), test_loader,
-                probe_layers, seed=seed, progress=progress,
-            )
-        if classification and not ar:
-            actual, predicted = predict_classes(model, test_loader, progress)
+            train, val = (split_pass(model, loader, layers=layers, progress=progress, desc=f"{name} features")
+                          for name, loader in (("train", unaugmented_train_loader(datamodule, probe_train)),
+                                               ("validation", datamodule.val_dataloader())))
+            results["probes"] = probes_from_features(train, val, test, seed=seed, progress=progress)
     if classification:
-        results["classification"] = classification_metrics(actual, predicted, config.num_classes)
+        results["classification"] = classification_metrics(test.labels, test.predicted, config.num_classes)
     if ar and completions > 0:
         keep_rows = config.n_px // 2 if keep_rows is None else keep_rows
         tokens, labels = datamodule.test_set.tensors
