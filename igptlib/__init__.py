@@ -26,17 +26,10 @@ from igptlib.data import (
     verify_dataset,
     write_augmented_set,
 )
-from igptlib.evaluate import (
-    classification_metrics,
-    completion_quality,
-    digit_classifier,
-    evaluate_model,
-    likelihood,
-    linear_probes,
-    nats_to_bits,
-    pixel_agreement,
-)
+from igptlib.evaluate import evaluate_model
 from igptlib.images import ImageLoadError, load_image
+from igptlib.judge import completion_quality, digit_classifier, pixel_agreement
+from igptlib.metrics import classification_metrics, likelihood, linear_probes, nats_per_image, nats_to_bits
 from igptlib.model import GPT, KVCache, ar_loss, bert_loss, mask_tokens
 from igptlib.module import CheckpointError, ImageGPT, check_checkpoint, load_checkpoint
 from igptlib.quantize import (

@@ -117,7 +117,7 @@ def _train_and_test(record: dict, config, run_dir: Path, threads: int | None, st
     """Train until the budget (counted from `started`) or the last step, then test the final weights."""
     from igptlib.bench import matmul_gflops
     from igptlib.data import PixelDataModule
-    from igptlib.evaluate import likelihood
+    from igptlib.metrics import likelihood
     from igptlib.module import load_checkpoint
     from igptlib.records import describe_hardware
     from igptlib.train import checkpoint_steps, train

@@ -16,6 +16,9 @@ from igptlib.images import MAX_PIXELS, ImageLoadError
 from igptlib.module import CheckpointError
 from igptlib.quantize import PaletteError
 
+# `igpt complete --turn`: quarter turns anticlockwise, or None for the model's choice
+TURN_CHOICES = {"none": 0, "90": 1, "180": 2, "270": 3, "auto": None}
+
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
@@ -87,6 +90,7 @@ def run_complete(args) -> None:
     from igptlib.images import load_image
     from igptlib.plots import completion_figure, save_figure
     from igptlib.quantize import decode, encode
+    from igptlib.robustness import turn_upright
     from igptlib.sampling import complete, keep_rows
     from igptlib.shipped import load_model
 
@@ -97,7 +101,8 @@ def run_complete(args) -> None:
     n_px, channels = module.model_config.n_px, module.palette.shape[1]
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
     image, notes = load_image(args.image, n_px=n_px, channels=channels, invert=invert, max_pixels=args.max_pixels)
-    print("\n".join(notes))
+    image, turned = turn_upright(module.model.to(device), module.palette, image, TURN_CHOICES[args.turn])
+    print("\n".join(notes + turned))
     rows = n_px // 2 if args.rows is None else args.rows
     tokens = encode(image[None], module.palette)
     started = time.perf_counter()
@@ -111,7 +116,7 @@ def run_complete(args) -> None:
 
 def run_robustness(args) -> None:
     from igptlib.data import load_split
-    from igptlib.evaluate import digit_classifier
+    from igptlib.judge import digit_classifier
     from igptlib.robustness import robustness_table
     from igptlib.shipped import load_model, model_dataset
 
@@ -252,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--seed", type=int, default=0)
     complete.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                           help="white-background images are inverted when detected (auto; grayscale models only), always or never")
+    complete.add_argument("--turn", choices=list(TURN_CHOICES), default="none",
+                          help="quarter turns anticlockwise before completing: none (default), 90, 180, 270, or auto: "
+                               "the turn under which the model finds the image most likely")
     complete.add_argument("--out", default="completion.png", help="the figure to write")
     complete.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     complete.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS,

@@ -1,404 +1,49 @@
-"""Evaluation: likelihood, linear probes, classification metrics and completion quality.
+"""Evaluation of a checkpoint or a model file: every metric the paper reports, into evaluation.json.
 
-What the paper reports, and what this module computes from a model and a PixelDataModule:
+From a model and a PixelDataModule, evaluate_model computes
   likelihood        mean next-pixel cross-entropy on the test set, nats and bits per pixel (AR)
-  linear probes     per layer: average-pooled normed features, standardised, logistic regression;
-                    fitted on the training split, the best layer chosen on validation, scored on test
+  linear probes     per layer, fitted on the training split, best layer chosen on validation (igptlib.metrics)
   classification    the fine-tuned head's accuracy, confusion matrix, Cohen's kappa, and
                     precision/recall/F1 per class (a generative checkpoint's head is untrained: chance)
   completion        keep the top half of test images, sample the rest; then the share of
-                    completions that a separately trained digit classifier labels as the original's
-                    class, and how many completed pixels agree with the original's
+                    completions that the judge (igptlib.judge) labels as the original's class, and
+                    how many completed pixels agree with the original's
 
 `igpt evaluate --checkpoint C` (run_evaluate) writes all of it as evaluation.json in the run folder.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
-import os
 import shlex
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from igptlib import plots
 from igptlib.config import DEVICES, RunConfig, data_config_for, positive_int
-from igptlib.data import PixelDataModule, encode_all, load_split
+from igptlib.data import PixelDataModule, encode_all
 from igptlib.device import resolve_device
+from igptlib.judge import completion_quality, digit_classifier
+from igptlib.metrics import all_layers, classification_metrics, probes_from_features, split_pass
 from igptlib.module import check_same_palette, load_checkpoint
 from igptlib.quantize import decode
 from igptlib.sampling import complete
 from igptlib.train import find_run_folder
 
 
+PREDICTIONS_SHOWN = 16  # test images in the predictions figure, before the mistakes
 PRECISIONS = ("32", "bf16")  # of the evaluation passes: float32, or bfloat16 autocast
 
 
-def nats_to_bits(nats: float) -> float:
-    """Nats per pixel to bits per pixel: divide by ln 2."""
-    return nats / math.log(2)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-# -- one pass over a split -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SplitPass:
-    """What one forward pass over a split gives: whichever of these were asked for."""
-
-    labels: np.ndarray  # the loader's labels [N]
-    likelihood: dict | None = None  # nats and bits per pixel (AR models)
-    predicted: np.ndarray | None = None  # the classification head's labels [N]
-    features: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # {layer: [N, n_embd]}
-
-
-@torch.inference_mode()
-def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False, layers: list[int] = (),
-               progress: bool = False, desc: str = "pass") -> SplitPass:
-    """Likelihood, class predictions and layer features of every image the loader yields, from one
-    forward pass per batch: an evaluation that wants all three of the test split pays for one pass.
-
-    likelihood: mean next-pixel cross-entropy over every pixel, the sum divided once at the end so
-    that unequal batch sizes weigh right; the model must be autoregressive (model(tokens)[:, t]
-    predicts tokens[:, t] from the ones before it). Each layer's features equal
-    model.features(tokens, layer) (layer 0: the input embeddings, layer k: the output of block k),
-    read by hooks on the blocks instead of running them again per layer.
-    """
-    if likelihood and model.config.objective != "ar":
-        raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
-    n_layer = model.config.n_layer
-    layers = list(layers)
-    bad = [layer for layer in layers if not 0 <= layer <= n_layer]
-    if bad:
-        raise ValueError(f"layers must lie in 0..{n_layer}, got {layers}")
-    model.eval()
-    device = _device(model)
-    stream: dict[int, torch.Tensor] = {}
-    hooks = []
-    if layers:
-        hooks.append(model.blocks[0].register_forward_pre_hook(lambda block, args: stream.__setitem__(0, args[0])))
-        for index, block in enumerate(model.blocks, start=1):
-            hooks.append(block.register_forward_hook(lambda block, args, out, index=index: stream.__setitem__(index, out)))
-    total, pixels = 0.0, 0
-    labels, predicted = [], []
-    features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    try:
-        for tokens, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-            tokens = tokens.to(device)
-            logits, class_logits = model.forward_with_classes(tokens)
-            if likelihood:  # reduced in float32 even if the model runs in lower precision
-                total += F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="sum").item()
-                pixels += tokens.numel()
-            if classes:
-                predicted.append(class_logits.argmax(dim=-1).cpu())
-            for layer in layers:
-                h = stream[layer].float()
-                features[layer].append(F.layer_norm(h, h.shape[-1:]).mean(dim=1).cpu())  # as GPT.features
-            labels.append(batch_labels)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if not labels:
-        raise ValueError("the loader yielded no images")
-    result = SplitPass(labels=torch.cat(labels).numpy(),
-                       features={layer: torch.cat(chunks).numpy() for layer, chunks in features.items()})
-    if likelihood:
-        nats = total / pixels
-        result.likelihood = {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
-    if classes:
-        result.predicted = torch.cat(predicted).numpy()
-    return result
-
-
-def all_layers(model) -> list[int]:
-    return list(range(model.config.n_layer + 1))
-
-
-# -- likelihood ------------------------------------------------------------------------------------
-
-
-def likelihood(model, loader, progress: bool = False, classes: bool = False):
-    """Mean next-pixel cross-entropy over every pixel of every image the loader yields (AR models).
-
-    With classes=True the same pass also reads the classification head, and the result is
-    (likelihood dict, actual labels, predicted labels), as predict_classes gives them.
-    """
-    found = split_pass(model, loader, likelihood=True, classes=classes, progress=progress, desc="likelihood")
-    return (found.likelihood, found.labels, found.predicted) if classes else found.likelihood
-
-
-# -- linear probes ---------------------------------------------------------------------------------
-
-
-def layer_features(model, loader, layers: list[int] | None = None, progress: bool = False) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Features of several layers (default all) from one pass per batch: ({layer: [N, n_embd]}, labels [N])."""
-    layers = all_layers(model) if layers is None else list(layers)
-    if not layers:
-        raise ValueError("layers must name at least one layer")
-    found = split_pass(model, loader, layers=layers, progress=progress, desc="features")
-    return found.features, found.labels
-
-
-def fit_linear_probe(features, labels, max_iter: int = 1000, seed: int = 0):
-    """A logistic regression on standardised features (a scikit-learn pipeline; .score gives accuracy).
-
-    Standardising with the training set's mean and spread first lets the probe converge in a few
-    hundred L-BFGS steps, whatever the scale of the layer.
-    """
-    _check_examples("train", features, labels)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("the training labels hold a single class: a probe needs at least two")
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed)).fit(features, labels)
-
-
-def _check_examples(split: str, features, labels) -> None:
-    if len(features) != len(labels):
-        raise ValueError(f"{split}: {len(features)} feature rows but {len(labels)} labels")
-    if len(labels) == 0:
-        raise ValueError(f"{split}: no examples")
-
-
-def probe_accuracy(probe, features, labels, split: str = "test") -> float:
-    _check_examples(split, features, labels)
-    return float(probe.score(features, labels))
-
-
-def linear_probe(train_features, train_labels, test_features, test_labels, max_iter: int = 1000, seed: int = 0) -> float:
-    """Accuracy on the test features of a probe fitted on the train features."""
-    _check_examples("test", test_features, test_labels)
-    return probe_accuracy(fit_linear_probe(train_features, train_labels, max_iter, seed), test_features, test_labels)
-
-
-def probes_from_features(train: SplitPass, val: SplitPass, test: SplitPass, max_iter: int = 1000, seed: int = 0,
-                         progress: bool = False) -> dict:
-    """A linear probe per layer, fitted once on train; the best layer is picked on validation and
-    reported on test. Picking on validation keeps the test accuracy an honest estimate (picking the
-    best of several test scores would flatter it)."""
-    if not train.features:
-        raise ValueError("no layer's features to probe")
-    val_accuracy, test_accuracy = {}, {}
-    for layer in tqdm(train.features, desc="probes", unit="layer", leave=False, disable=not progress):
-        probe = fit_linear_probe(train.features[layer], train.labels, max_iter, seed)
-        val_accuracy[layer] = probe_accuracy(probe, val.features[layer], val.labels, "validation")
-        test_accuracy[layer] = probe_accuracy(probe, test.features[layer], test.labels)
-    best = max(val_accuracy, key=val_accuracy.get)
-    return {
-        "val_accuracy": val_accuracy,
-        "test_accuracy": test_accuracy,
-        "best_layer": best,
-        "best_test_accuracy": test_accuracy[best],
-        "train_examples": len(train.labels),
-    }
-
-
-def linear_probes(model, train_loader, val_loader, test_loader, layers: list[int] | None = None,
-                  max_iter: int = 1000, seed: int = 0, progress: bool = False) -> dict:
-    """probes_from_features on the three loaders' features. The train loader should yield unaugmented images."""
-    layers = all_layers(model) if layers is None else list(layers)
-    train, val, test = (split_pass(model, loader, layers=layers, progress=progress, desc=f"{name} features")
-                        for name, loader in (("train", train_loader), ("validation", val_loader), ("test", test_loader)))
-    return probes_from_features(train, val, test, max_iter, seed, progress)
-
-
-# -- classification --------------------------------------------------------------------------------
-
-
-def predict_classes(model, loader, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(actual labels, the classification head's predictions) over every image of the loader."""
-    found = split_pass(model, loader, classes=True, progress=progress, desc="classify")
-    return found.labels, found.predicted
-
-
-def classification_metrics(actual, predicted, num_classes: int = 10) -> dict:
-    """Accuracy, Cohen's kappa, confusion matrix and per-class precision/recall/F1.
-
-    confusion_matrix[i][j] counts images of class i predicted as class j. Every class in
-    0..num_classes-1 gets a row and a column, present or not, so matrices of runs compare.
-    """
-    actual, predicted = np.asarray(actual), np.asarray(predicted)
-    if actual.ndim != 1 or actual.shape != predicted.shape:
-        raise ValueError(f"expected two equally long 1-d label arrays, got shapes {actual.shape} and {predicted.shape}")
-    if len(actual) == 0:
-        raise ValueError("no labels to compare")
-    for name, values in (("actual", actual), ("predicted", predicted)):
-        if values.min() < 0 or values.max() >= num_classes:
-            raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}, got {values.min()}..{values.max()}")
-    classes = list(range(num_classes))
-    precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=classes, zero_division=0)
-    return {
-        "accuracy": float((actual == predicted).mean()),
-        "kappa": float(cohen_kappa_score(actual, predicted, labels=classes)),
-        "confusion_matrix": confusion_matrix(actual, predicted, labels=classes).tolist(),
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
-        "f1": f1.tolist(),
-        "support": support.tolist(),
-        "macro_f1": float(f1.mean()),
-    }
-
-
-# -- the separately trained digit classifier -------------------------------------------------------
-
-
-class DigitClassifier(nn.Module):
-    """A tiny CNN that judges completions: two strided convolutions and a linear layer.
-
-    It is deliberately independent of the GPT (other architecture, raw pixels, own training), so
-    that "the classifier sees the right digit" measures the completion, not the model's own view.
-    """
-
-    def __init__(self, channels: int = 1, image_size: int = 28, classes: int = 10):
-        super().__init__()
-        self.channels, self.image_size, self.classes = channels, image_size, classes
-        side = math.ceil(math.ceil(image_size / 2) / 2)  # each strided convolution halves the side, rounding up
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, 16, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Flatten(), nn.Linear(32 * side * side, classes),
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits for uint8 images [N, C, H, W]; other sizes are resized to image_size first."""
-        if images.ndim != 4 or images.shape[1] != self.channels:
-            raise ValueError(f"expected images [N, {self.channels}, H, W], got shape {tuple(images.shape)}")
-        x = images.float() / 255
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            # Context-reduced images (n_px < 28) are scaled back up to what the classifier learnt on.
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
-        return self.net(x)
-
-
-@torch.inference_mode()
-def classify_images(classifier: DigitClassifier, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The classifier's label for each uint8 image [N, C, H, W]."""
-    classifier.eval()
-    return torch.cat([classifier(chunk).argmax(dim=-1) for chunk in torch.as_tensor(images).split(batch_size)])
-
-
-def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 1, batch_size: int = 128,
-                           lr: float = 2e-3, seed: int = 0, progress: bool = False) -> DigitClassifier:
-    """Fit a DigitClassifier to uint8 images [N, C, H, W]; one epoch of MNIST gives about 97-98%."""
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    # The seed sets initialisation and batch order without disturbing the caller's random state.
-    # Autocast is switched off: a caller's bfloat16 autocast made this CNN collapse to one class.
-    with torch.random.fork_rng(), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-        torch.manual_seed(seed)
-        classifier = DigitClassifier(images.shape[1], images.shape[-1], int(labels.max()) + 1)
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-        classifier.train()
-        for _ in range(epochs):
-            order = torch.randperm(len(images))
-            for batch in tqdm(order.split(batch_size), desc="digit classifier", unit="batch", leave=False, disable=not progress):
-                loss = F.cross_entropy(classifier(images[batch]), labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    return classifier.eval()
-
-
-def digit_classifier(root: str | Path = "data", dataset: str = "mnist", seed: int = 0, epochs: int = 1,
-                     progress: bool = False) -> tuple[DigitClassifier, dict]:
-    """The reference classifier for `dataset`, trained once and cached under root/classifiers.
-
-    Returns (classifier, info) where info holds its test accuracy and how it was trained. The cache
-    is a safetensors file (no pickled code) whose metadata carries info.
-    """
-    path = Path(root) / "classifiers" / f"{dataset}-cnn-seed{seed}-epochs{epochs}.safetensors"
-    if path.exists():
-        with safe_open(str(path), framework="pt") as file:
-            info = json.loads(file.metadata()["info"])
-        classifier = DigitClassifier(info["channels"], info["image_size"], info["classes"])
-        classifier.load_state_dict(load_file(str(path)))
-        return classifier.eval(), info
-    images, labels = load_split(dataset, root, train=True)
-    started = time.perf_counter()
-    classifier = train_digit_classifier(images, labels, epochs=epochs, seed=seed, progress=progress)
-    seconds = time.perf_counter() - started
-    test_images, test_labels = load_split(dataset, root, train=False)
-    accuracy = float((classify_images(classifier, test_images) == test_labels).float().mean())
-    info = {
-        "dataset": dataset, "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1),
-        "test_accuracy": accuracy, "channels": classifier.channels, "image_size": classifier.image_size,
-        "classes": classifier.classes,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A half-written cache is never mistaken for one, even with two processes training at once.
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    save_file(classifier.state_dict(), str(partial), metadata={"info": json.dumps(info)})
-    partial.replace(path)
-    return classifier, info
-
-
-# -- completion quality ----------------------------------------------------------------------------
-
-
-def _check_completions(originals: torch.Tensor, completions: torch.Tensor, keep: int) -> None:
-    if originals.ndim != 2 or completions.ndim != 3:
-        raise ValueError(f"expected originals [N, T] and completions [N, samples, T], got shapes "
-                         f"{tuple(originals.shape)} and {tuple(completions.shape)}")
-    if completions.shape[0] != originals.shape[0] or completions.shape[2] != originals.shape[1]:
-        raise ValueError(f"completions {tuple(completions.shape)} do not match originals {tuple(originals.shape)}: "
-                         f"expected [{originals.shape[0]}, samples, {originals.shape[1]}]")
-    if not 0 <= keep < originals.shape[1]:
-        raise ValueError(f"keep must lie in 0..{originals.shape[1] - 1} (something must be completed), got {keep}")
-    if not torch.equal(completions[:, :, :keep], originals[:, None, :keep].expand(-1, completions.shape[1], -1)):
-        raise ValueError(f"the completions' first {keep} tokens differ from the originals': "
-                         f"are they in the same order, and was the same `keep` used?")
-
-
-def pixel_agreement(originals: torch.Tensor, completions: torch.Tensor, keep: int) -> float:
-    """The share of completed tokens (positions keep..T-1) equal to the original's token there."""
-    originals, completions = torch.as_tensor(originals), torch.as_tensor(completions)
-    _check_completions(originals, completions, keep)
-    return float((completions[:, :, keep:] == originals[:, None, keep:]).float().mean())
-
-
-def completion_quality(originals: torch.Tensor, completions: torch.Tensor, labels: torch.Tensor, keep: int,
-                       palette: np.ndarray, classifier: DigitClassifier) -> dict:
-    """How good are completions [N, samples, T] of the originals' tokens [N, T], first `keep` kept?
-
-    class_agreement: the share of completions the classifier labels as the original's class
-    (agreeing_completions: how many they are).
-    original_accuracy: the classifier's accuracy on the (palette-coloured) originals themselves,
-    the ceiling class_agreement should be read against. pixel_agreement: see pixel_agreement.
-    """
-    originals, completions, labels = torch.as_tensor(originals), torch.as_tensor(completions), torch.as_tensor(labels)
-    _check_completions(originals, completions, keep)
-    if labels.shape != originals.shape[:1]:
-        raise ValueError(f"expected one label per original ({originals.shape[0]}), got shape {tuple(labels.shape)}")
-    count, samples, _ = completions.shape
-    predicted = classify_images(classifier, decode(completions.flatten(0, 1), palette)).view(count, samples)
-    original_predicted = classify_images(classifier, decode(originals, palette))
-    agreeing = int((predicted == labels[:, None]).sum())
-    return {
-        "class_agreement": agreeing / (count * samples),
-        "agreeing_completions": agreeing,
-        "original_accuracy": float((original_predicted == labels).float().mean()),
-        "pixel_agreement": pixel_agreement(originals, completions, keep),
-        "images": count,
-        "samples": samples,
-        "kept_tokens": keep,
-    }
+def first_and_mistakes(actual, predicted, first: int = 16, mistakes: int = 8):
+    """Indices of the first `first` test images, then of up to `mistakes` later ones predicted wrong:
+    the predictions figure shows typical images and the errors."""
+    later_mistakes = np.flatnonzero(np.asarray(actual)[first:] != np.asarray(predicted)[first:]) + first
+    return np.concatenate([np.arange(min(first, len(actual))), later_mistakes[:mistakes]])
 
 
 # -- everything at once ----------------------------------------------------------------------------
@@ -443,7 +88,7 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     # bfloat16 autocast (as in training) speeds these passes up on CPUs with bf16 instructions;
     # logits and features are still reduced in float32. Sampling is left out: its
     # one-query decode steps run faster in float32.
-    with torch.autocast(_device(model).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         layers = (all_layers(model) if probe_layers is None else list(probe_layers)) if probes else []
         test = split_pass(model, test_loader, likelihood=ar, classes=classification, layers=layers,
                           progress=progress, desc="test split")  # one pass serves all three
@@ -474,6 +119,11 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
         matrix = results["classification"]["confusion_matrix"]
         plots.save_figure(plots.confusion_matrix_plot(matrix), "confusion_matrix", figures, close=True)
         plots.save_figure(plots.actual_vs_predicted(matrix), "actual_vs_predicted", figures, close=True)
+        shown = first_and_mistakes(test.labels, test.predicted, PREDICTIONS_SHOWN)
+        images = decode(datamodule.test_set.tensors[0][shown], datamodule.palette)
+        plots.save_figure(plots.predictions_figure(images, test.labels[shown], test.predicted[shown],
+                                                   title=f"The first {PREDICTIONS_SHOWN} test images, then mistakes"),
+                          "predictions", figures, close=True)
     if figures is not None and "probes" in results:
         plots.save_figure(plots.probe_accuracy_plot(results["probes"]), "linear_probes", figures, close=True)
     results["seconds"] = round(time.perf_counter() - started, 1)

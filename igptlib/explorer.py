@@ -5,15 +5,15 @@ the work is done by the plain functions below, which the widget calls and the te
 
     default_model()                     $IGPT_EXPLORER_MODEL, else the shipped "mnist" model, else None
     keep_mask(n_px, keep, rows)         the kept pixels: the top rows, or the top/bottom/left/right half
-    upright_turns(model, palette, image) the quarter turns under which the model finds an image most likely
     prepare_upload(name, content, ...)  an uploaded PNG or JPEG made into the model's input, with notes
 
 The seed report asks that inverted or rotated inputs still complete like the training digits.
 Inversion is load_image's: a white background is detected (or the Invert toggle decides).
 Rotation is the Turn control's: a quarter turn the user picks, or "auto", where the model judges,
-turning the upload to the orientation it finds most likely. That guess is only as good as the
-model (a small model trained on the CPU found the upright one for about 7 test digits in 10: a
-turned 0, 1, 6 or 8 still looks like a digit), so "none" is the default and auto shows its numbers.
+turning the upload to the orientation it finds most likely (igptlib.robustness.turn_upright, as
+`igpt complete --turn auto`). That guess is only as good as the model (a turned 0, 1, 6 or 8 still
+looks like a digit; `igpt robustness` counts how often it is right), so "none" is the default and
+auto shows its numbers.
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from igptlib.data import DataError, load_split
 from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context
+from igptlib.robustness import QUARTER_TURNS, turn_upright
 from igptlib.sampling import complete_masked
 from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
 
@@ -41,8 +41,7 @@ MODEL_VARIABLE = "IGPT_EXPLORER_MODEL"  # how a launcher (make explorer, the pag
 DEFAULT_MODEL = "mnist"
 KEEP = {"top rows": "rows", "top half": "top", "bottom half": "bottom", "left half": "left", "right half": "right"}
 # Quarter turns anticlockwise (torch.rot90's k) applied to an upload; None: the model's guess.
-TURNS = {"none": 0, "90° anticlockwise": 1, "180°": 2, "90° clockwise": 3, "auto (the model's guess)": None}
-TURN_NAMES = {k: name for name, k in TURNS.items() if k is not None}
+TURNS = {**{name: k for k, name in QUARTER_TURNS.items()}, "auto (the model's guess)": None}
 PATH_CHOICE = "a checkpoint path:"
 SOURCES = ("test image", "random test image", "upload")
 PIXEL_SCALE = 4  # 28x28 pictures shown at 112x112, blocky rather than blurred
@@ -83,24 +82,12 @@ def keep_mask(n_px: int, keep: str, rows: int = 0) -> torch.Tensor:
     return mask
 
 
-@torch.inference_mode()
-def upright_turns(model, palette: np.ndarray, image: torch.Tensor) -> tuple[int, list[float]]:
-    """(k, nats per pixel of each k) for image [C, H, W] turned by k quarter turns anticlockwise,
-    k = 0..3; k is the turn the model finds most likely, which for a model of upright digits
-    is the one that stands the digit up."""
-    turned = torch.stack([torch.rot90(image, k, dims=(-2, -1)) for k in range(4)])
-    tokens = encode(reduce_context(turned, model.config.n_px), palette).to(next(model.parameters()).device)
-    logits = model.eval()(tokens).float()
-    nats = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(dim=1)
-    return int(nats.argmin()), nats.tolist()
-
-
 def prepare_upload(name: str, content: bytes, model, palette: np.ndarray, invert: bool | None = None,
                    turn: int | None = None, max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, list[str]]:
     """An uploaded file's bytes as the model's input, uint8 [C, n_px, n_px], and notes on what was done.
 
     invert: None detects a white background (load_image); turn: quarter turns anticlockwise, None
-    lets the model choose (upright_turns). A file that is not a PNG or JPEG, or that would need more
+    lets the model choose (turn_upright). A file that is not a PNG or JPEG, or that would need more
     than max_pixels once made square, raises ImageLoadError.
     """
     with tempfile.TemporaryDirectory() as folder:
@@ -112,14 +99,8 @@ def prepare_upload(name: str, content: bytes, model, palette: np.ndarray, invert
         except ImageLoadError as error:
             # The temporary folder means nothing to the user; the name they uploaded does.
             raise ImageLoadError(str(error).replace(str(path), name)) from None
-    if turn is None:
-        turn, nats = upright_turns(model, palette, image)
-        likelihoods = ", ".join(f"{TURN_NAMES[k]} {value:.3f}" for k, value in enumerate(nats))
-        done = f"turned {TURN_NAMES[turn]}" if turn else "left as it is"
-        notes.append(f"{done}: the model finds it most likely that way (nats per pixel: {likelihoods})")
-    elif turn:
-        notes.append(f"turned {TURN_NAMES[turn]}, as asked")
-    return torch.rot90(image, turn, dims=(-2, -1)).contiguous(), notes
+    image, turned = turn_upright(model, palette, image, turn)
+    return image, notes + turned
 
 
 @dataclasses.dataclass

@@ -267,18 +267,34 @@ class GPT(nn.Module):
         layer 0 is the input embeddings and layer k the output of block k (k = n_layer: the last).
         Each position's vector is layer-normalised without learned scale, so layers compare on an
         equal footing, then averaged over the sequence. Tokens are read whole, never masked.
+        Only the first `layer` blocks run; forward_all reads several layers from one whole pass.
         """
-        if not 0 <= layer <= self.config.n_layer:
-            raise ValueError(f"layer must lie in 0..{self.config.n_layer}, got {layer}")
+        self._check_layers([layer])
         self._check_tokens(tokens)
-        h = self._blocks(self._whole_input(tokens), layers=layer)
-        return F.layer_norm(h, h.shape[-1:]).mean(dim=1)
+        return pool(self._blocks(self._whole_input(tokens), layers=layer))
+
+    def forward_all(self, tokens: torch.Tensor, layers=()) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+        """(next-pixel logits [B, T, V], class logits [B, num_classes], {layer: features [B, n_embd]})
+        from one pass, each layer's features as `features` gives them: what an evaluation reads."""
+        self._check_tokens(tokens, allow_mask=not self.causal)
+        self._check_layers(layers)
+        x = self._whole_input(tokens)
+        pooled = {0: pool(x)} if 0 in layers else {}
+        for index, block in enumerate(self.blocks, start=1):
+            x = block(x, self.causal)
+            if index in layers:
+                pooled[index] = pool(x)
+        h = self.ln_f(x)
+        return self.head(h), self.clf_head(h.mean(dim=1)), {layer: pooled[layer] for layer in layers}
+
+    def _check_layers(self, layers) -> None:
+        bad = [layer for layer in layers if not 0 <= layer <= self.config.n_layer]
+        if bad:
+            raise ValueError(f"layer must lie in 0..{self.config.n_layer}, got {bad[0]}")
 
     def forward_with_classes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(next-pixel logits [B, T, V], class logits [B, num_classes]) from one pass."""
-        self._check_tokens(tokens, allow_mask=not self.causal)
-        h = self.ln_f(self._blocks(self._whole_input(tokens)))
-        return self.head(h), self.clf_head(h.mean(dim=1))
+        return self.forward_all(tokens)[:2]
 
     def classify(self, tokens: torch.Tensor) -> torch.Tensor:
         """Class logits [B, num_classes] from the average-pooled final features (ln_f applied)."""
@@ -290,6 +306,11 @@ class GPT(nn.Module):
             return ar_loss(self(tokens), tokens)
         masked, mask = mask_tokens(tokens, self.config.mask_prob, self.config.mask_token, generator)
         return bert_loss(self(masked), tokens, mask)
+
+
+def pool(h: torch.Tensor) -> torch.Tensor:
+    """A layer's features for a probe: each position layer-normed without learned scale, then averaged."""
+    return F.layer_norm(h.float(), h.shape[-1:]).mean(dim=1)
 
 
 # -- objectives ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # falls back to the Agg backend by itself on machines without a screen
 import numpy as np
 import torch
+from sklearn.metrics import ConfusionMatrixDisplay
 
 FIGURES = Path("figures")
 
@@ -202,22 +203,30 @@ def _class_names(class_names, count: int) -> list[str]:
 
 
 def confusion_matrix_plot(matrix, class_names=None, title: str = "Confusion matrix"):
-    """A heat map of matrix[actual][predicted] with each cell's count written in it."""
+    """A heat map of matrix[actual][predicted] with each cell's count written in it (scikit-learn's display)."""
     matrix = _square_matrix(matrix)
     names = _class_names(class_names, len(matrix))
     fig, ax = plt.subplots(figsize=(0.55 * len(names) + 2.5, 0.55 * len(names) + 2))
-    image = ax.imshow(matrix, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    threshold = matrix.max() / 2
-    for (row, col), count in np.ndenumerate(matrix):
-        # White text on dark cells, black on light ones, so every count stays legible.
-        ax.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                color="white" if count > threshold else "black")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(len(names)), names)
+    display = ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=ax, cmap="Blues", values_format="d")
+    for text in display.text_.flat:
+        text.set_fontsize(7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)
+    return fig
+
+
+def predictions_figure(images, actual, predicted, ncols: int = 8, title: str = "Test images and their predicted labels"):
+    """uint8 images [N, C, H, W], each titled with its predicted label; a mistake in red, with the
+    true label beside it (the seed's figure 6.4)."""
+    actual, predicted = np.asarray(actual), np.asarray(predicted)
+    if not len(images) == len(actual) == len(predicted):
+        raise ValueError(f"{len(images)} images, {len(actual)} labels and {len(predicted)} predictions: expected one each")
+    fig = image_grid(images, ncols, title=title, scale=1.0)
+    for ax, truth, guess in zip(fig.axes, actual, predicted):
+        wrong = truth != guess
+        ax.set_title(f"{guess} (is {truth})" if wrong else f"{guess}", color="tab:red" if wrong else "black", fontsize=8)
+    fig.tight_layout()
     return fig
 
 
@@ -248,7 +257,7 @@ def actual_vs_predicted(matrix, class_names=None, title: str = "Actual vs predic
 
 
 def probe_accuracy_plot(probes: dict, title: str = "Linear probe accuracy per layer"):
-    """Validation and test accuracy of the linear probes against the layer (igptlib.evaluate.linear_probes).
+    """Validation and test accuracy of the linear probes against the layer (igptlib.metrics.linear_probes).
 
     Accepts the dict as evaluate returns it or as read back from JSON (layer keys as strings).
     """

@@ -31,7 +31,7 @@ from igptlib.config import read_json
 RECORDS = Path("report/runs")
 SHIPPED_PREFIX = "shipped-"
 FILES = ("config.yaml", "metrics.json", "evaluation.json", "commands.txt")
-FIGURES = ("completions.png", "linear_probes.png", "confusion_matrix.png", "actual_vs_predicted.png")
+FIGURES = ("completions.png", "linear_probes.png", "confusion_matrix.png", "actual_vs_predicted.png", "predictions.png")
 STAGES = ("", "finetune")  # pre-training in the folder itself, fine-tuning in finetune/
 
 

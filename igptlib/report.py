@@ -49,8 +49,10 @@ CAPTIONS = {  # the figures a record may hold, in the order they are shown
     "figures/linear_probes.png": "linear probe accuracy per layer",
     "figures/confusion_matrix.png": "confusion matrix",
     "figures/actual_vs_predicted.png": "actual vs predicted",
+    "figures/predictions.png": "test images and their predicted labels (mistakes in red)",
     "finetune/figures/confusion_matrix.png": "fine-tuned: confusion matrix",
     "finetune/figures/actual_vs_predicted.png": "fine-tuned: actual vs predicted",
+    "finetune/figures/predictions.png": "fine-tuned: test images and their predicted labels (mistakes in red)",
 }
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from igptlib.evaluate import classify_images, pixel_agreement
 from igptlib.images import has_white_background
-from igptlib.quantize import decode, encode
+from igptlib.judge import classify_images, pixel_agreement
+from igptlib.metrics import nats_per_image
+from igptlib.quantize import decode, encode, reduce_context
 from igptlib.sampling import complete, keep_rows
 
 TRANSFORMS = {  # name: (inverted, degrees anticlockwise)
@@ -32,6 +32,8 @@ TRANSFORMS = {  # name: (inverted, degrees anticlockwise)
     "rotated 10°": (False, 10), "rotated 20°": (False, 20), "rotated 30°": (False, 30),
     "turned 90°": (False, 90), "turned 180°": (False, 180), "turned 270°": (False, 270),
 }
+# Quarter turns anticlockwise (torch.rot90's k) as `igpt complete --turn` and the explorer name them.
+QUARTER_TURNS = {0: "none", 1: "90° anticlockwise", 2: "180°", 3: "90° clockwise"}
 # The rotations the orientation handling may undo: every quarter turn, each with small corrections.
 ORIENTATIONS = [turn + small for turn in (0, 90, 180, 270) for small in (-30, -20, -10, 0, 10, 20, 30)]
 
@@ -47,21 +49,36 @@ def detect_inversion(images: torch.Tensor) -> torch.Tensor:
     return torch.tensor([has_white_background(image.float().mean(dim=0).numpy()) for image in images])
 
 
-@torch.inference_mode()
-def most_likely_rotation(model, palette: np.ndarray, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Per image, the rotation in ORIENTATIONS whose undoing the model finds most likely (lowest nats/px)."""
-    device = next(model.parameters()).device
-    model.eval()
-    chosen = []
-    for image in images:
-        candidates = torch.stack([transform(image[None], False, -angle)[0] for angle in ORIENTATIONS])
-        nats = []
-        for chunk in encode(candidates, palette).split(batch_size):
-            tokens = chunk.to(device)
-            logits = model(tokens).float()
-            nats.append(F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none").mean(dim=1).cpu())
-        chosen.append(ORIENTATIONS[int(torch.cat(nats).argmin())])
-    return torch.tensor(chosen)
+def rotation_nats(model, palette: np.ndarray, image: torch.Tensor, degrees) -> torch.Tensor:
+    """Nats per pixel of image [C, H, W] rotated by each of `degrees` anticlockwise, as the model reads
+    it (reduced to its n_px): lower is more likely, so the argmin is the model's choice."""
+    candidates = torch.cat([transform(image[None], False, angle) for angle in degrees])
+    return nats_per_image(model, encode(reduce_context(candidates, model.config.n_px), palette))
+
+
+def most_likely_rotation(model, palette: np.ndarray, images: torch.Tensor) -> torch.Tensor:
+    """Per image, the rotation in ORIENTATIONS whose undoing the model finds most likely."""
+    undo = [-angle for angle in ORIENTATIONS]
+    return torch.tensor([ORIENTATIONS[int(rotation_nats(model, palette, image, undo).argmin())] for image in images])
+
+
+def turn_upright(model, palette: np.ndarray, image: torch.Tensor, turn: int | None) -> tuple[torch.Tensor, list[str]]:
+    """(image [C, H, W] turned by `turn` quarter turns anticlockwise, notes on what was done); turn
+    None lets the model choose the quarter turn under which it finds the image most likely, which
+    for a model of upright digits is the one that stands the digit up (`igpt complete --turn auto`
+    and the explorer's Turn control)."""
+    notes = []
+    if turn is None:
+        nats = rotation_nats(model, palette, image, [90 * k for k in QUARTER_TURNS])
+        turn = int(nats.argmin())
+        likelihoods = ", ".join(f"{QUARTER_TURNS[k]} {value:.3f}" for k, value in enumerate(nats.tolist()))
+        done = f"turned {QUARTER_TURNS[turn]}" if turn else "left as it is"
+        notes.append(f"{done}: the model finds it most likely that way (nats per pixel: {likelihoods})")
+    elif turn not in QUARTER_TURNS:
+        raise ValueError(f"turn must be a number of quarter turns in 0..3 or None (the model's choice), got {turn!r}")
+    elif turn:
+        notes.append(f"turned {QUARTER_TURNS[turn]}, as asked")
+    return torch.rot90(image, turn, dims=(-2, -1)).contiguous(), notes
 
 
 def handle(model, palette: np.ndarray, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

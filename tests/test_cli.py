@@ -63,6 +63,23 @@ def test_igpt_complete_draws_the_completion_figure(mnist_root, tiny_checkpoint, 
     assert out.stat().st_size > 0
 
 
+def test_igpt_complete_turns_the_image_as_asked_or_as_the_model_finds_it_most_likely(mnist_root, tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from igptlib.data import load_split
+
+    Image.fromarray(load_split("mnist", mnist_root, train=False)[0][0, 0].numpy()).save(tmp_path / "seven.png")
+    args = ["complete", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "seven.png"), "--samples", "1",
+            "--out", str(tmp_path / "completion.png")]
+    assert main(args + ["--turn", "90"]) == 0
+    assert "turned 90° anticlockwise, as asked" in capsys.readouterr().out
+    assert main(args + ["--turn", "auto"]) == 0
+    assert "the model finds it most likely that way (nats per pixel: none " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args + ["--turn", "45"])
+    assert "invalid choice: '45'" in capsys.readouterr().err
+
+
 def test_igpt_complete_errors_are_clear(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not a picture")
     assert main(["complete", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "notes.png")]) == 2

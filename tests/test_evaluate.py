@@ -11,23 +11,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from igptlib.config import DataConfig, ModelConfig, model_config
 from igptlib.data import PixelDataModule, load_split
-from igptlib.evaluate import (
-    add_evaluate_arguments,
+from igptlib.evaluate import add_evaluate_arguments, evaluate_model, first_and_mistakes, run_evaluate, unaugmented_train_loader
+from igptlib.judge import classify_images, completion_quality, digit_classifier, pixel_agreement, train_digit_classifier
+from igptlib.metrics import (
     classification_metrics,
-    classify_images,
-    completion_quality,
-    digit_classifier,
-    evaluate_model,
     layer_features,
     likelihood,
     linear_probe,
     linear_probes,
+    nats_per_image,
     nats_to_bits,
-    pixel_agreement,
     predict_classes,
-    run_evaluate,
-    train_digit_classifier,
-    unaugmented_train_loader,
 )
 from igptlib.model import GPT, ar_loss
 
@@ -96,6 +90,23 @@ def test_one_pass_for_likelihood_and_classes_equals_the_separate_passes():
     np.testing.assert_array_equal(predicted, expected_predicted)
 
 
+def test_per_image_nats_average_to_the_likelihood_and_rank_a_memorised_image_first():
+    model = tiny()
+    loader = token_loader(model, count=5, batch_size=2)
+    tokens = torch.cat([batch for batch, _ in loader])
+    nats = nats_per_image(model, tokens, batch_size=2)
+    assert nats.shape == (5,)
+    assert nats.mean().item() == pytest.approx(likelihood(model, loader)["nats_per_pixel"], rel=1e-5)
+    # A model that has learnt one image finds it the most likely of the five.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = ar_loss(model(tokens[3:4]), tokens[3:4])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert int(nats_per_image(model, tokens).argmin()) == 3
+
+
 def test_likelihood_refuses_a_bert_model_and_an_empty_loader():
     with pytest.raises(ValueError, match="autoregressive"):
         likelihood(tiny(objective="bert"), token_loader(tiny()))
@@ -158,8 +169,7 @@ def test_one_pass_features_equal_the_models_own():
     assert sorted(features) == [0, 1, 2] and len(labels) == 7
     for layer, values in features.items():
         torch.testing.assert_close(torch.from_numpy(values), model.features(tokens, layer), rtol=1e-5, atol=1e-5)
-    assert not model.blocks[0]._forward_pre_hooks and not model.blocks[1]._forward_hooks  # hooks removed
-    with pytest.raises(ValueError, match=r"layers must lie in 0\.\.2"):
+    with pytest.raises(ValueError, match=r"layer must lie in 0\.\.2"):
         layer_features(model, loader, layers=[3])
 
 
@@ -267,7 +277,14 @@ def test_evaluate_model_writes_every_metric_and_figure(datamodule, classifier, t
     assert results["probes"]["train_examples"] == 100
     json.loads(json.dumps(results))
     names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == ["actual_vs_predicted.png", "completions.png", "confusion_matrix.png", "linear_probes.png"]
+    assert names == ["actual_vs_predicted.png", "completions.png", "confusion_matrix.png", "linear_probes.png", "predictions.png"]
+
+
+def test_the_predictions_figure_shows_the_first_images_then_later_mistakes():
+    actual = np.array([1, 2, 3, 4, 5, 6])
+    predicted = np.array([1, 0, 3, 0, 0, 0])
+    np.testing.assert_array_equal(first_and_mistakes(actual, predicted, first=2, mistakes=2), [0, 1, 3, 4])
+    np.testing.assert_array_equal(first_and_mistakes(actual, actual, first=10), np.arange(6))
 
 
 def test_evaluate_model_in_bfloat16_agrees_with_float32(datamodule):

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from igptlib.data import load_split
-from igptlib.explorer import PATH_CHOICE, Explorer, default_model, keep_mask, upright_turns
+from igptlib.explorer import PATH_CHOICE, Explorer, default_model, keep_mask
+from igptlib.robustness import rotation_nats
 from igptlib.quantize import encode
 from igptlib.bench_sampling import complete_naive
 from igptlib.sampling import complete_masked
@@ -160,7 +161,8 @@ def test_auto_turn_takes_the_orientation_the_model_finds_most_likely(explorer, t
     upload(explorer, "digit.png", png_bytes(digit[0].numpy()))
     explorer.turn.value = "auto (the model's guess)"
     result = explorer.complete()
-    turn, nats = upright_turns(tiny.model, tiny.palette, digit)
+    nats = rotation_nats(tiny.model, tiny.palette, digit, [0, 90, 180, 270]).tolist()
+    turn = nats.index(min(nats))
     assert torch.equal(result.image, torch.rot90(digit, turn, (-2, -1)))
     assert any("the model finds it most likely that way" in note and f"{min(nats):.3f}" in note for note in result.notes)
 

@@ -156,6 +156,20 @@ def test_features_and_classification_shapes():
         model.features(tokens, 3)
 
 
+def test_one_whole_pass_gives_the_logits_the_classes_and_every_layers_features():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    tokens = random_tokens(model.config)
+    logits, classes, features = model.forward_all(tokens, layers=[2, 0])
+    torch.testing.assert_close(logits, model(tokens))
+    torch.testing.assert_close(classes, model.classify(tokens))
+    assert list(features) == [2, 0]  # in the order asked for
+    for layer in (0, 2):
+        torch.testing.assert_close(features[layer], model.features(tokens, layer))
+    with pytest.raises(ValueError, match="layer must lie in 0..2, got -1"):
+        model.forward_all(tokens, layers=[-1])
+
+
 def test_ar_loss_of_a_uniform_model_is_log_vocab():
     logits = torch.zeros(2, 10, 16)
     tokens = torch.randint(0, 16, (2, 10))

@@ -7,13 +7,15 @@ import pytest
 from PIL import Image
 
 from igptlib.data import load_split
-from igptlib.evaluate import classification_metrics, classify_images, digit_classifier
+from igptlib.judge import classify_images, digit_classifier
+from igptlib.metrics import classification_metrics
 from igptlib.plots import (
     actual_vs_predicted,
     comparison_curves,
     completion_figure,
     confusion_matrix_plot,
     image_grid,
+    predictions_figure,
     loss_curves,
     metrics_files,
     probe_accuracy_plot,
@@ -157,6 +159,21 @@ def test_confusion_matrix_and_actual_vs_predicted_from_a_real_classifier(mnist_r
     assert len(bubbles.get_offsets()) == np.count_nonzero(matrix)  # one bubble per (actual, predicted) pair seen
     assert f"{np.trace(matrix)} of 1000 on the diagonal" in fig.axes[0].get_title()
     assert_png(save_figure(fig, "actual_vs_predicted", tmp_path, close=True))
+
+
+def test_predictions_figure_titles_each_image_with_its_prediction_and_marks_mistakes(mnist_root, test_digits, tmp_path):
+    images, labels = test_digits
+    classifier, _ = digit_classifier(mnist_root)
+    predicted = classify_images(classifier, images[:24]).numpy()
+    predicted[0] = (labels[0].item() + 1) % 10  # one mistake for certain
+    fig = predictions_figure(images[:24], labels[:24].numpy(), predicted)
+    titles = [ax.title for ax in fig.axes[:24]]
+    assert titles[0].get_text() == f"{predicted[0]} (is {labels[0].item()})" and titles[0].get_color() == "tab:red"
+    right = [i for i in range(24) if predicted[i] == labels[i]]
+    assert right and all(titles[i].get_text() == str(predicted[i]) and titles[i].get_color() == "black" for i in right)
+    assert_png(save_figure(fig, "predictions", tmp_path, close=True))
+    with pytest.raises(ValueError, match="expected one each"):
+        predictions_figure(images[:3], labels[:2].numpy(), predicted[:3])
 
 
 def test_matrix_plots_reject_bad_input():

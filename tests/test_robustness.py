@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from igptlib.data import load_split
-from igptlib.evaluate import digit_classifier
-from igptlib.robustness import ORIENTATIONS, TRANSFORMS, detect_inversion, handle, measure, transform
+from igptlib.judge import digit_classifier
+from igptlib.robustness import ORIENTATIONS, TRANSFORMS, detect_inversion, handle, measure, rotation_nats, transform, turn_upright
 from igptlib.shipped import load_model
 
 
@@ -31,6 +31,24 @@ def test_the_handling_undoes_an_inversion_and_picks_an_orientation_the_model_fin
     assert handled.shape == images.shape and handled.dtype == torch.uint8
     assert inverted.all()
     assert set(rotation.tolist()) <= set(ORIENTATIONS)
+
+
+def test_turn_upright_turns_as_asked_or_takes_the_quarter_turn_the_model_finds_most_likely(test_images):
+    images, _ = test_images
+    module = load_model("mnist")
+    digit = images[0]
+    turned, notes = turn_upright(module.model, module.palette, digit, 3)
+    assert torch.equal(turned, torch.rot90(digit, 3, (-2, -1))) and notes == ["turned 90° clockwise, as asked"]
+    # Quarter turns by rotate and by rot90 are the same pixels, so the model judges what it is given.
+    for k in range(4):
+        assert torch.equal(transform(digit[None], False, 90 * k)[0], torch.rot90(digit, k, (-2, -1)))
+    shown = torch.rot90(digit, 1, (-2, -1))
+    nats = rotation_nats(module.model, module.palette, shown, [0, 90, 180, 270])
+    chosen, notes = turn_upright(module.model, module.palette, shown, None)
+    assert torch.equal(chosen, torch.rot90(shown, int(nats.argmin()), (-2, -1)))
+    assert "most likely that way" in notes[0] and f"{nats.min():.3f}" in notes[0]
+    with pytest.raises(ValueError, match="quarter turns in 0..3"):
+        turn_upright(module.model, module.palette, digit, 4)
 
 
 def test_a_row_of_the_table_measures_completion_and_classification(mnist_root, test_images):

@@ -1,0 +1,227 @@
+"""Metrics of a model on a split: likelihood, linear probes per layer, classification.
+
+    split_pass        one forward pass over a split: likelihood, class predictions and layer features
+    likelihood        mean next-pixel cross-entropy, nats and bits per pixel (AR); nats_per_image per image
+    linear probes     per layer: average-pooled normed features, standardised, logistic regression;
+                      fitted on the training split, the best layer chosen on validation, scored on test
+    classification    accuracy, confusion matrix, Cohen's kappa, precision/recall/F1 per class
+
+igptlib.evaluate runs them all on a checkpoint; igptlib.judge measures completions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def nats_to_bits(nats: float) -> float:
+    """Nats per pixel to bits per pixel: divide by ln 2."""
+    return nats / math.log(2)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# -- one pass over a split -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SplitPass:
+    """What one forward pass over a split gives: whichever of these were asked for."""
+
+    labels: np.ndarray  # the loader's labels [N]
+    likelihood: dict | None = None  # nats and bits per pixel (AR models)
+    predicted: np.ndarray | None = None  # the classification head's labels [N]
+    features: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # {layer: [N, n_embd]}
+
+
+@torch.inference_mode()
+def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False, layers=(),
+               progress: bool = False, desc: str = "pass") -> SplitPass:
+    """Likelihood, class predictions and layer features (GPT.forward_all) of every image the loader
+    yields, from one forward pass per batch: an evaluation that wants all three of the test split
+    pays for one pass.
+
+    likelihood: mean next-pixel cross-entropy over every pixel, the sum divided once at the end so
+    that unequal batch sizes weigh right; the model must be autoregressive.
+    """
+    if likelihood and model.config.objective != "ar":
+        raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
+    layers = list(layers)
+    model.eval()
+    device = _device(model)
+    total, pixels = 0.0, 0
+    labels, predicted = [], []
+    features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for tokens, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        tokens = tokens.to(device)
+        logits, class_logits, pooled = model.forward_all(tokens, layers)
+        if likelihood:  # reduced in float32 even if the model runs in lower precision
+            total += F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="sum").item()
+            pixels += tokens.numel()
+        if classes:
+            predicted.append(class_logits.argmax(dim=-1).cpu())
+        for layer in layers:
+            features[layer].append(pooled[layer].float().cpu())
+        labels.append(batch_labels)
+    if not labels:
+        raise ValueError("the loader yielded no images")
+    result = SplitPass(labels=torch.cat(labels).numpy(),
+                       features={layer: torch.cat(chunks).numpy() for layer, chunks in features.items()})
+    if likelihood:
+        nats = total / pixels
+        result.likelihood = {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
+    if classes:
+        result.predicted = torch.cat(predicted).numpy()
+    return result
+
+
+@torch.inference_mode()
+def nats_per_image(model, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Each image's mean next-pixel cross-entropy [N] for tokens [N, T] (AR): lower is more likely.
+    The model's judgement of which of several versions of an image (turned, say) is the usual one."""
+    model.eval()
+    device = _device(model)
+    nats = []
+    for chunk in tokens.split(batch_size):
+        chunk = chunk.to(device)
+        nats.append(F.cross_entropy(model(chunk).float().transpose(1, 2), chunk, reduction="none").mean(dim=1).cpu())
+    return torch.cat(nats)
+
+
+def all_layers(model) -> list[int]:
+    return list(range(model.config.n_layer + 1))
+
+
+# -- likelihood ------------------------------------------------------------------------------------
+
+
+def likelihood(model, loader, progress: bool = False, classes: bool = False):
+    """Mean next-pixel cross-entropy over every pixel of every image the loader yields (AR models).
+
+    With classes=True the same pass also reads the classification head, and the result is
+    (likelihood dict, actual labels, predicted labels), as predict_classes gives them.
+    """
+    found = split_pass(model, loader, likelihood=True, classes=classes, progress=progress, desc="likelihood")
+    return (found.likelihood, found.labels, found.predicted) if classes else found.likelihood
+
+
+# -- linear probes ---------------------------------------------------------------------------------
+
+
+def layer_features(model, loader, layers: list[int] | None = None, progress: bool = False) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Features of several layers (default all) from one pass per batch: ({layer: [N, n_embd]}, labels [N])."""
+    layers = all_layers(model) if layers is None else list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    found = split_pass(model, loader, layers=layers, progress=progress, desc="features")
+    return found.features, found.labels
+
+
+def fit_linear_probe(features, labels, max_iter: int = 1000, seed: int = 0):
+    """A logistic regression on standardised features (a scikit-learn pipeline; .score gives accuracy).
+
+    Standardising with the training set's mean and spread first lets the probe converge in a few
+    hundred L-BFGS steps, whatever the scale of the layer.
+    """
+    _check_examples("train", features, labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("the training labels hold a single class: a probe needs at least two")
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed)).fit(features, labels)
+
+
+def _check_examples(split: str, features, labels) -> None:
+    if len(features) != len(labels):
+        raise ValueError(f"{split}: {len(features)} feature rows but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError(f"{split}: no examples")
+
+
+def probe_accuracy(probe, features, labels, split: str = "test") -> float:
+    _check_examples(split, features, labels)
+    return float(probe.score(features, labels))
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, max_iter: int = 1000, seed: int = 0) -> float:
+    """Accuracy on the test features of a probe fitted on the train features."""
+    _check_examples("test", test_features, test_labels)
+    return probe_accuracy(fit_linear_probe(train_features, train_labels, max_iter, seed), test_features, test_labels)
+
+
+def probes_from_features(train: SplitPass, val: SplitPass, test: SplitPass, max_iter: int = 1000, seed: int = 0,
+                         progress: bool = False) -> dict:
+    """A linear probe per layer, fitted once on train; the best layer is picked on validation and
+    reported on test. Picking on validation keeps the test accuracy an honest estimate (picking the
+    best of several test scores would flatter it)."""
+    if not train.features:
+        raise ValueError("no layer's features to probe")
+    val_accuracy, test_accuracy = {}, {}
+    for layer in tqdm(train.features, desc="probes", unit="layer", leave=False, disable=not progress):
+        probe = fit_linear_probe(train.features[layer], train.labels, max_iter, seed)
+        val_accuracy[layer] = probe_accuracy(probe, val.features[layer], val.labels, "validation")
+        test_accuracy[layer] = probe_accuracy(probe, test.features[layer], test.labels)
+    best = max(val_accuracy, key=val_accuracy.get)
+    return {
+        "val_accuracy": val_accuracy,
+        "test_accuracy": test_accuracy,
+        "best_layer": best,
+        "best_test_accuracy": test_accuracy[best],
+        "train_examples": len(train.labels),
+    }
+
+
+def linear_probes(model, train_loader, val_loader, test_loader, layers: list[int] | None = None,
+                  max_iter: int = 1000, seed: int = 0, progress: bool = False) -> dict:
+    """probes_from_features on the three loaders' features. The train loader should yield unaugmented images."""
+    layers = all_layers(model) if layers is None else list(layers)
+    train, val, test = (split_pass(model, loader, layers=layers, progress=progress, desc=f"{name} features")
+                        for name, loader in (("train", train_loader), ("validation", val_loader), ("test", test_loader)))
+    return probes_from_features(train, val, test, max_iter, seed, progress)
+
+
+# -- classification --------------------------------------------------------------------------------
+
+
+def predict_classes(model, loader, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(actual labels, the classification head's predictions) over every image of the loader."""
+    found = split_pass(model, loader, classes=True, progress=progress, desc="classify")
+    return found.labels, found.predicted
+
+
+def classification_metrics(actual, predicted, num_classes: int = 10) -> dict:
+    """Accuracy, Cohen's kappa, confusion matrix and per-class precision/recall/F1.
+
+    confusion_matrix[i][j] counts images of class i predicted as class j. Every class in
+    0..num_classes-1 gets a row and a column, present or not, so matrices of runs compare.
+    """
+    actual, predicted = np.asarray(actual), np.asarray(predicted)
+    if actual.ndim != 1 or actual.shape != predicted.shape:
+        raise ValueError(f"expected two equally long 1-d label arrays, got shapes {actual.shape} and {predicted.shape}")
+    if len(actual) == 0:
+        raise ValueError("no labels to compare")
+    for name, values in (("actual", actual), ("predicted", predicted)):
+        if values.min() < 0 or values.max() >= num_classes:
+            raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}, got {values.min()}..{values.max()}")
+    classes = list(range(num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(actual, predicted, labels=classes, zero_division=0)
+    return {
+        "accuracy": float((actual == predicted).mean()),
+        "kappa": float(cohen_kappa_score(actual, predicted, labels=classes)),
+        "confusion_matrix": confusion_matrix(actual, predicted, labels=classes).tolist(),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": support.tolist(),
+        "macro_f1": float(f1.mean()),
+    }
