@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from igptlib.config import model_config, positive_int
+from igptlib.config import DataConfig, model_config, positive_int
 from igptlib.model import GPT
 from igptlib.sampling import _check_sampling, complete, keep_rows, sample_next
 
@@ -79,16 +79,17 @@ def _seconds(function, repeats: int) -> float:
 
 
 def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: int = 14, repeats: int = 3) -> dict:
-    """Seconds to complete the bottom (28 - rows) rows of `images` 28x28 images: cached, naive and,
-    when transformers is installed, transformers' generate()."""
+    """Seconds to complete the bottom (n_px - rows) rows of `images` MNIST-shaped images (the default
+    DataConfig's side and palette): cached, naive and, when transformers is installed, transformers' generate()."""
     torch.manual_seed(0)
-    model = GPT(model_config(preset, vocab_size=16, n_px=28, norm="rms")).eval()
-    tokens = torch.randint(0, 16, (images, 28 * 28))
-    keep = keep_rows(28, rows)
+    data = DataConfig()
+    model = GPT(model_config(preset, vocab_size=data.clusters, n_px=data.n_px, norm="rms")).eval()
+    tokens = torch.randint(0, data.clusters, (images, data.n_px ** 2))
+    keep = keep_rows(data.n_px, rows)
     cached = _seconds(lambda: complete(model, tokens, keep, samples=samples, seed=0), repeats)
     naive = _seconds(lambda: complete_naive(model, tokens, keep, samples=samples, seed=0), 1)
     result = {
-        "preset": preset, "images": images, "samples": samples, "pixels_sampled": 28 * 28 - keep,
+        "preset": preset, "images": images, "samples": samples, "pixels_sampled": data.n_px ** 2 - keep,
         "threads": torch.get_num_threads(), "cached_s": cached, "naive_s": naive, "speedup": naive / cached,
     }
     if importlib.util.find_spec("transformers") is not None:
