@@ -63,7 +63,7 @@ pipeline: data
 
 # The S/M/L sweep (sized for a GPU): training, completion and evaluation notebooks per size.
 sweep: data
-	$(IGPT) sweep --sizes $(SIZES) --dataset $(DATASET)
+	$(IGPT) sweep --sizes $(SIZES) --dataset $(DATASET) --preset-schedule
 
 report: setup
 	$(IGPT) report

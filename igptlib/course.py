@@ -43,8 +43,11 @@ class CourseParameters(Config):
     dataset: str = "mnist"
     size: str = "xs"  # model preset: xs (CPU), s, m, l
     objective: str = "ar"
-    steps: int = 300  # pre-training steps (the xs default fits the 20-minute CPU pipeline)
-    finetune_steps: int = 150  # fine-tuning steps (L_GEN + L_CLF) from the pre-trained checkpoint
+    # Pre-training steps (the xs default fits the 20-minute CPU pipeline); None: the size's preset
+    # schedule (its steps, warm-up, validation and checkpoints), what the GPU sweep trains.
+    steps: int | None = 300
+    # Fine-tuning steps (L_GEN + L_CLF) from the pre-trained checkpoint; None: a tenth of pre-training.
+    finetune_steps: int | None = 150
     probe_train: int = 5000  # training images the linear probes are fitted on
     batch_size: int = 64
     seed: int = 0
@@ -61,6 +64,8 @@ class CourseParameters(Config):
     def validate(self):
         DataConfig(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size, seed=self.seed)
         for name in ("steps", "finetune_steps", "samples", "probe_train"):
+            if getattr(self, name) is None and name in ("steps", "finetune_steps"):
+                continue
             if getattr(self, name) < 1:
                 raise ConfigError(f"parameter {name}: expected a positive integer, got {getattr(self, name)}")
         if self.device not in DEVICES:
@@ -108,26 +113,30 @@ def parameters(namespace: dict, names_before: set[str]) -> CourseParameters:
 
 def run_configs(params: CourseParameters):
     """(pre-training, fine-tuning) RunConfigs for the parameters: the size's preset with the
-    notebook's steps, batch size and seed; smoke mode shrinks data, steps and validation."""
+    notebook's steps, batch size and seed (or, with steps None, the preset's own schedule); smoke
+    mode shrinks data, steps and validation."""
     config = run_config(params.size, params.dataset, params.objective, root=params.data_root,
                         batch_size=params.batch_size, seed=params.seed)
-    # Smoke runs still have to pass the notebooks' checks (the loss falls, accuracy beats chance).
-    steps, finetune_steps = (20, 60) if params.smoke else (params.steps, params.finetune_steps)
+    # The test split is 07_evaluation's: a test pass here would only repeat it.
+    train = config.train.replace(progress_bar=not params.smoke, test=False, accelerator=params.device)
+    optim = config.optim
+    if params.smoke:  # smoke runs still have to pass the notebooks' checks (the loss falls, accuracy beats chance)
+        steps, finetune_steps = 20, 60
+    else:
+        steps = config.train.steps if params.steps is None else params.steps
+        finetune_steps = max(steps // 10, 1) if params.finetune_steps is None else params.finetune_steps
     data = params.data_config() if params.smoke else config.data
-    every = max(steps // 5, 1)
-    pretrain = config.replace(
-        data=data.to_dict(),
-        optim=config.optim.replace(warmup_steps=min(config.optim.warmup_steps, steps // 5)).to_dict(),
-        # The test split is 07_evaluation's: a test pass here would only repeat it.
-        train=config.train.replace(steps=steps, val_every=every, save_every=every, checkpoint_steps=[], log_every=max(steps // 30, 1),
-                                   val_batches=2 if params.smoke else 10, progress_bar=not params.smoke, test=False,
-                                   accelerator=params.device).to_dict(),
-    )
+    if params.smoke or params.steps is not None:
+        every = max(steps // 5, 1)
+        optim = optim.replace(warmup_steps=min(optim.warmup_steps, steps // 5))
+        train = train.replace(steps=steps, val_every=every, save_every=every, checkpoint_steps=[],
+                              log_every=max(steps // 30, 1), val_batches=2 if params.smoke else 10)
+    pretrain = config.replace(data=data.to_dict(), optim=optim.to_dict(), train=train.to_dict())
     finetune = pretrain.replace(
         optim=pretrain.optim.replace(finetune=True, lr=pretrain.optim.lr / 3,
                                      warmup_steps=max(finetune_steps // 10, 1)).to_dict(),
         train=pretrain.train.replace(steps=finetune_steps, val_every=max(finetune_steps // 3, 1),
-                                     save_every=max(finetune_steps // 3, 1),
+                                     save_every=max(finetune_steps // 3, 1), checkpoint_steps=[],
                                      init_from=str(params.run_path / "checkpoints" / "best.ckpt")).to_dict(),
     )
     return pretrain, finetune

@@ -1,6 +1,8 @@
 """Papermill runs of the course: the notebooks of one model size executed into that size's run folder.
 
-`igpt sweep --sizes s m l` runs the training, completion and evaluation notebooks once per size;
+`igpt sweep --sizes s m l --preset-schedule` (`make sweep`) runs the training, completion and
+evaluation notebooks once per size, each size trained for its preset's own schedule
+(igptlib.config.TRAIN_PRESETS) rather than the notebooks' few hundred CPU steps;
 the executed notebooks are kept in each run folder (runs/<dataset>-<size>/notebooks/), beside the
 checkpoints, logs and metrics the notebooks write there. Each finished run is then recorded in
 report/runs/<dataset>-<size>/ (igptlib.records), from which `igpt report` builds the report.
@@ -11,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from igptlib.config import DEVICES
+from igptlib.config import DEVICES, positive_int
 from igptlib.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +50,11 @@ def execute(notebook: str, out: Path, parameters: dict) -> Path:
 
 def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, runs: str | Path = "runs",
           steps: int | None = None, smoke: bool = False, device: str = "auto", records: str | Path | None = None,
-          command: list[str] | None = None) -> list[Path]:
+          command: list[str] | None = None, preset_schedule: bool = False) -> list[Path]:
     """Run `notebooks` for every size; return the run folders, in order.
+
+    steps: pre-training steps for every size (None: the notebooks' own); preset_schedule: each
+    size trains for its preset's schedule instead, and fine-tunes for a tenth of it.
 
     records: where to record each finished run for the report (igptlib.records; None: nowhere),
     with `command` noted in its run folder as what made it.
@@ -62,7 +67,9 @@ def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, run
         # No inline TensorBoard: its server would outlive the notebook's kernel.
         parameters = {"dataset": dataset, "size": size, "run_dir": str(folder.resolve()), "smoke": smoke,
                       "device": device, "show_tensorboard": False}
-        if steps is not None:
+        if preset_schedule:
+            parameters.update(steps=None, finetune_steps=None)
+        elif steps is not None:
             parameters["steps"] = steps
         for notebook in notebooks:
             print(f"{size}: {notebook} -> {folder / 'notebooks'}", flush=True)
@@ -81,7 +88,10 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--notebooks", nargs="+", default=list(PIPELINE), help=f"default: {' '.join(PIPELINE)}")
     parser.add_argument("--runs", default="runs", help="where the run folders go (default: runs)")
-    parser.add_argument("--steps", type=int, help="training steps (default: the notebook's)")
+    schedule = parser.add_mutually_exclusive_group()
+    schedule.add_argument("--steps", type=positive_int, help="pre-training steps for every size (default: the notebooks')")
+    schedule.add_argument("--preset-schedule", action="store_true",
+                          help="train each size for its preset's own schedule, fine-tune for a tenth of it (the GPU sweep)")
     parser.add_argument("--smoke", action="store_true", help="tiny data and steps, as the tests run them")
     parser.add_argument("--records", default="report/runs",
                         help="record each finished run here for the report (default: report/runs; smoke runs are not recorded)")
@@ -94,4 +104,5 @@ def run_sweep(args) -> None:
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("papermill").setLevel(logging.INFO)
     sweep(args.sizes, args.dataset, args.notebooks, args.runs, args.steps, args.smoke, args.device,
-          records=None if args.smoke else args.records, command=getattr(args, "invocation", None))
+          records=None if args.smoke else args.records, command=getattr(args, "invocation", None),
+          preset_schedule=args.preset_schedule)

@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from igptlib.config import run_config
+from igptlib.course import CourseParameters, run_configs
 from igptlib.report import build_report
 from igptlib.sweep import execute, sweep
 
@@ -53,3 +55,27 @@ def test_igpt_sweep_shows_which_notebook_and_cell_is_running_and_for_how_long(tm
     logged = [record.getMessage() for record in caplog.records if record.name.startswith("papermill")]
     assert any(message.startswith("Executing Cell 6") for message in logged)  # each cell as it starts
     assert any("tokens (2, 784) -> logits" in message for message in logged)  # and its output as it comes
+
+
+@pytest.mark.parametrize("size", ["s", "m", "l", "cpu-s"])
+def test_the_preset_schedule_trains_each_size_for_its_own_steps_warmup_and_checkpoints(size):
+    # What `igpt sweep --preset-schedule` hands the notebooks (papermill injects steps = None).
+    params = CourseParameters.from_dict({"size": size, "steps": None, "finetune_steps": None, "device": "cpu"})
+    pretrain, finetune = run_configs(params)
+    preset = run_config(size)
+    assert pretrain.train.steps == preset.train.steps and pretrain.train.steps >= 2620
+    assert pretrain.train.checkpoint_steps == preset.train.checkpoint_steps
+    assert (pretrain.train.val_every, pretrain.train.save_every) == (preset.train.val_every, preset.train.save_every)
+    assert pretrain.optim == preset.optim
+    assert finetune.train.steps == preset.train.steps // 10 and finetune.optim.finetune
+    # The notebooks' own default stays the CPU course's few hundred steps.
+    notebook, _ = run_configs(CourseParameters(size=size, device="cpu"))
+    assert notebook.train.steps == 300 and notebook.train.checkpoint_steps == []
+
+
+def test_igpt_sweep_takes_either_steps_or_the_preset_schedule(capsys):
+    from igptlib.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sweep", "--steps", "10", "--preset-schedule"])
+    assert "not allowed with argument" in capsys.readouterr().err
