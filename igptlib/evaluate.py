@@ -159,61 +159,83 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
 
 
-def _model_to_evaluate(args) -> tuple:
-    """(module, data config, folder for evaluation.json and figures, what was evaluated) for
-    --checkpoint (its run folder) or --model (a shipped model's record, or the folder of --out)."""
-    if args.model is not None:
-        from igptlib.records import made_by_finetuning, shipped_record
-        from igptlib.shipped import MODELS_DIR, load_model, model_dataset, read_notes, shipped_models
-
-        module = load_model(args.model)  # a name or a file; anything else is refused here
-        path = MODELS_DIR / f"{args.model}.safetensors" if args.model in shipped_models() else Path(args.model)
-        data = data_config_for(module.model_config, dataset=model_dataset(path) or args.dataset)
-        folder = Path(args.out).parent if args.out else shipped_record(path.stem)
-        return module, data, folder, {"model_file": str(path), "global_step": None,
-                                      "finetuned": made_by_finetuning(read_notes(path))}
-    checkpoint = Path(args.checkpoint)
+def checkpoint_to_evaluate(checkpoint, dataset: str = "mnist") -> tuple:
+    """(module, data config, run folder, what was evaluated) for a checkpoint: the data it was
+    trained on when it lies in a run folder, else `dataset` in the model's shape."""
+    checkpoint = Path(checkpoint)
     module = load_checkpoint(checkpoint)
     run_dir = find_run_folder(checkpoint)
     if run_dir is not None:
         data = RunConfig.load_yaml(run_dir / "config.yaml").data
     else:  # a checkpoint on its own: the data is described by the flags and the model's shape
         run_dir = checkpoint.parent
-        data = data_config_for(module.model_config, dataset=args.dataset)
+        data = data_config_for(module.model_config, dataset=dataset)
     # mmap: reading one number must not load a large checkpoint's tensors a second time.
     step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step")
     return module, data, run_dir, {"checkpoint": str(checkpoint), "global_step": step, "finetuned": module.optim_config.finetune}
+
+
+def _model_to_evaluate(args) -> tuple:
+    """checkpoint_to_evaluate for --checkpoint, or for --model a shipped model (its record's
+    folder, or the folder of --out)."""
+    if args.model is None:
+        return checkpoint_to_evaluate(args.checkpoint, args.dataset)
+    from igptlib.records import made_by_finetuning, shipped_record
+    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, read_notes, shipped_models
+
+    module = load_model(args.model)  # a name or a file; anything else is refused here
+    path = MODELS_DIR / f"{args.model}.safetensors" if args.model in shipped_models() else Path(args.model)
+    data = data_config_for(module.model_config, dataset=model_dataset(path) or args.dataset)
+    folder = Path(args.out).parent if args.out else shipped_record(path.stem)
+    return module, data, folder, {"model_file": str(path), "global_step": None,
+                                  "finetuned": made_by_finetuning(read_notes(path))}
+
+
+def evaluate_and_write(module, data, out: Path, source: dict, device="cpu", command: list[str] | None = None,
+                       **options) -> dict:
+    """evaluate_model on `data`'s test split, written to `out` as evaluation.json is: what was
+    evaluated (`source`), the model and data configs, the metrics, and the command that measured
+    them. Every writer of evaluation.json goes through here, so every one has this schema."""
+    datamodule = PixelDataModule(data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    if module.palette is not None:  # tokens of another palette would mean other colours
+        check_same_palette(module.palette, datamodule.palette, source.get("checkpoint") or source.get("model_file"))
+    results = evaluate_model(module.model.to(device).eval(), datamodule, **options)
+    results = {**source, "model": module.model_config.to_dict(), "data": data.to_dict(), **results}
+    if command:  # the record keeps the command that measured it
+        results["command"] = shlex.join(command)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # an interrupted write never replaces a good file
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    partial.replace(out)
+    return results
+
+
+def evaluate_checkpoint(checkpoint, out=None, device="cpu", data_changes: dict | None = None, **options) -> dict:
+    """Evaluate a run's checkpoint on the data it was trained on (changed by `data_changes`, e.g.
+    a larger batch), into `out` (default: evaluation.json in the run folder) with its figures in
+    figures/ beside it. options: evaluate_model's."""
+    module, data, run_dir, source = checkpoint_to_evaluate(checkpoint)
+    out = Path(out) if out is not None else run_dir / "evaluation.json"
+    return evaluate_and_write(module, data.replace(**(data_changes or {})), out, source, device,
+                              figures=out.parent / "figures", **options)
 
 
 def run_evaluate(args) -> dict:
     """Evaluate a checkpoint (or a shipped model) and write its metrics and figures into its run folder (or record)."""
     device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
     module, data, run_dir, source = _model_to_evaluate(args)
-    model_config = module.model_config
     changes = {name: getattr(args, name) for name in ("root", "limit_test", "batch_size") if getattr(args, name) is not None}
-    data = data.replace(**changes)
-    datamodule = PixelDataModule(data)
-    datamodule.prepare_data()
-    datamodule.setup()
-    if module.palette is not None:  # tokens of another palette would mean other colours
-        check_same_palette(module.palette, datamodule.palette, args.checkpoint or args.model)
-
-    model = module.model.to(device).eval()
-    finetuned = source["finetuned"]
-    results = evaluate_model(
-        model, datamodule, probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
-        classification=finetuned if args.classification is None else args.classification,
+    out = Path(args.out) if args.out else run_dir / "evaluation.json"
+    results = evaluate_and_write(
+        module, data.replace(**changes), out, source, device, command=getattr(args, "invocation", None),
+        probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
+        classification=source["finetuned"] if args.classification is None else args.classification,
         completions=args.completions, samples=args.samples, keep_rows=args.keep_rows, temperature=args.temperature,
         seed=args.seed, figures=run_dir / "figures" if args.figures else None, precision=args.precision,
     )
-    results = {**source, "model": model_config.to_dict(), "data": data.to_dict(), **results}
-    if getattr(args, "invocation", None):  # set by `igpt`: the record keeps the command that measured it
-        results["command"] = shlex.join(args.invocation)
-    out = Path(args.out) if args.out else run_dir / "evaluation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # an interrupted write never replaces a good file
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    partial.replace(out)
     print(summary(results))
     print(f"metrics: {out}")
     return results

@@ -108,21 +108,14 @@ def evaluation(name: str, checkpoint: Path, out: Path, **options) -> Stage:
     """Evaluate one checkpoint into `out` (a JSON), with its figures in the folder beside it."""
 
     def run(seconds_left: float | None) -> bool:
-        from igptlib.data import PixelDataModule
-        from igptlib.evaluate import evaluate_model, summary
-        from igptlib.module import load_checkpoint
         from igptlib.config import RunConfig
+        from igptlib.evaluate import evaluate_checkpoint, summary
 
         print(f"ladder: {name}", flush=True)
-        module = load_checkpoint(checkpoint)
         trained_on = RunConfig.load_yaml(checkpoint.parent.parent / "config.yaml").data
         limit_val = min(trained_on.limit_val or EVALUATION_DATA["limit_val"], EVALUATION_DATA["limit_val"])
-        data = PixelDataModule(trained_on.replace(batch_size=EVALUATION_DATA["batch_size"], limit_val=limit_val))
-        results = evaluate_model(module.model, data, figures=out.parent / "figures", **EVALUATION, **options)
-        results = {"checkpoint": str(checkpoint), **results}
-        partial = out.with_name(out.name + ".partial")
-        partial.write_text(json.dumps(results, indent=2) + "\n")
-        partial.replace(out)
+        results = evaluate_checkpoint(checkpoint, out, data_changes=dict(EVALUATION_DATA, limit_val=limit_val),
+                                      **EVALUATION, **options)
         print(summary(results), flush=True)
         return True
 
