@@ -89,7 +89,7 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     # logits and features are still reduced in float32. Sampling is left out: its
     # one-query decode steps run faster in float32.
     with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        layers = (all_layers(model) if probe_layers is None else list(probe_layers)) if probes else []
+        layers = [] if not probes else all_layers(model) if probe_layers is None else list(probe_layers)
         test = split_pass(model, test_loader, likelihood=ar, classes=classification, layers=layers,
                           progress=progress, desc="test split")  # one pass serves all three
         if ar:

@@ -21,6 +21,7 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recal
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 
@@ -42,6 +43,7 @@ class SplitPass:
 
     labels: np.ndarray  # the loader's labels [N]
     likelihood: dict | None = None  # nats and bits per pixel (AR models)
+    image_nats: torch.Tensor | None = None  # each image's mean next-pixel cross-entropy [N] (AR models)
     predicted: np.ndarray | None = None  # the classification head's labels [N]
     features: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # {layer: [N, n_embd]}
 
@@ -53,22 +55,21 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
     yields, from one forward pass per batch: an evaluation that wants all three of the test split
     pays for one pass.
 
-    likelihood: mean next-pixel cross-entropy over every pixel, the sum divided once at the end so
-    that unequal batch sizes weigh right; the model must be autoregressive.
+    likelihood: mean next-pixel cross-entropy over every pixel, and over each image's pixels; the
+    model must be autoregressive.
     """
     if likelihood and model.config.objective != "ar":
         raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
     layers = list(layers)
     model.eval()
     device = _device(model)
-    total, pixels = 0.0, 0
-    labels, predicted = [], []
+    labels, predicted, nats, pixels = [], [], [], 0
     features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for tokens, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         tokens = tokens.to(device)
         logits, class_logits, pooled = model.forward_all(tokens, layers)
         if likelihood:  # reduced in float32 even if the model runs in lower precision
-            total += F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten(), reduction="sum").item()
+            nats.append(F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none").mean(dim=1).cpu())
             pixels += tokens.numel()
         if classes:
             predicted.append(class_logits.argmax(dim=-1).cpu())
@@ -80,24 +81,19 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
     result = SplitPass(labels=torch.cat(labels).numpy(),
                        features={layer: torch.cat(chunks).numpy() for layer, chunks in features.items()})
     if likelihood:
-        nats = total / pixels
-        result.likelihood = {"nats_per_pixel": nats, "bits_per_pixel": nats_to_bits(nats), "pixels": pixels}
+        result.image_nats = torch.cat(nats)
+        mean = result.image_nats.double().mean().item()  # every image has as many pixels
+        result.likelihood = {"nats_per_pixel": mean, "bits_per_pixel": nats_to_bits(mean), "pixels": pixels}
     if classes:
         result.predicted = torch.cat(predicted).numpy()
     return result
 
 
-@torch.inference_mode()
 def nats_per_image(model, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Each image's mean next-pixel cross-entropy [N] for tokens [N, T] (AR): lower is more likely.
     The model's judgement of which of several versions of an image (turned, say) is the usual one."""
-    model.eval()
-    device = _device(model)
-    nats = []
-    for chunk in tokens.split(batch_size):
-        chunk = chunk.to(device)
-        nats.append(F.cross_entropy(model(chunk).float().transpose(1, 2), chunk, reduction="none").mean(dim=1).cpu())
-    return torch.cat(nats)
+    loader = DataLoader(TensorDataset(tokens, torch.zeros(len(tokens), dtype=torch.long)), batch_size=batch_size)
+    return split_pass(model, loader, likelihood=True).image_nats
 
 
 def all_layers(model) -> list[int]:
