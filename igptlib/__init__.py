@@ -31,7 +31,8 @@ from igptlib.images import ImageLoadError, load_image
 from igptlib.judge import completion_quality, digit_classifier, pixel_agreement
 from igptlib.metrics import classification_metrics, likelihood, linear_probes, nats_per_image, nats_to_bits
 from igptlib.model import GPT, KVCache, ar_loss, bert_loss, mask_tokens
-from igptlib.module import CheckpointError, ImageGPT, check_checkpoint, load_checkpoint
+from igptlib.model_files import CheckpointError, check_checkpoint, read_model_file, write_model_file
+from igptlib.module import ImageGPT, load_checkpoint
 from igptlib.quantize import (
     PaletteError,
     check_palette,

@@ -13,7 +13,7 @@ from igptlib.config import DEVICES, ConfigError, DataConfig, positive_int
 from igptlib.data import DATASETS, DataError
 from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError
-from igptlib.module import CheckpointError
+from igptlib.model_files import CheckpointError
 from igptlib.quantize import PaletteError
 
 # `igpt complete --turn`: quarter turns anticlockwise, or None for the model's choice

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.datasets.utils import calculate_md5  # what check_integrity computes; the digest goes into the error
 from torchvision.transforms import v2
 
 import lightning as L
@@ -108,14 +108,6 @@ def dataset_spec(name: str) -> DatasetSpec:
 # Verification
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_idx_file(path: Path, expected: RawFile) -> None:
     """Raise DataError naming the file and what was expected unless it is exactly the right file."""
     if not path.is_file():
@@ -133,7 +125,7 @@ def verify_idx_file(path: Path, expected: RawFile) -> None:
             f"{path}: IDX header says magic {magic}, {count} items; expected magic {wanted_magic}, "
             f"{expected.count} items (not an IDX file of this dataset?)"
         )
-    digest = _md5(path)
+    digest = calculate_md5(path)
     if digest != expected.md5:
         raise DataError(f"{path}: md5 {digest}, expected {expected.md5} (corrupted or a different file)")
 
@@ -144,7 +136,7 @@ def _verify_cifar(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             raise DataError(f"{path}: missing")
-        digest = _md5(path)
+        digest = calculate_md5(path)
         if digest != md5:
             raise DataError(f"{path}: md5 {digest}, expected {md5} (corrupted or a different file)")
 

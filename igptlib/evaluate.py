@@ -29,7 +29,8 @@ from igptlib.data import PixelDataModule, encode_all
 from igptlib.device import resolve_device
 from igptlib.judge import completion_quality, digit_classifier
 from igptlib.metrics import all_layers, classification_metrics, probes_from_features, split_pass
-from igptlib.module import check_same_palette, load_checkpoint
+from igptlib.model_files import check_same_palette
+from igptlib.module import load_checkpoint
 from igptlib.quantize import decode
 from igptlib.sampling import complete
 from igptlib.train import find_run_folder
@@ -181,7 +182,8 @@ def _model_to_evaluate(args) -> tuple:
     if args.model is None:
         return checkpoint_to_evaluate(args.checkpoint, args.dataset)
     from igptlib.records import made_by_finetuning, shipped_record
-    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, read_notes, shipped_models
+    from igptlib.model_files import read_notes
+    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
 
     module = load_model(args.model)  # a name or a file; anything else is refused here
     path = MODELS_DIR / f"{args.model}.safetensors" if args.model in shipped_models() else Path(args.model)

@@ -212,7 +212,8 @@ def export_hf(source: str | os.PathLike, folder: str | os.PathLike, force: bool 
     processor's preprocessor_config.json with the palette as clusters, and a README.md model card.
     A folder that already holds files is written into only with `force`.
     """
-    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, read_notes, shipped_models
+    from igptlib.model_files import read_notes
+    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
 
     transformers = transformers_module()
     folder = Path(folder)

@@ -8,26 +8,25 @@ Metrics are logged as nats per pixel and bits per pixel (for BERT: over the mask
 classification loss and accuracy when fine-tuning.
 
 Checkpoints hold only plain data besides tensors (configs as dicts, the palette as nested lists),
-so they load with torch.load(weights_only=True); load_checkpoint checks them against the model
-and palette they are meant for and raises CheckpointError saying what differs.
+so they load with torch.load(weights_only=True). igptlib.model_files reads and checks them;
+load_checkpoint and ImageGPT.from_pretrained build a module from one, raising CheckpointError
+saying what differs from the model and palette it is meant for.
 """
 from __future__ import annotations
 
 import math
 import os
-import re
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_accuracy
 
-from igptlib.config import ConfigError, ModelConfig, OptimConfig
+from igptlib.config import ModelConfig, OptimConfig
 from igptlib.model import GPT, ar_loss
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used here: unreadable, or made for another model or palette."""
+from igptlib.model_files import (CheckpointError, check_palette_fits, check_same_palette, check_same_shapes, check_weights,
+                                 compare_checkpoint, read_checkpoint)
 
 
 def decay_start(warmup_steps: int, total_steps: int, decay_fraction: float) -> int:
@@ -112,7 +111,8 @@ class ImageGPT(L.LightningModule):
             clf_loss = F.cross_entropy(class_logits.float(), labels)
             loss = gen_loss + self.optim_config.clf_weight * clf_loss
             self.log(f"{stage}/clf_loss", clf_loss, **log)
-            self.log(f"{stage}/acc", (class_logits.argmax(-1) == labels).float().mean(), prog_bar=True, **log)
+            accuracy = multiclass_accuracy(class_logits, labels, self.model_config.num_classes, average="micro")
+            self.log(f"{stage}/acc", accuracy, prog_bar=True, **log)
         self.log(f"{stage}/loss", loss, **log)
         return loss
 
@@ -138,6 +138,9 @@ class ImageGPT(L.LightningModule):
             lr=o.lr, betas=(o.beta1, o.beta2),
         )
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else o.warmup_steps
+        # One LambdaLR of lr_factor rather than SequentialLR(LinearLR, CosineAnnealingLR): its state
+        # is the step alone, so a run resumed with more steps decays over the new total (a wsd run
+        # extended from its stable phase), and one formula covers the four schedules.
 
         def factor(step: int) -> float:  # a closure, not a lambda in the state dict: weights_only loads
             return lr_factor(step, o.warmup_steps, total, o.schedule, o.min_lr_ratio, o.decay_fraction)
@@ -145,11 +148,9 @@ class ImageGPT(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        if self.optim_config.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.optim_config.grad_clip, gradient_clip_algorithm="norm")
-
     def on_train_batch_start(self, batch, batch_idx):
+        # Not LearningRateMonitor: with two parameter groups (decay, no decay) it logs two equal
+        # columns, lr/pg1 and lr/pg2, where the plots and records read one, train/lr.
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # -- palette and checkpoints -------------------------------------------------------------------
@@ -188,108 +189,9 @@ class ImageGPT(L.LightningModule):
         compare_checkpoint(hparams, model, palette, path)
         module = cls(model, optim, palette if palette is not None else hparams.get("palette"),
                      hparams.get("seed", 0) if seed is None else seed)
-        _load_weights(module, checkpoint["state_dict"], path)
+        check_same_shapes(module.state_dict(), checkpoint["state_dict"], path)
+        module.load_state_dict(checkpoint["state_dict"])
         return module
-
-
-def check_palette_fits(palette: np.ndarray, config: ModelConfig, error: type[ValueError] = ConfigError) -> None:
-    """The palette must be [K, C] with K the model's vocabulary; raise `error` saying so if not."""
-    if palette.ndim != 2 or palette.shape[0] != config.vocab_size:
-        raise error(
-            f"the palette has shape {list(palette.shape)}, but the model's vocabulary is {config.vocab_size} "
-            f"colours: expected a palette of shape [{config.vocab_size}, C]"
-        )
-
-
-def check_same_palette(saved: np.ndarray, palette: np.ndarray, where) -> None:
-    palette = np.asarray(palette, dtype=np.float32)
-    if saved.shape != palette.shape:
-        raise CheckpointError(
-            f"{where}: trained on a palette of shape {list(saved.shape)} "
-            f"({saved.shape[0]} colours), but this palette has shape {list(palette.shape)}"
-        )
-    if not np.allclose(saved, palette, atol=1e-3):
-        raise CheckpointError(f"{where}: the palette differs from the one it was trained on "
-                              f"(same shape {list(saved.shape)}, other colours): its tokens would mean other colours")
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """torch.load with weights_only=True, and a clear error if it is not one of our checkpoints."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except Exception as error:  # unpickling refusals and corrupt files alike
-        # torch's refusal runs to several lines of advice; its cause is one line of them
-        found = re.search(r"Unsupported global: GLOBAL \S+", str(error))
-        if found:
-            raise CheckpointError(f"{path}: refused: it holds more than weights ({found[0]}) and loading it "
-                                  "could run code; expected a checkpoint saved by igpt train") from None
-        cause = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(error).__name__}: "
-                              f"{cause[1] if cause else ' '.join(str(error).split())})") from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not an ImageGPT checkpoint (no model config or state_dict in it)")
-    try:
-        ModelConfig.from_dict(hparams["model"], where=f"{path}: model")
-    except ConfigError as error:
-        raise CheckpointError(str(error)) from None
-    return checkpoint
-
-
-def check_weights(config: ModelConfig, weights: dict, where) -> None:
-    """Refuse a model file whose config asks for more weights than it holds, or whose weights are not finite.
-
-    The first check comes before the model is built: a config's sizes come from the file, and
-    `n_layer: 100000` would otherwise allocate gigabytes only to fail on the shapes afterwards.
-    """
-    held = sum(tensor.numel() for tensor in weights.values())
-    # At least the attention (4 C^2) and MLP (8 C^2) matrices of every layer and a position embedding each.
-    needed = config.n_layer * 12 * config.n_embd**2 + config.seq_len * config.n_embd
-    if needed > held:
-        raise CheckpointError(
-            f"{where}: its model config (n_layer {config.n_layer}, n_embd {config.n_embd}, n_px {config.n_px}) "
-            f"needs at least {needed:,} weights, but the file holds {held:,}: expected a config that fits its weights")
-    for name, tensor in weights.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{where}: weight {name} holds NaN or infinite values; expected finite weights")
-
-
-def _load_weights(module: ImageGPT, state_dict: dict, path) -> None:
-    own = module.state_dict()
-    wrong = [f"{name}: checkpoint {list(tensor.shape)}, model {list(own[name].shape)}"
-             for name, tensor in state_dict.items() if name in own and own[name].shape != tensor.shape]
-    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
-    if wrong or missing or unexpected:
-        details = wrong[:3] + [f"missing {missing[:3]}"] * bool(missing) + [f"unexpected {unexpected[:3]}"] * bool(unexpected)
-        raise CheckpointError(f"{path}: weights of another shape than the model's: " + "; ".join(details))
-    module.load_state_dict(state_dict)
-
-
-def check_checkpoint(path: str | os.PathLike, model: ModelConfig, palette: np.ndarray | None = None) -> dict:
-    """Read a checkpoint and make sure it belongs to `model` (and `palette`); return it.
-
-    Raises CheckpointError naming what differs: vocabulary, image size, width, depth, ...
-    """
-    checkpoint = read_checkpoint(path)
-    compare_checkpoint(checkpoint["hyper_parameters"], model, palette, path)
-    return checkpoint
-
-
-# What a checkpoint's weights depend on (dropout or the masking rate may change between stages).
-SHAPE_FIELDS = ("vocab_size", "n_px", "n_embd", "n_layer", "n_head", "num_classes", "objective", "norm", "activation")
-
-
-def compare_checkpoint(hparams: dict, model: ModelConfig, palette: np.ndarray | None, where) -> None:
-    """Raise CheckpointError unless a checkpoint's hyper-parameters hold this model (and palette)."""
-    saved = ModelConfig.from_dict(hparams["model"])
-    differences = [f"{name} {getattr(saved, name)!r} (here {getattr(model, name)!r})"
-                   for name in SHAPE_FIELDS if getattr(saved, name) != getattr(model, name)]
-    if differences:
-        raise CheckpointError(f"{where}: made for another model: " + ", ".join(differences))
-    if palette is not None and hparams.get("palette") is not None:
-        check_same_palette(np.asarray(hparams["palette"], dtype=np.float32), palette, where)
 
 
 def load_checkpoint(path: str | os.PathLike, palette: np.ndarray | None = None) -> ImageGPT:
@@ -303,5 +205,6 @@ def load_checkpoint(path: str | os.PathLike, palette: np.ndarray | None = None) 
             check_same_palette(np.asarray(hparams["palette"], dtype=np.float32), palette, path)
     check_weights(ModelConfig.from_dict(hparams["model"]), checkpoint["state_dict"], path)
     module = ImageGPT(hparams["model"], hparams.get("optim"), hparams.get("palette"), hparams.get("seed", 0))
-    _load_weights(module, checkpoint["state_dict"], path)
+    check_same_shapes(module.state_dict(), checkpoint["state_dict"], path)
+    module.load_state_dict(checkpoint["state_dict"])
     return module.eval()

@@ -85,7 +85,8 @@ def _shipped(models_dir) -> dict[str, dict]:
     """{model name: its file, dataset, config and notes} for every shipped model."""
     from safetensors import safe_open
 
-    from igptlib.shipped import MODELS_DIR, load_model, read_notes, shipped_models
+    from igptlib.model_files import read_notes
+    from igptlib.shipped import MODELS_DIR, load_model, shipped_models
 
     models_dir = Path(models_dir or MODELS_DIR)
     found = {}

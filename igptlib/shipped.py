@@ -1,8 +1,7 @@
 """Shipped models: trained weights that come with the repository, one safetensors file each.
 
-models/<name>.safetensors holds the GPT's weights (float32) and the palette (tensor "palette");
-its metadata holds the model config (YAML) and where the weights came from (the run, the step, the
-command). load_model opens a shipped name, a .safetensors file or a Lightning .ckpt alike, so the
+models/<name>.safetensors is a model file (igptlib.model_files): the GPT's weights, the palette,
+the model config and where the weights came from (the run, the step, the command). load_model opens a shipped name, a .safetensors file or a Lightning .ckpt alike, so the
 explorer, the notebooks and `igpt complete` accept any of them. An installed package carries the
 models as package data (igptlib/models/); IGPT_MODELS_DIR names another folder (find_models_dir).
 
@@ -14,18 +13,14 @@ models as package data (igptlib/models/); IGPT_MODELS_DIR names another folder (
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
-import torch
-import yaml
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
-
-from igptlib.config import ConfigError, ModelConfig, RunConfig
-from igptlib.module import CheckpointError, ImageGPT, check_weights, load_checkpoint
+from igptlib.config import RunConfig
+from igptlib.model_files import (CheckpointError, check_same_shapes, read_dataset, read_model_file, read_notes,
+                                 write_model_file)
+from igptlib.module import ImageGPT, load_checkpoint
 from igptlib.train import find_run_folder
 
 MODELS_VARIABLE = "IGPT_MODELS_DIR"
@@ -80,48 +75,14 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, notes: d
 
 def save_model(module: ImageGPT, out: str | os.PathLike, notes: dict | None = None, dataset: str | None = None) -> Path:
     """Write a module's weights, config and palette to one safetensors file, as export_model does."""
-    out = Path(out)
-    tensors = {name: tensor.detach().float().contiguous() for name, tensor in module.model.state_dict().items()}
-    tensors["palette"] = torch.from_numpy(module.palette)
-    metadata = {"model": yaml.safe_dump(module.model_config.to_dict()), "notes": json.dumps(notes or {})}
-    if dataset is not None:  # the explorer shows test images of the model's own dataset
-        metadata["dataset"] = dataset
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # a crash leaves no half-written model behind
-    # Written with open() rather than save_file, which makes every file mode 0600 whatever the umask.
-    partial.write_bytes(save(tensors, metadata=metadata))
-    partial.replace(out)
-    return out
+    return write_model_file(out, module.model_config, module.model.state_dict(), module.palette, notes, dataset)
 
 
-def read_notes(path: str | os.PathLike) -> dict:
-    """The provenance notes stored in a shipped model's metadata."""
-    with safe_open(str(path), framework="pt") as handle:
-        return json.loads((handle.metadata() or {}).get("notes", "{}"))
-
-
-def _load_safetensors(path: Path) -> ImageGPT:
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
-    if "model" not in metadata or "palette" not in tensors:
-        raise CheckpointError(f"{path}: not a shipped igpt model (no model config or palette in it)")
-    try:
-        config = ModelConfig.from_dict(yaml.safe_load(metadata["model"]), where=f"{path}: model")
-    except yaml.YAMLError as error:
-        raise CheckpointError(f"{path}: its model config is not valid YAML ({' '.join(str(error).split())})") from None
-    except ConfigError as error:
-        raise CheckpointError(str(error)) from None
-    palette = tensors.pop("palette")
-    check_weights(config, tensors, path)
-    module = ImageGPT(config, palette=palette.numpy())
-    missing, unexpected = module.model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights of another shape than the model's "
-                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+def _load_model_file(path: Path) -> ImageGPT:
+    found = read_model_file(path)
+    module = ImageGPT(found.config, palette=found.palette)
+    check_same_shapes(module.model.state_dict(), found.weights, path)
+    module.model.load_state_dict(found.weights)
     return module.eval()
 
 
@@ -131,8 +92,7 @@ def model_dataset(source: str | os.PathLike, models_dir: str | os.PathLike = MOD
     shipped = str(source) in shipped_models(models_dir)
     path = Path(models_dir) / f"{source}.safetensors" if shipped else Path(source)
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("dataset")
+        return read_dataset(path)
     run = find_run_folder(path)
     return None if run is None else RunConfig.load_yaml(run / "config.yaml").data.dataset
 
@@ -140,12 +100,10 @@ def model_dataset(source: str | os.PathLike, models_dir: str | os.PathLike = MOD
 def load_model(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> ImageGPT:
     """An ImageGPT module from a shipped model's name, a .safetensors file or a .ckpt checkpoint."""
     if str(source) in shipped_models(models_dir):
-        return _load_safetensors(Path(models_dir) / f"{source}.safetensors")
+        return _load_model_file(Path(models_dir) / f"{source}.safetensors")
     path = Path(source)
     if path.suffix == ".safetensors":
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such model file")
-        return _load_safetensors(path)
+        return _load_model_file(path)
     if path.suffix == ".ckpt" or path.exists():
         return load_checkpoint(path)
     raise CheckpointError(f"{source!r} is neither a shipped model ({', '.join(shipped_models(models_dir)) or 'none yet'}) "

@@ -35,7 +35,8 @@ from torch.utils.data import default_collate
 from igptlib.config import DEVICES, PRECISIONS, PRESETS, RunConfig, run_config
 from igptlib.device import bf16_on_gpu, lightning_accelerator
 from igptlib.records import describe_hardware, note_command
-from igptlib.module import ImageGPT, check_checkpoint, decay_start, read_checkpoint
+from igptlib.model_files import check_checkpoint, read_checkpoint
+from igptlib.module import ImageGPT, decay_start
 
 
 # -- data: resumable training batches --------------------------------------------------------------
@@ -54,6 +55,8 @@ class TrainBatches:
     Like DistributedSampler: a seeded permutation per epoch, every world_size-th sample per process
     (a remainder that cannot be shared evenly is left out of that epoch). Batches are fetched in
     the main process, each under its own seed, so random augmentation is reproducible too.
+    Not torchdata's StatefulDataLoader: its position lives in the checkpoint's loader state, which
+    checkpoints from before it lack; here the global step alone says where to go on.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_step=lambda: 0):
@@ -118,7 +121,9 @@ class RunCheckpoints(L.Callback):
 
     Saved after a whole optimizer step, never in the middle of one, so that resuming from any of
     them continues exactly. last.ckpt is written beside and then renamed, so an interruption while
-    saving leaves the previous one intact.
+    saving leaves the previous one intact. Not ModelCheckpoint(every_n_train_steps, save_last):
+    it writes last.ckpt in place, keeps steps at a fixed interval rather than a list (the paper's
+    131k/262k/524k), and saves nothing when a time budget stops the run between its intervals.
     """
 
     def __init__(self, folder: Path, save_every: int, steps: list[int]):
@@ -320,6 +325,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         max_steps=t.steps, max_epochs=-1, val_check_interval=t.val_every, check_val_every_n_epoch=None,
         limit_val_batches=t.val_batches if t.val_batches is not None else 1.0,
         precision=precision, accelerator=accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        gradient_clip_val=config.optim.grad_clip or None, gradient_clip_algorithm="norm",
         logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False)],
         callbacks=[RunCheckpoints(checkpoints, t.save_every, checkpoint_steps(config)), best, *callbacks,
                    *([stop] if stop else [])],

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from igptlib.config import ConfigError, ModelConfig, OptimConfig
-from igptlib.module import CheckpointError, ImageGPT, load_checkpoint, lr_factor, read_checkpoint
+from igptlib.model_files import CheckpointError, read_checkpoint
+from igptlib.module import ImageGPT, load_checkpoint, lr_factor
 
 MODEL = dict(vocab_size=8, n_px=6, n_embd=32, n_layer=2, n_head=4)
 
@@ -146,7 +147,7 @@ def test_checkpoints_of_another_palette_or_shape_are_refused_clearly(tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["state_dict"]["model.wpe.weight"] = torch.zeros(49, 32)
     torch.save(checkpoint, tmp_path / "bad.ckpt")
-    with pytest.raises(CheckpointError, match=r"model.wpe.weight: checkpoint \[49, 32\], model \[36, 32\]"):
+    with pytest.raises(CheckpointError, match=r"model.wpe.weight: file \[49, 32\], model \[36, 32\]"):
         load_checkpoint(tmp_path / "bad.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a loadable checkpoint"):

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from igptlib.cli import main
-from igptlib.module import CheckpointError, load_checkpoint
-from igptlib.shipped import export_model, load_model, model_dataset, read_notes, shipped_models
+from igptlib.model_files import CheckpointError, read_notes
+from igptlib.module import load_checkpoint
+from igptlib.shipped import export_model, load_model, model_dataset, shipped_models
 
 
 def test_an_exported_model_gives_the_checkpoints_logits_and_palette(tiny_checkpoint, tmp_path):
