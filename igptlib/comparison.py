@@ -18,7 +18,8 @@ from igptlib.config import read_json
 from igptlib.records import minutes_at_step
 
 SIZES = {"ladder-cpu-s": "S", "ladder-cpu-m": "M", "ladder-cpu-l": "L"}
-ABLATION, BERT = "ladder-cpu-s-noaug", "ladder-cpu-s-bert"
+AUGMENTATION_TWINS = ("ladder-cpu-s-noaug", "ladder-cpu-s-rotate")  # S with other augmentation
+BERT = "ladder-cpu-s-bert"
 SEED_CONCLUSION = "the large model is best (seed report, section 6.4)"
 CURVES = [  # (caption, stage folder, logged metric): the seed's figures 6.7 to 6.11
     ("completion loss: validation nats per pixel over pre-training", "", "val/nats_per_pixel"),
@@ -130,10 +131,11 @@ def conclusions(runs: dict[str, dict]) -> list[str]:
                    f"measures: this {verdict} the seed, at these step counts and this CPU budget."]
 
 
-def ablation_table(plain: dict, augmented: dict) -> list[str]:
-    rows = [[label, _number(_last(run, "nats_per_pixel")), _number(_last(run, "probe_accuracy")),
-             _number(run["finetuned_accuracy"]), _number(run["kappa"])]
-            for label, run in ((f"with augmentation ({', '.join(augmented['augment'])})", augmented), ("without augmentation", plain))]
+def ablation_table(runs: list[dict]) -> list[str]:
+    """S pre-trained with each augmentation: likelihood, best probe and the fine-tuned classifier."""
+    rows = [[f"with augmentation ({', '.join(run['augment'])})" if run["augment"] else "without augmentation",
+             _number(_last(run, "nats_per_pixel")), _number(_last(run, "probe_accuracy")),
+             _number(run["finetuned_accuracy"]), _number(run["kappa"])] for run in runs]
     return _table(["S pre-trained", "test nats/px", "best probe accuracy", "fine-tuned accuracy", "kappa"], rows)
 
 
@@ -185,8 +187,9 @@ def comparison_section(records: Path, figures: Path) -> list[str]:
             lines += [f"**{caption}**", "", f"![{caption}](runs/{name}/figures/completions.png)", ""]
     lines += ["### What the numbers say", "", *conclusions(runs), ""]
     s = runs.get("ladder-cpu-s")
-    if s and (records / ABLATION / "metrics.json").exists():
-        lines += ["### Augmentation at size S", ""] + ablation_table(summary(records / ABLATION), s) + [""]
+    twins = [summary(records / name) for name in AUGMENTATION_TWINS if (records / name / "metrics.json").exists()]
+    if s and twins:
+        lines += ["### Augmentation at size S", ""] + ablation_table([s, *twins]) + [""]
     if s and (records / BERT / "metrics.json").exists():
         bert = summary(records / BERT)
         lines += ["### AR against BERT at size S", ""] + objective_table(s, bert) + ["", probe_sentence(s, bert), ""]

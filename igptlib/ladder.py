@@ -1,9 +1,10 @@
 """The CPU ladder: three model sizes trained alike on this 2-core machine, and compared (issue 15).
 
 S, M and L (the presets cpu-s, cpu-m, cpu-l) see the same data, palette, batch, steps and schedule,
-so that what differs between them is size alone. S is trained twice more: without augmentation,
-the ablation that says what augmentation buys, and with BERT's objective instead of the
-autoregressive one, the paper's central comparison (issue 16). `igpt ladder` runs it stage by
+so that what differs between them is size alone. S is trained three times more, each time with one
+thing changed (TWINS): without augmentation, the ablation that says what augmentation buys; with
+BERT's objective instead of the autoregressive one, the paper's central comparison; and with
+rotations added to the augmentation, for rotated digits (issue 16). `igpt ladder` runs it stage by
 stage, per run:
 
     pretrain   L_AR (or L_BERT) on augmented images, a checkpoint kept at each of the named steps
@@ -28,8 +29,12 @@ from pathlib import Path
 import lightning as L
 
 LADDER = ("cpu-s", "cpu-m", "cpu-l")
-ABLATION = "cpu-s"  # the size trained once more without augmentation
-BERT = "cpu-s"  # the size trained once more with BERT's objective (mask probability 0.15)
+TWIN_SIZE = "cpu-s"  # the size trained again with one thing changed
+TWINS = {  # run name suffix -> what changes
+    "noaug": dict(augment=[]),
+    "bert": dict(objective="bert"),  # mask probability 0.15
+    "rotate": dict(augment=["crop", "flip", "rotate"]),  # turns of up to 10 degrees either way
+}
 # The seed saved iGPT checkpoints at 131,000, 262,000 and 524,000 steps; the ladder keeps the
 # 1:2:4 ratio at 1/200 of that scale.
 NAMED_STEPS = (655, 1310, 2620)
@@ -67,13 +72,14 @@ class Progress(L.Callback):
                   f"about {(trainer.max_steps - step) * rate / 60:.0f} min left in this stage", flush=True)
 
 
-def pretrain_config(size: str, augment: bool, steps=NAMED_STEPS, overrides=(), objective: str = "ar"):
+def pretrain_config(size: str, steps=NAMED_STEPS, overrides=(), objective: str = "ar", augment: list[str] | None = None):
+    """The preset's run on MNIST, to the last named step; `augment` replaces the preset's augmentation."""
     from igptlib.config import RunConfig, apply_overrides, run_config
 
     values = run_config(size, "mnist", objective).to_dict()
     values["train"].update(steps=steps[-1], checkpoint_steps=list(steps), test=False)
-    if not augment:
-        values["data"]["augment"] = []
+    if augment is not None:
+        values["data"]["augment"] = list(augment)
     return RunConfig.from_dict(apply_overrides(values, list(overrides)))
 
 
@@ -123,18 +129,18 @@ def evaluation(name: str, checkpoint: Path, out: Path, **options) -> Stage:
     return Stage(name, out.exists, run, trains=False)
 
 
-def stages(runs: Path, sizes=LADDER, ablation: str | None = ABLATION, bert: str | None = BERT, steps=NAMED_STEPS,
+def stages(runs: Path, sizes=LADDER, twin_size: str = TWIN_SIZE, twins: dict[str, dict] = TWINS, steps=NAMED_STEPS,
            overrides=(), finetune_steps: int = FINETUNE["steps"]) -> list[Stage]:
-    """Every stage of the ladder, in order: the smallest size first, then its ablation and its BERT
-    twin (cheap, and what issue 16 compares), then the larger sizes, the longest last."""
-    plan = ([(sizes[0], True, "ar")] + ([(ablation, False, "ar")] if ablation else [])
-            + ([(bert, True, "bert")] if bert else []) + [(size, True, "ar") for size in sizes[1:]])
+    """Every stage of the ladder, in order: the smallest size first, then the twins (cheap, and what
+    the ablation and issue 16 compare), then the larger sizes, the longest last."""
+    plan = ([(f"ladder-{sizes[0]}", sizes[0], {})] + [(f"ladder-{twin_size}-{suffix}", twin_size, changes)
+                                                       for suffix, changes in twins.items()]
+            + [(f"ladder-{size}", size, {}) for size in sizes[1:]])
     found = []
-    for size, augment, objective in plan:
-        name = f"ladder-{size}" + ("" if augment else "-noaug") + ("" if objective == "ar" else f"-{objective}")
+    for name, size, changes in plan:
         folder = Path(runs) / name
-        config = pretrain_config(size, augment, steps, overrides, objective)
-        ar = objective == "ar"
+        config = pretrain_config(size, steps, overrides, **changes)
+        ar = config.model.objective == "ar"
         found.append(training(f"pretrain {name}", config, folder))
         for step in steps:
             last = step == steps[-1]
@@ -154,7 +160,7 @@ def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: flo
            records: Path | None = None, **plan) -> bool:
     """Run every stage not yet done, within the budget; True when the whole ladder is done.
 
-    plan: sizes, ablation, bert, steps, overrides and finetune_steps, as stages() takes them.
+    plan: sizes, twin_size, twins, steps, overrides and finetune_steps, as stages() takes them.
     """
     from igptlib.records import record_run
 

@@ -16,7 +16,7 @@ def tiny_plan(root: Path) -> dict:
                  "data.batch_size=8", "train.val_every=2", "train.val_batches=1", "train.save_every=2",
                  "train.progress_bar=false", "train.log_every=1", "train.precision=32-true", "train.accelerator=cpu", "train.devices=1",
                  "model.n_embd=32", "model.n_layer=1", "model.n_head=1"]
-    return dict(sizes=("xs",), ablation="xs", bert="xs", steps=(2, 4), overrides=overrides, finetune_steps=2)
+    return dict(sizes=("xs",), twin_size="xs", steps=(2, 4), overrides=overrides, finetune_steps=2)
 
 
 def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root, tmp_path, capsys):
@@ -31,7 +31,7 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     assert "stopped at a checkpoint" in capsys.readouterr().out
 
     assert ladder(runs, records=records, **plan)
-    for name in ("ladder-xs", "ladder-xs-noaug"):
+    for name in ("ladder-xs", "ladder-xs-noaug", "ladder-xs-rotate"):
         folder = runs / name
         assert json.loads((folder / "metrics.json").read_text())["global_step"] == 4
         early = json.loads((folder / "evaluation-step-2.json").read_text())
@@ -51,8 +51,10 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     assert final["objective"] == "bert" and "likelihood" not in final and "completion" not in final
     assert set(final["probes"]["test_accuracy"]) == {"0", "1"}
     assert 0 <= json.loads((bert / "finetune/evaluation.json").read_text())["classification"]["accuracy"] <= 1
+    rotate = RunConfig.load_yaml(runs / "ladder-xs-rotate" / "config.yaml")
+    assert rotate.data.augment == ["crop", "flip", "rotate"] and rotate.replace(data=ar.data.to_dict()) == ar
     names = [stage.name for stage in stages(runs, **plan)]
-    assert names[0] == "pretrain ladder-xs" and names[-1] == "classify ladder-xs-bert" and len(names) == 15
+    assert names[0] == "pretrain ladder-xs" and names[-1] == "classify ladder-xs-rotate" and len(names) == 20
 
     capsys.readouterr()
     assert ladder(runs, records=records, **plan)  # nothing left to do
@@ -61,7 +63,8 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     # The report's model comparison, from the records alone (the tiny run stands in for each size).
     section = tmp_path / "section"
     for source, names in (("ladder-xs", ("ladder-cpu-s", "ladder-cpu-m", "ladder-cpu-l")),
-                          ("ladder-xs-noaug", ("ladder-cpu-s-noaug",)), ("ladder-xs-bert", ("ladder-cpu-s-bert",))):
+                          ("ladder-xs-noaug", ("ladder-cpu-s-noaug",)), ("ladder-xs-bert", ("ladder-cpu-s-bert",)),
+                          ("ladder-xs-rotate", ("ladder-cpu-s-rotate",))):
         for name in names:
             shutil.copytree(records / source, section / "runs" / name)
     minutes = [row["minutes"] for row in checkpoints(section / "runs/ladder-cpu-s")]
@@ -74,5 +77,7 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
         assert f"figures/{figure}.png" in text and (section / "figures" / f"{figure}.png").exists()
     assert "runs/ladder-cpu-m/figures/completions.png" in text
     assert "Here L leads on 0 of 3 measures: this differs from" in text  # equal numbers: the first size listed, S, leads
-    assert "| with augmentation (crop, flip) |" in text and "| BERT (mask 0.15) |" in text and "probe, layer 1" in text
+    assert "| with augmentation (crop, flip) |" in text and "| without augmentation |" in text
+    assert "| with augmentation (crop, flip, rotate) |" in text
+    assert "| BERT (mask 0.15) |" in text and "probe, layer 1" in text
     assert comparison_section(tmp_path / "no-records", section / "figures") == []
