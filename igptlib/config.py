@@ -371,11 +371,16 @@ class TrainConfig(Config):
     log_every: int = 50  # steps between logged training metrics
     progress_bar: bool = True
     init_from: str | None = None  # a checkpoint whose weights start this run (fine-tuning)
+    # Stop after this many validations without a better score (None: never): validation accuracy
+    # when fine-tuning, else validation nats per pixel; the same score picks best.ckpt.
+    early_stop: int | None = None
 
     def validate(self):
         for name in ("steps", "val_every", "save_every", "num_nodes", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ConfigError(f"TrainConfig.early_stop: expected a positive number of validations or null, got {self.early_stop}")
         if self.val_batches is not None and self.val_batches < 1:
             raise ConfigError(f"TrainConfig.val_batches: expected a positive integer or null, got {self.val_batches}")
         if any(step < 1 for step in self.checkpoint_steps):

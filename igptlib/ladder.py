@@ -95,8 +95,10 @@ def finetune_config(pretrained, init_from: Path, steps: int = FINETUNE["steps"])
 
 
 def finished(run_dir: Path, steps: int) -> bool:
-    metrics = run_dir / "metrics.json"
-    return metrics.exists() and json.loads(metrics.read_text())["global_step"] >= steps
+    """The run has trained all its steps, or stopped early for want of progress on validation."""
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    return metrics.get("global_step", 0) >= steps or metrics.get("stopped_early", False)
 
 
 def training(name: str, config, run_dir: Path) -> Stage:

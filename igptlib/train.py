@@ -170,6 +170,12 @@ class StopAfter(L.Callback):
 # -- the run ----------------------------------------------------------------------------------------
 
 
+def validation_score(config: RunConfig) -> tuple[str, str]:
+    """The logged metric that picks best.ckpt and stops a run early, and whether "min" or "max" is better:
+    a classifier is judged by its accuracy, a generative model by its likelihood."""
+    return ("val/acc", "max") if config.optim.finetune else ("val/nats_per_pixel", "min")
+
+
 def reuse_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -283,7 +289,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     """
     stop = StopAfter(budget_seconds) if budget_seconds is not None else None
     from lightning.pytorch.accelerators import CPUAccelerator
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from igptlib.data import PixelDataModule
@@ -317,10 +323,13 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     else:
         module = ImageGPT(config.model, config.optim, seed=seed)
 
+    monitor, mode = validation_score(config)
     best = ModelCheckpoint(
-        dirpath=checkpoints, filename="best", monitor="val/nats_per_pixel", mode="min", save_top_k=1,
+        dirpath=checkpoints, filename="best", monitor=monitor, mode=mode, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
+    early = None if t.early_stop is None else EarlyStopping(monitor, mode=mode, patience=t.early_stop,
+                                                           check_on_train_epoch_end=False)
     trainer = L.Trainer(
         max_steps=t.steps, max_epochs=-1, val_check_interval=t.val_every, check_val_every_n_epoch=None,
         limit_val_batches=t.val_batches if t.val_batches is not None else 1.0,
@@ -328,7 +337,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         gradient_clip_val=config.optim.grad_clip or None, gradient_clip_algorithm="norm",
         logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False)],
         callbacks=[RunCheckpoints(checkpoints, t.save_every, checkpoint_steps(config)), best, *callbacks,
-                   *([stop] if stop else [])],
+                   *([stop] if stop else []), *([early] if early else [])],
         enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar, log_every_n_steps=t.log_every,
         default_root_dir=run_dir,
     )
@@ -351,10 +360,11 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             "epoch": trainer.current_epoch,
             "wall_seconds": round(wall, 1),
             "stopped_by_budget": bool(stop and stop.stopped),
+            "stopped_early": bool(early and early.wait_count >= early.patience),
             "parameters": module.model.num_parameters(),
             "hardware": describe_hardware(),  # the run's record says what it trained on
             "best_checkpoint": best.best_model_path or None,
-            "best_val_nats_per_pixel": None if best.best_model_score is None else float(best.best_model_score),
+            f"best_{monitor.replace('/', '_')}": None if best.best_model_score is None else float(best.best_model_score),
             "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
         }
         if t.test:

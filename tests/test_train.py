@@ -246,6 +246,23 @@ def test_finetuning_from_a_pretrained_run_adds_the_classifier(data_root, tmp_pat
     assert 0.0 <= metrics["final"]["val/acc"] <= 1.0 and "val/clf_loss" in metrics["final"]
 
 
+def test_finetuning_keeps_its_best_accuracy_and_stops_early_when_validation_stalls(data_root, tmp_path):
+    train(smoke_config(data_root, steps=2, checkpoint_steps=[]), tmp_path / "pre")
+    config = smoke_config(data_root, steps=20, val_every=2, checkpoint_steps=[], early_stop=2)
+    # A learning rate too small to change any prediction: validation accuracy stays where it starts.
+    config = config.replace(optim=config.optim.replace(finetune=True, lr=1e-12).to_dict(),
+                            train=config.train.replace(init_from=str(tmp_path / "pre/checkpoints/last.ckpt")).to_dict())
+    metrics = train(config, tmp_path / "ft")
+    # Validations at steps 2 (the best), 4 and 6 (no better: the patience of 2 is spent).
+    assert metrics["stopped_early"] and metrics["global_step"] == 6
+    assert 0.0 <= metrics["best_val_acc"] <= 1.0 and "best_val_nats_per_pixel" not in metrics
+    best = torch.load(tmp_path / "ft/checkpoints/best.ckpt", weights_only=True)
+    assert any(key.startswith("ModelCheckpoint") and state["monitor"] == "val/acc" for key, state in best["callbacks"].items())
+    assert torch.load(tmp_path / "ft/checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+    # Resumed, it stops at its next validation: the early stop's patience is kept in the checkpoint.
+    assert train(config, tmp_path / "ft", resume=True)["global_step"] == 8
+
+
 def test_two_process_ddp_on_the_cpu_trains_a_few_steps(data_root, tmp_path):
     command = [
         sys.executable, "-m", "igptlib.train", "--size", "xs", "--root", str(data_root), "--clusters", "8",
