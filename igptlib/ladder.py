@@ -33,7 +33,7 @@ TWIN_SIZE = "cpu-s"  # the size trained again with one thing changed
 TWINS = {  # run name suffix -> what changes
     "noaug": dict(augment=[]),
     "bert": dict(objective="bert"),  # mask probability 0.15
-    "rotate": dict(augment=["crop", "flip", "rotate"]),  # turns of up to 10 degrees either way
+    "rotate": dict(rotate=True),  # turns of up to 10 degrees either way, beside the preset's crops
 }
 # The seed saved iGPT checkpoints at 131,000, 262,000 and 524,000 steps; the ladder keeps the
 # 1:2:4 ratio at 1/200 of that scale.
@@ -72,14 +72,18 @@ class Progress(L.Callback):
                   f"about {(trainer.max_steps - step) * rate / 60:.0f} min left in this stage", flush=True)
 
 
-def pretrain_config(size: str, steps=NAMED_STEPS, overrides=(), objective: str = "ar", augment: list[str] | None = None):
-    """The preset's run on MNIST, to the last named step; `augment` replaces the preset's augmentation."""
+def pretrain_config(size: str, steps=NAMED_STEPS, overrides=(), objective: str = "ar", augment: list[str] | None = None,
+                    rotate: bool = False):
+    """The preset's run on MNIST, to the last named step; `augment` replaces the preset's augmentation,
+    `rotate` adds rotations to it."""
     from igptlib.config import RunConfig, apply_overrides, run_config
 
     values = run_config(size, "mnist", objective).to_dict()
     values["train"].update(steps=steps[-1], checkpoint_steps=list(steps), test=False)
     if augment is not None:
         values["data"]["augment"] = list(augment)
+    if rotate:
+        values["data"]["augment"] = [*values["data"]["augment"], "rotate"]
     return RunConfig.from_dict(apply_overrides(values, list(overrides)))
 
 

@@ -101,8 +101,9 @@ def _shipped(models_dir) -> dict[str, dict]:
 
 
 def _preset(config) -> str:
+    """The presets of the model's shape: cpu-fast and cpu-s share one, and a reader of either name should find it."""
     shape = {"n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head}
-    return next((name for name, preset in PRESETS.items() if preset == shape), "custom")
+    return " = ".join(name for name, preset in PRESETS.items() if preset == shape) or "custom"
 
 
 def _as_list(value) -> list:

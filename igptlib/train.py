@@ -474,8 +474,10 @@ def run_train(args) -> None:
     if _first_process():
         note_command(run_dir, getattr(args, "invocation", None))  # provenance for the run's record
         print(f"run folder: {run_dir}  (step {metrics['global_step']}, {metrics['wall_seconds']} s)")
-        if metrics["best_val_nats_per_pixel"] is not None:
-            print(f"  best validation nats/pixel: {metrics['best_val_nats_per_pixel']:.4f}")
+        monitor = validation_score(config)[0]
+        best = metrics[f"best_{monitor.replace('/', '_')}"]
+        if best is not None:
+            print(f"  best {monitor}: {best:.4f}")
         for key, value in metrics.get("test", {}).items():
             print(f"  {key}: {value:.4f}")
 
