@@ -22,8 +22,6 @@ measured time plus its matmul FLOPs at the measured matmul peak.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import statistics
@@ -34,9 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from igptlib.config import PRESETS, ModelConfig, model_config, positive_int
+from igptlib.config import ModelConfig, model_config
 from igptlib.model import GPT, ar_loss
-from igptlib.train import reuse_freed_memory
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -220,39 +217,3 @@ def print_report(result: dict, precision: str) -> None:
         print(f"  ceiling with this attention kernel: {floor:.2f} s/step (its measured time, plus the weight matmuls "
               f"at the matmul peak), {ref['seconds_per_step'] / floor:.2f}x the reference")
     print(f"  peak resident memory of the benchmark: {result['peak_rss_gib']:.1f} GiB")
-
-
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per model (the median counts)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per model first (default: 5)")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="our model's precision")
-    parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference model")
-    parser.add_argument("--n-px", type=positive_int, default=28)
-    parser.add_argument("--vocab-size", type=int, default=16)
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice, one per core)")
-    parser.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
-                        help="reuse: glibc keeps freed memory, as `igpt train` sets it on CPUs (for both models); "
-                             "default: glibc as it comes")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
-
-
-def run_bench(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.malloc == "reuse":
-        reuse_freed_memory()  # process-wide: the reference profits as much as ours
-    result = bench_train(args.size, args.batch_size, args.steps, args.precision, args.reference, args.n_px, args.vocab_size,
-                         args.warmup)
-    result["malloc"] = args.malloc
-    print_report(result, args.precision)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-
-
-if __name__ == "__main__":  # the same as `igpt bench train`
-    parser = argparse.ArgumentParser(prog="igpt bench train", description=__doc__.splitlines()[0])
-    add_bench_arguments(parser)
-    run_bench(parser.parse_args())

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from igptlib.config import PRESETS, ConfigError, RunConfig, apply_overrides, read_json, run_config
+from igptlib.config import ConfigError, RunConfig, apply_overrides, read_json, run_config
 from igptlib.module import decay_start
 
 TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
@@ -211,24 +211,6 @@ def write_readme_section(records: list[dict], readme: Path) -> bool:
     return True
 
 
-def add_bench_converge_arguments(parser) -> None:
-    parser.add_argument("--name", help="the recipe's name: report/bench/converge-NAME.json (required unless --redraw)")
-    parser.add_argument("--size", default="cpu", choices=list(PRESETS), help="the preset to start from (default: cpu)")
-    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the training (default: 30)")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="change the preset's config, e.g. optim.lr=3e-3 data.batch_size=16 model.n_head=2")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2, this machine's cores)")
-    parser.add_argument("--run-dir", help="the run folder (default: runs/converge-NAME)")
-    parser.add_argument("--out", default="report/bench", help="where the JSON and the plot go (default: report/bench)")
-    parser.add_argument("--readme", default="README.md", help="the README whose time-to-quality table is rewritten")
-    parser.add_argument("--redraw", action="store_true", help="train nothing: redraw the plot and the table from the JSONs")
-    parser.add_argument("--branch-from", metavar="PARENT",
-                        help="the recorded wsd run (report/bench/converge-PARENT.json) to branch from: a shorter run "
-                             "of the same recipe whose decay starts at --at-step, timed as if trained from scratch")
-    parser.add_argument("--at-step", type=int, help="with --branch-from: the parent's kept step where the decay starts")
-    parser.add_argument("--parent-run-dir", help="with --branch-from: the parent's run folder (default: the one its record names)")
-
-
 def redraw(out: Path, readme: Path) -> Path:
     """The plot of every recorded recipe, and the README's table, from report/bench/converge-*.json."""
     from igptlib.plots import save_figure
@@ -242,29 +224,21 @@ def redraw(out: Path, readme: Path) -> Path:
     return figure
 
 
-def run_bench_converge(args) -> None:
-    out = Path(args.out)
-    if args.redraw:
-        print(f"plot: {redraw(out, Path(args.readme))}")
-        return
-    if not args.name:
-        raise ValueError("--name is required: the recipe's name, for report/bench/converge-NAME.json")
-    run_dir = Path(args.run_dir or f"runs/converge-{args.name}")
-    if args.branch_from:
-        if args.overrides or args.at_step is None:
+def measure(name: str, out: Path, size: str, minutes: float, overrides: list[str], run_dir: Path | None = None,
+            threads: int | None = None, branch_from: str | None = None, at_step: int | None = None,
+            parent_run_dir: Path | None = None) -> tuple[dict, Path]:
+    """Train one recipe (or branch it from the recorded run `branch_from`) and write its record as
+    out/converge-NAME.json; return the record and its path."""
+    run_dir = Path(run_dir or f"runs/converge-{name}")
+    if branch_from:
+        if overrides or at_step is None:
             raise ValueError("--branch-from takes --at-step and no --set: a branch keeps its parent's recipe")
-        parent = read_json(out / f"converge-{args.branch_from}.json")
-        parent_run_dir = Path(args.parent_run_dir or parent.get("run_dir") or f"runs/converge-{args.branch_from}")
-        record = branch(args.name, parent, parent_run_dir, args.at_step, args.minutes, run_dir, args.threads)
+        parent = read_json(out / f"converge-{branch_from}.json")
+        parent_run_dir = Path(parent_run_dir or parent.get("run_dir") or f"runs/converge-{branch_from}")
+        record = branch(name, parent, parent_run_dir, at_step, minutes, run_dir, threads)
     else:
-        record = converge(args.name, args.size, args.minutes, args.overrides, run_dir, args.threads)
+        record = converge(name, size, minutes, overrides, run_dir, threads)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"converge-{args.name}.json"
+    path = out / f"converge-{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
-    figure = redraw(out, Path(args.readme))
-    test = record["test"]["nats_per_pixel"]
-    print(f"{args.name}: {record['training']['steps']} steps in {record['training']['minutes']:.1f} min; "
-          f"test {test:.4f} nats/px ({record['test']['images']} images, float32)")
-    for target, minutes in record["minutes_to"].items():
-        print(f"  validation reached {target} nats/px: {'never' if minutes is None else f'after {minutes:.1f} min'}")
-    print(f"  record: {path}\n  plot: {figure}")
+    return record, path

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from igptlib.config import DataConfig, model_config, positive_int
+from igptlib.config import DataConfig, model_config
 from igptlib.model import GPT
 from igptlib.sampling import _check_sampling, complete, keep_rows, sample_next
 
@@ -101,16 +101,8 @@ def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: i
     return result
 
 
-def add_bench_sample_arguments(parser) -> None:
-    parser.add_argument("--preset", default="xs")
-    parser.add_argument("--images", type=positive_int, default=1)
-    parser.add_argument("--samples", type=positive_int, default=16)
-    parser.add_argument("--rows", type=int, default=14, help="rows kept; the rest are sampled")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="the cached sampler's best of this many runs")
-
-
-def run_bench_sample(args) -> None:
-    result = bench_sample(args.preset, args.images, args.samples, args.rows, args.repeats)
+def print_report(result: dict) -> None:
+    """bench_sample's figures, for the terminal."""
     print(
         f"complete {result['pixels_sampled']} pixels x {result['samples']} samples x {result['images']} image(s), "
         f"preset {result['preset']}, {result['threads']} threads:\n"

@@ -1,38 +1,158 @@
-"""The `igpt` command: one subcommand per stage of the data flow, each a thin call into igptlib."""
+"""The `igpt` command, the one command-line module: every sub-command's flags, and per sub-command a
+thin run function that calls igptlib with explicit values.
+
+The flags of config fields are generated from the config dataclasses (add_config_arguments): a
+field's type, choices, default and help are written once, in igptlib/config.py.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import inspect
+import io
 import json
 import sys
+import textwrap
 import time
+import tokenize
+import typing
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from igptlib.config import DEVICES, ConfigError, DataConfig, positive_int
-from igptlib.data import DATASETS, DataError
+from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, PRESETS, ConfigError, DataConfig, ModelConfig,
+                            RunConfig, apply_overrides)
+from igptlib.data import DataError
 from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError
 from igptlib.model_files import CheckpointError
 from igptlib.quantize import PaletteError
+from igptlib.records import RECORDS
+from igptlib.sweep import PIPELINE
 
 # `igpt complete --turn`: quarter turns anticlockwise, or None for the model's choice
 TURN_CHOICES = {"none": 0, "90": 1, "180": 2, "270": 3, "auto": None}
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
-    parser.add_argument("--root", default="data", help="data root (torchvision's layout); default: data")
+def positive_int(text: str) -> int:
+    """An argparse type for counts and sizes: argparse names the flag in the error it makes of this one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# -- flags generated from the config dataclasses ---------------------------------------------------
+
+SECTIONS = typing.get_type_hints(RunConfig)  # a run's sections: data DataConfig, model ModelConfig, ...
+
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's trailing `# comment` in the dataclass's source: the help of its flag."""
+    fields = {field.name for field in dataclasses.fields(cls)}
+    source = textwrap.dedent(inspect.getsource(cls))
+    declared, comments = {}, {}  # row -> the field declared there; field -> its comment
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        row, column = token.start
+        if token.type == tokenize.NAME and column == 4 and token.string in fields:  # the class body's indentation
+            declared[row] = token.string
+        elif token.type == tokenize.COMMENT and row in declared:
+            comments[declared[row]] = token.string.lstrip("#").strip()
+    return comments
+
+
+def _int_or_text(text: str) -> int | str:
+    """`int | str` fields (train.devices): a number, or a word such as auto that the config checks."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _flag_type(annotation) -> dict:
+    """add_argument's keywords for a field of this type."""
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}  # --test and --no-test
+    if typing.get_origin(annotation) is list:
+        return {"nargs": "*", "type": typing.get_args(annotation)[0]}  # no values: an empty list
+    # X | None: None is a config's own default, never a flag's value (`--set section.field=null` sets it).
+    options = {option for option in typing.get_args(annotation) if option is not type(None)} or {annotation}
+    if options == {int, str}:
+        return {"type": _int_or_text}
+    (kind,) = options
+    if kind not in (int, float, str):
+        raise TypeError(f"no flag for config fields of type {annotation!r}")
+    return {"type": kind}
+
+
+def _shown(value) -> str:
+    return (" ".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, section: str, fields=None, exclude=(),
+                         names: dict[str, list[str]] | None = None) -> None:
+    """One flag per field of a run's `section` (those in `fields`, or all but `exclude`), in a group of
+    its own: --field-name, or the flag names that `names` gives the field instead.
+
+    Type, choices (config.CHOICES) and help (the field's comment) come from config.py. The default is
+    None, "not given": the field keeps its value from the preset, the config file or the dataclass;
+    the help shows the dataclass's. Fields derived from the data (model.vocab_size, model.n_px) get none.
+    """
+    cls = SECTIONS[section]
+    hints, comments = typing.get_type_hints(cls), field_comments(cls)
+    group = parser.add_argument_group(section)
+    for field in dataclasses.fields(cls):
+        if (fields is not None and field.name not in fields) or field.name in exclude or (
+                section == "model" and field.name in DERIVED_FROM_DATA):
+            continue
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        help = comments.get(field.name, "")
+        if default is not None:
+            help = f"{help} (default: {_shown(default)})".strip()
+        keywords = {"dest": f"{section}.{field.name}", "default": None, "help": help.replace("%", "%%"),
+                    "choices": CHOICES.get(f"{section}.{field.name}"), **_flag_type(hints[field.name])}
+        if keywords["choices"] is None and "action" not in keywords:
+            keywords["metavar"] = field.name.upper()  # not the dest's SECTION.FIELD
+        group.add_argument(*(names or {}).get(field.name, [f"--{field.name.replace('_', '-')}"]), **keywords)
+
+
+def config_flags(args) -> dict[str, dict]:
+    """The generated flags that were given: section -> {field: value}."""
+    given = {}
+    for dest, value in vars(args).items():
+        section, dot, field = dest.partition(".")
+        if dot and value is not None:
+            given.setdefault(section, {})[field] = value
+    return given
+
+
+def data_config(args, **fields) -> DataConfig:
+    """The DataConfig of a command's data flags: those given, the dataclass's defaults for the rest."""
+    return DataConfig(**config_flags(args).get("data", {}), **fields)
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """--set SECTION.FIELD=VALUE ...: the generic override of any config field (config.apply_overrides)."""
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help=help)
+
+
+# -- the sub-commands: each a thin call into igptlib -----------------------------------------------
 
 
 def run_data(args) -> None:
     from igptlib.data import fetch, load_split, split_indices
 
-    report = fetch(args.dataset, args.root, timeout=args.timeout, refetch=args.refetch)
+    config = data_config(args)
+    report = fetch(config.dataset, config.root, timeout=args.timeout, refetch=args.refetch)
     print(report)
     sizes = {}
     for split in ("train", "test"):
-        images, labels = load_split(args.dataset, args.root, train=split == "train")
+        images, labels = load_split(config.dataset, config.root, train=split == "train")
         sizes[split] = len(labels)
         print(f"  {split}: {len(labels)} images {tuple(images.shape[1:])}, per label {labels.bincount().tolist()}")
     train_idx, val_idx = split_indices(sizes["train"], 0.1, seed=0)
@@ -43,10 +163,7 @@ def run_centroids(args) -> None:
     from igptlib.data import ensure_palette
     from igptlib.plots import palette_swatches, save_figure
 
-    config = DataConfig(
-        dataset=args.dataset, root=args.root, n_px=args.n_px, clusters=args.clusters, palette=args.out,
-        palette_method=args.method, palette_pixels=args.pixels, seed=args.seed,
-    )
+    config = data_config(args, palette=args.out)
     if config.palette_path.is_dir():
         raise IsADirectoryError(f"--out {config.palette_path}: a directory; expected the path of a .npy file")
     exists = config.palette_path.exists()
@@ -57,7 +174,7 @@ def run_centroids(args) -> None:
     print(f"{len(palette)} centroids in {config.palette_path} ({time.perf_counter() - started:.1f} s)")
     print("  " + " ".join(f"{c:.0f}" for c in palette[:, 0]) if palette.shape[1] == 1 else palette.round(0))
     if args.figure:
-        swatches = palette_swatches(palette, f"{args.dataset}: {len(palette)}-colour palette")
+        swatches = palette_swatches(palette, f"{config.dataset}: {len(palette)}-colour palette")
         figure = save_figure(swatches, Path(args.figure).name, Path(args.figure).parent)
         print(f"  swatches: {figure}")
 
@@ -68,7 +185,7 @@ def run_augment(args) -> None:
     from igptlib.data import augment_images, examples_per_label, training_split, write_augmented_set
     from igptlib.plots import image_grid, save_figure
 
-    config = DataConfig(dataset=args.dataset, root=args.root, augment=args.augment, seed=args.seed)
+    config = data_config(args)
     if args.out:
         started = time.perf_counter()
         out = write_augmented_set(config, args.out, copies=args.copies)
@@ -82,8 +199,69 @@ def run_augment(args) -> None:
         rows = torch.cat([originals.view(10, args.per_label, *originals.shape[1:]),
                           augmented.view(10, args.per_label, *augmented.shape[1:])], dim=1).flatten(0, 1)
         fig = image_grid(rows, ncols=2 * args.per_label, row_labels=range(10),
-                         title=f"{args.dataset}: originals (left) and augmented ({', '.join(args.augment) or 'none'})")
+                         title=f"{config.dataset}: originals (left) and augmented ({', '.join(config.augment) or 'none'})")
         print(f"grid: {save_figure(fig, Path(args.grid).name, Path(args.grid).parent)}")
+
+
+def train_config(args) -> tuple[RunConfig, Path]:
+    """The RunConfig and run folder that the `igpt train` flags ask for: the resumed run's config, the
+    --config file or the --size preset; then the pre-trained model of --finetune-from, the flags
+    given, and --set."""
+    from igptlib.config import run_config
+    from igptlib.model_files import read_checkpoint
+    from igptlib.train import find_run_folder
+
+    flags = config_flags(args)
+    dataset = flags.get("data", {}).get("dataset", DataConfig.dataset)
+    objective = flags.get("model", {}).get("objective", ModelConfig.objective)
+    # Run folders are named as the notebooks name them: runs/<dataset>-<size>, a BERT run's with
+    # -bert; a fine-tuning run goes into its pre-trained run's finetune/ folder.
+    pretrained = find_run_folder(args.finetune_from) if args.finetune_from else None
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    elif pretrained is not None:
+        run_dir = pretrained / "finetune"
+    else:
+        run_dir = Path("runs") / (f"{dataset}-{args.size}" + ("" if objective == "ar" else f"-{objective}"))
+    if args.resume:
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no config.yaml")
+        config = RunConfig.load_yaml(run_dir / "config.yaml")
+    elif args.config:
+        config = RunConfig.load_yaml(args.config)
+    else:
+        config = run_config(args.size, dataset, objective)
+    values = config.to_dict()
+    if args.finetune_from:
+        # The model is the pre-trained one; the new stage adds the classification loss.
+        values["model"] = read_checkpoint(args.finetune_from)["hyper_parameters"]["model"]
+        values["optim"]["finetune"] = True
+        values["train"]["init_from"] = args.finetune_from
+    for section, fields in flags.items():
+        values[section].update(fields)
+    return RunConfig.from_dict(apply_overrides(values, args.overrides)), run_dir
+
+
+def run_train(args) -> None:
+    from igptlib.records import note_command
+    from igptlib.train import first_process, train, validation_score
+
+    config, run_dir = train_config(args)
+    budget = None if args.budget_minutes is None else args.budget_minutes * 60
+    metrics = train(config, run_dir, resume=args.resume, budget_seconds=budget)
+    if not first_process():  # the other processes of a DDP run print nothing
+        return
+    if metrics.get("stopped_by_budget"):
+        print(f"stopped at step {metrics['global_step']} of {config.train.steps}: the {args.budget_minutes:g}-minute "
+              f"budget ran out; go on with --run-dir {run_dir} --resume")
+    note_command(run_dir, args.invocation)  # provenance for the run's record
+    print(f"run folder: {run_dir}  (step {metrics['global_step']}, {metrics['wall_seconds']} s)")
+    monitor = validation_score(config)[0]
+    best = metrics[f"best_{monitor.replace('/', '_')}"]
+    if best is not None:
+        print(f"  best {monitor}: {best:.4f}")
+    for key, value in metrics.get("test", {}).items():
+        print(f"  {key}: {value:.4f}")
 
 
 def run_complete(args) -> None:
@@ -181,22 +359,110 @@ def run_import_hf(args) -> None:
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB; open it with --model {path} or in the explorer")
 
 
-def _add_bench_commands(commands) -> None:
-    from igptlib.bench import add_bench_arguments, run_bench
-    from igptlib.bench_converge import add_bench_converge_arguments, run_bench_converge
-    from igptlib.bench_sampling import add_bench_sample_arguments, run_bench_sample
+def run_evaluate(args) -> None:
+    """Evaluate a checkpoint (or a shipped model) and write its metrics and figures into its run folder (or record)."""
+    from igptlib.evaluate import evaluate_and_write, model_to_evaluate, summary
 
-    bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    train = kinds.add_parser("train", help="training throughput and GFLOP/s against a plain reference model")
-    add_bench_arguments(train)
-    train.set_defaults(run=run_bench)
-    sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler and transformers' generate()")
-    add_bench_sample_arguments(sample)
-    sample.set_defaults(run=run_bench_sample)
-    converge = kinds.add_parser("converge", help="time to quality: validation nats/px against wall minutes, then test")
-    add_bench_converge_arguments(converge)
-    converge.set_defaults(run=run_bench_converge)
+    device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
+    module, data, run_dir, source = model_to_evaluate(checkpoint=args.checkpoint, model=args.model, dataset=args.dataset,
+                                                      out=args.out)
+    changes = {name: getattr(args, name) for name in ("root", "limit_test", "batch_size") if getattr(args, name) is not None}
+    out = Path(args.out) if args.out else run_dir / "evaluation.json"
+    results = evaluate_and_write(
+        module, data.replace(**changes), out, source, device, command=args.invocation,
+        probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
+        classification=source["finetuned"] if args.classification is None else args.classification,
+        completions=args.completions, samples=args.samples, keep_rows=args.keep_rows, temperature=args.temperature,
+        seed=args.seed, figures=run_dir / "figures" if args.figures else None, precision=args.precision,
+    )
+    print(summary(results))
+    print(f"metrics: {out}")
+
+
+def run_sweep(args) -> None:
+    import logging
+
+    from igptlib.sweep import sweep
+
+    resolve_device(args.device)  # cuda without a GPU: an error now, not inside the first notebook
+    # papermill logs each cell as it starts ("Executing Cell 6") and the cells' output, timed.
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("papermill").setLevel(logging.INFO)
+    sweep(sizes=args.sizes, dataset=args.dataset, notebooks=args.notebooks, runs=args.runs, steps=args.steps,
+          smoke=args.smoke, device=args.device, records=None if args.smoke else args.records, command=args.invocation,
+          preset_schedule=args.preset_schedule)
+
+
+def run_record(args) -> None:
+    from igptlib.records import record_run
+
+    print(f"record: {record_run(run_dir=args.run_dir, name=args.name, records=args.records)}")
+
+
+def run_report(args) -> None:
+    from igptlib.report import build_report
+
+    print(f"report: {build_report(runs=None if args.records_only else args.runs, out=args.out)}")
+
+
+def run_card(args) -> None:
+    from igptlib.report import shipped_model_card
+
+    print(f"model card: {shipped_model_card(name=args.name, run_dir=args.run_dir, out=args.out)}")
+
+
+def run_ladder(args) -> None:
+    from igptlib.ladder import ladder
+
+    ladder(runs=Path(args.runs), budget_minutes=args.budget_minutes, reserve_minutes=args.reserve_minutes,
+           records=Path(args.records), overrides=args.overrides)
+
+
+def run_bench_train(args) -> None:
+    import torch
+
+    from igptlib.bench import bench_train, print_report
+    from igptlib.train import reuse_freed_memory
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.malloc == "reuse":
+        reuse_freed_memory()  # process-wide: the reference profits as much as ours
+    result = bench_train(size=args.size, batch_size=args.batch_size, steps=args.steps, precision=args.precision,
+                         reference=args.reference, n_px=args.n_px, vocab_size=args.vocab_size, warmup=args.warmup)
+    result["malloc"] = args.malloc
+    print_report(result, args.precision)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def run_bench_sample(args) -> None:
+    from igptlib.bench_sampling import bench_sample, print_report
+
+    print_report(bench_sample(preset=args.preset, images=args.images, samples=args.samples, rows=args.rows,
+                              repeats=args.repeats))
+
+
+def run_bench_converge(args) -> None:
+    from igptlib.bench_converge import measure, redraw
+
+    out = Path(args.out)
+    if args.redraw:
+        print(f"plot: {redraw(out, Path(args.readme))}")
+        return
+    if not args.name:
+        raise ValueError("--name is required: the recipe's name, for report/bench/converge-NAME.json")
+    record, path = measure(name=args.name, out=out, size=args.size, minutes=args.minutes, overrides=args.overrides,
+                           run_dir=args.run_dir, threads=args.threads, branch_from=args.branch_from,
+                           at_step=args.at_step, parent_run_dir=args.parent_run_dir)
+    figure = redraw(out, Path(args.readme))
+    test = record["test"]["nats_per_pixel"]
+    print(f"{args.name}: {record['training']['steps']} steps in {record['training']['minutes']:.1f} min; "
+          f"test {test:.4f} nats/px ({record['test']['images']} images, float32)")
+    for target, minutes in record["minutes_to"].items():
+        print(f"  validation reached {target} nats/px: {'never' if minutes is None else f'after {minutes:.1f} min'}")
+    print(f"  record: {path}\n  plot: {figure}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -207,43 +473,49 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from igptlib.evaluate import PRECISIONS as EVALUATION_PRECISIONS
+
     parser = _Parser(prog="igpt", description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="fetch and verify a dataset (offline sources included)")
-    _add_data_arguments(data)
+    add_config_arguments(data, "data", fields=("dataset", "root"))
     data.add_argument("--timeout", type=float, default=120.0, help="seconds allowed to each download source")
     data.add_argument("--refetch", action="store_true", help="fetch again, keeping damaged files as *.bad")
     data.set_defaults(run=run_data)
 
     centroids = commands.add_parser("centroids", help="fit the k-means colour palette and save it as .npy")
-    _add_data_arguments(centroids)
-    centroids.add_argument("--clusters", type=int, default=16)
-    centroids.add_argument("--n-px", type=int, default=28, help="context reduction: resize to n_px x n_px first")
-    centroids.add_argument("--method", choices=["minibatch", "kmeans"], default="minibatch")
-    centroids.add_argument("--pixels", type=positive_int, default=200_000, help="pixels sampled for k-means")
-    centroids.add_argument("--seed", type=int, default=0)
+    add_config_arguments(centroids, "data", fields=("dataset", "root", "n_px", "clusters", "palette_method", "palette_pixels", "seed"),
+                         names={"palette_method": ["--palette-method", "--method"], "palette_pixels": ["--palette-pixels", "--pixels"]})
     centroids.add_argument("--out", help="where to write the .npy (default: under the data root)")
     centroids.add_argument("--force", action="store_true", help="fit again even if the file exists")
     centroids.add_argument("--figure", help="also save the palette's swatches as this PNG")
     centroids.set_defaults(run=run_centroids)
 
     augment = commands.add_parser("augment", help="write the augmented training set to disk and/or show a grid of it")
-    _add_data_arguments(augment)
-    augment.add_argument("--augment", nargs="*", default=["crop", "flip"], help="crop, flip, rotate (none: no flag values)")
+    add_config_arguments(augment, "data", fields=("dataset", "root", "augment", "crop_padding", "rotate_degrees", "seed"))
     augment.add_argument("--copies", type=positive_int, default=1, help="augmented copies of the training split to write")
-    augment.add_argument("--seed", type=int, default=0)
     augment.add_argument("--out", help="an .npz to write (images uint8 [N, C, H, W], labels)")
     augment.add_argument("--grid", help="a PNG of originals beside augmented versions, a row per label")
     augment.add_argument("--per-label", type=positive_int, default=6)
     augment.set_defaults(run=run_augment)
 
-    from igptlib.evaluate import add_evaluate_arguments, run_evaluate
-    from igptlib.train import add_train_arguments, run_train
-
-    train = commands.add_parser("train", help="train a model (pre-training or fine-tuning) into a run folder")
-    add_train_arguments(train)
+    train = commands.add_parser(
+        "train", help="train a model (pre-training or fine-tuning) into a run folder",
+        description="A config flag left out keeps the value of the resumed run, the --config file or the --size preset; "
+                    "the defaults shown are the config dataclasses' own.")
+    train.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
+    train.add_argument("--config", help="a RunConfig YAML to start from instead of the --size preset")
+    train.add_argument("--run-dir", help="the run folder (default: runs/<dataset>-<size>, -bert added for BERT; fine-tuning: the pre-trained run's finetune/)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    train.add_argument("--budget-minutes", type=float, metavar="MIN",
+                       help="stop cleanly at a checkpoint once this much wall time has passed (resume later with --resume)")
+    train.add_argument("--finetune-from", metavar="CKPT", help="fine-tune (L_GEN + L_CLF) from a pre-trained checkpoint")
+    add_set_argument(train, "change any config field after the flags, e.g. model.n_embd=32 data.augment=[]")
+    for section in SECTIONS:
+        # --finetune-from sets optim.finetune and train.init_from together; --device is train.accelerator's flag.
+        add_config_arguments(train, section, exclude=("finetune", "init_from"), names={"accelerator": ["--device"]})
     train.set_defaults(run=run_train)
 
     complete = commands.add_parser("complete", help="complete a PNG/JPG/JPEG image with a shipped model or a checkpoint")
@@ -284,28 +556,63 @@ def build_parser() -> argparse.ArgumentParser:
     import_hf.set_defaults(run=run_import_hf)
 
     evaluate = commands.add_parser("evaluate", help="likelihood, probes, classification, completions -> JSON")
-    add_evaluate_arguments(evaluate)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint of a run, e.g. runs/mnist-s/checkpoints/best.ckpt")
+    source.add_argument("--model", help="a shipped model's name or a .safetensors file, evaluated on its own dataset; "
+                        "default --out: its record, report/runs/shipped-<name>/evaluation.json (figures beside it)")
+    evaluate.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder)")
+    evaluate.add_argument("--root", help="data root (default: the run's)")
+    evaluate.add_argument("--dataset", default="mnist", help="for a checkpoint without a run folder (default: mnist)")
+    evaluate.add_argument("--limit-test", type=positive_int, help="only the first N test images")
+    evaluate.add_argument("--batch-size", type=positive_int)
+    evaluate.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    evaluate.add_argument("--precision", choices=EVALUATION_PRECISIONS, default="32",
+                          help="32 (default) or bf16: bfloat16 autocast for the passes over whole splits, faster on CPUs with bf16 instructions")
+    evaluate.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
+    evaluate.add_argument("--probe-layers", type=int, nargs="+", help="layers to probe (default: all, 0 = embeddings)")
+    evaluate.add_argument("--probe-train", type=positive_int, help="fit the probes on the first N training images (default: all)")
+    evaluate.add_argument("--classification", action=argparse.BooleanOptionalAction, default=None,
+                          help="the classification head's metrics (default: only for fine-tuned checkpoints)")
+    evaluate.add_argument("--completions", type=int, default=16, help="test images to complete (0: none; default 16)")
+    evaluate.add_argument("--samples", type=positive_int, default=4, help="completions per image (default 4)")
+    evaluate.add_argument("--keep-rows", type=int, help="rows kept of each image (default: half)")
+    evaluate.add_argument("--temperature", type=float, default=1.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     evaluate.set_defaults(run=run_evaluate)
 
-    from igptlib.report import add_card_arguments, add_report_arguments, run_card, run_report
-    from igptlib.sweep import add_sweep_arguments, run_sweep
-
     sweep = commands.add_parser("sweep", help="run the training, completion and evaluation notebooks per size (papermill)")
-    add_sweep_arguments(sweep)
+    sweep.add_argument("--sizes", nargs="+", default=["s", "m", "l"], help="model presets (default: s m l)")
+    sweep.add_argument("--dataset", default="mnist")
+    sweep.add_argument("--notebooks", nargs="+", default=list(PIPELINE), help=f"default: {' '.join(PIPELINE)}")
+    sweep.add_argument("--runs", default="runs", help="where the run folders go (default: runs)")
+    schedule = sweep.add_mutually_exclusive_group()
+    schedule.add_argument("--steps", type=positive_int, help="pre-training steps for every size (default: the notebooks')")
+    schedule.add_argument("--preset-schedule", action="store_true",
+                          help="train each size for its preset's own schedule, fine-tune for a tenth of it (the GPU sweep)")
+    sweep.add_argument("--smoke", action="store_true", help="tiny data and steps, as the tests run them")
+    sweep.add_argument("--records", default="report/runs",
+                       help="record each finished run here for the report (default: report/runs; smoke runs are not recorded)")
+    sweep.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     sweep.set_defaults(run=run_sweep)
 
-    from igptlib.records import add_record_arguments, run_record
-
     record = commands.add_parser("record", help="copy a finished run folder's small files into report/runs/<name> (committed)")
-    add_record_arguments(record)
+    record.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (its finetune/ folder comes along)")
+    record.add_argument("--name", help="the record's name (default: the run folder's name)")
+    record.add_argument("--records", default=str(RECORDS), help=f"where records live (default: {RECORDS})")
     record.set_defaults(run=run_record)
 
     report = commands.add_parser("report", help="record runs/*, then build report/ (README, index.html, results.json, model cards) from report/runs/")
-    add_report_arguments(report)
+    report.add_argument("--runs", default="runs", help="the finished run folders under it are recorded first (default: runs)")
+    report.add_argument("--records-only", action="store_true", help="record no run folder: build from the committed records alone")
+    report.add_argument("--out", default="report", help="where the report and its records (runs/) live (default: report)")
     report.set_defaults(run=run_report)
 
     card = commands.add_parser("card", help="record a shipped model's run folder as its training record, then rebuild its card and the report")
-    add_card_arguments(card)
+    card.add_argument("--name", required=True, help="the shipped model: models/<name>.safetensors")
+    card.add_argument("--run", dest="run_dir", required=True,
+                      help="the run folder that made it (with finetune/ and evaluation.json): recorded as its training record")
+    card.add_argument("--out", default="report", help="the report folder (default: report)")
     card.set_defaults(run=run_card)
 
     robustness = commands.add_parser("robustness", help="inverted and rotated test images: completion and classification, handling on and off")
@@ -318,13 +625,55 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--out", help="the JSON to write (default: report/runs/robustness-MODEL/robustness.json)")
     robustness.set_defaults(run=run_robustness)
 
-    from igptlib.ladder import add_ladder_arguments, run_ladder
-
     ladder = commands.add_parser("ladder", help="the CPU ladder: S, M and L trained, evaluated and fine-tuned alike, resumably")
-    add_ladder_arguments(ladder)
+    ladder.add_argument("--runs", default="runs", help="where the ladder's run folders live (default: runs)")
+    ladder.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
+    ladder.add_argument("--reserve-minutes", type=float, default=20.0,
+                        help="an evaluation starts only with this much of the budget left (default: 20)")
+    ladder.add_argument("--records", default="report/runs", help="record each finished run here (default: report/runs)")
+    add_set_argument(ladder, "change every run's config alike, e.g. train.val_batches=16")
     ladder.set_defaults(run=run_ladder)
 
-    _add_bench_commands(commands)
+    bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    train = kinds.add_parser("train", help="training throughput and GFLOP/s against a plain reference model")
+    train.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
+    train.add_argument("--batch-size", type=positive_int, default=64)
+    train.add_argument("--steps", type=positive_int, default=3, help="timed steps per model (the median counts)")
+    train.add_argument("--warmup", type=int, default=5, help="untimed steps per model first (default: 5)")
+    train.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="our model's precision")
+    train.add_argument("--no-reference", dest="reference", action="store_false", help="skip the reference model")
+    train.add_argument("--n-px", type=positive_int, default=28)
+    train.add_argument("--vocab-size", type=int, default=16)
+    train.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice, one per core)")
+    train.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
+                       help="reuse: glibc keeps freed memory, as `igpt train` sets it on CPUs (for both models); "
+                            "default: glibc as it comes")
+    train.add_argument("--json", help="also write the figures to this JSON file")
+    train.set_defaults(run=run_bench_train)
+    sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler and transformers' generate()")
+    sample.add_argument("--preset", default="xs")
+    sample.add_argument("--images", type=positive_int, default=1)
+    sample.add_argument("--samples", type=positive_int, default=16)
+    sample.add_argument("--rows", type=int, default=14, help="rows kept; the rest are sampled")
+    sample.add_argument("--repeats", type=positive_int, default=3, help="the cached sampler's best of this many runs")
+    sample.set_defaults(run=run_bench_sample)
+    converge = kinds.add_parser("converge", help="time to quality: validation nats/px against wall minutes, then test")
+    converge.add_argument("--name", help="the recipe's name: report/bench/converge-NAME.json (required unless --redraw)")
+    converge.add_argument("--size", default="cpu", choices=list(PRESETS), help="the preset to start from (default: cpu)")
+    converge.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the training (default: 30)")
+    add_set_argument(converge, "change the preset's config, e.g. optim.lr=3e-3 data.batch_size=16 model.n_head=2")
+    converge.add_argument("--threads", type=int, default=2, help="torch threads (default: 2, this machine's cores)")
+    converge.add_argument("--run-dir", help="the run folder (default: runs/converge-NAME)")
+    converge.add_argument("--out", default="report/bench", help="where the JSON and the plot go (default: report/bench)")
+    converge.add_argument("--readme", default="README.md", help="the README whose time-to-quality table is rewritten")
+    converge.add_argument("--redraw", action="store_true", help="train nothing: redraw the plot and the table from the JSONs")
+    converge.add_argument("--branch-from", metavar="PARENT",
+                          help="the recorded wsd run (report/bench/converge-PARENT.json) to branch from: a shorter run "
+                               "of the same recipe whose decay starts at --at-step, timed as if trained from scratch")
+    converge.add_argument("--at-step", type=int, help="with --branch-from: the parent's kept step where the decay starts")
+    converge.add_argument("--parent-run-dir", help="with --branch-from: the parent's run folder (default: the one its record names)")
+    converge.set_defaults(run=run_bench_converge)
     return parser
 
 

@@ -1,7 +1,8 @@
 """Configuration as data: dataclasses that round-trip through YAML and reject what they don't know.
 
 Every stage takes one of these dataclasses; a run saves them beside its checkpoints, and papermill
-parameters and command-line flags map onto their fields. Loading is strict on purpose: a misspelt
+parameters and command-line flags map onto their fields (a field's trailing comment is its flag's
+help: igptlib.cli generates the flags from the fields). Loading is strict on purpose: a misspelt
 key or a string where a number belongs is a clear error, never a silently ignored setting.
 
 This is the one configuration module: every stage's dataclass and preset lives here, and it imports
@@ -11,12 +12,12 @@ nothing else of igptlib, so that any module may import it (ARCHITECTURE.md).
     OptimConfig                  Adam(W), warm-up and schedule, pre-training or fine-tuning
     TrainConfig                  steps, validation, checkpoints, precision, devices
     RunConfig, TRAIN_PRESETS     all four, as a run folder's config.yaml; run_config(size, dataset, ...)
+    CHOICES                      the valid values of the fields that have a fixed set of them
     data_config_for(model)       the data of the tokens a model reads (a model file without its run)
     apply_overrides(values, ["section.field=value", ...])   the generic command-line override
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -40,17 +41,6 @@ def read_json(path: str | os.PathLike):
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error}); expected the file as igpt wrote it "
                           "(run the step that writes it again)") from None
-
-
-def positive_int(text: str) -> int:
-    """An argparse type for counts and sizes: argparse names the flag in the error it makes of this one."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _type_name(annotation) -> str:
@@ -168,6 +158,7 @@ class Config:
 # that the two agree). Named here so that a config is checked without importing the data code.
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10")
 AUGMENTATIONS = ("crop", "flip", "rotate")
+PALETTE_METHODS = ("minibatch", "kmeans")  # scikit-learn's MiniBatchKMeans or KMeans
 
 
 @dataclasses.dataclass
@@ -181,7 +172,7 @@ class DataConfig(Config):
     palette: str | None = None  # a .npy of centroids; None means the default path under root
     palette_method: str = "minibatch"  # minibatch (MiniBatchKMeans) or kmeans (KMeans)
     palette_pixels: int = 200_000  # pixels sampled for k-means; all pixels give the same palette, slower
-    augment: list[str] = dataclasses.field(default_factory=lambda: ["crop", "flip"])  # as in the seed report
+    augment: list[str] = dataclasses.field(default_factory=lambda: ["crop", "flip"])  # of training images, the seed report's (none: [])
     crop_padding: int = 4
     rotate_degrees: float = 10.0
     val_fraction: float = 0.1
@@ -198,8 +189,10 @@ class DataConfig(Config):
             raise ConfigError(f"DataConfig.n_px: expected 1..256, got {self.n_px}")
         if not 2 <= self.clusters <= 4096:
             raise ConfigError(f"DataConfig.clusters: expected 2..4096, got {self.clusters}")
-        if self.palette_method not in ("minibatch", "kmeans"):
+        if self.palette_method not in PALETTE_METHODS:
             raise ConfigError(f"DataConfig.palette_method: expected 'minibatch' or 'kmeans', got {self.palette_method!r}")
+        if self.palette_pixels < 1:
+            raise ConfigError(f"DataConfig.palette_pixels: expected a positive integer, got {self.palette_pixels}")
         unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
         if unknown:
             raise ConfigError(f"DataConfig.augment: unknown augmentation(s) {unknown}; choose from {list(AUGMENTATIONS)}")
@@ -397,6 +390,13 @@ class TrainConfig(Config):
 DERIVED_FROM_DATA = {
     "vocab_size": ("clusters", "the palette's colours are the model's vocabulary"),
     "n_px": ("n_px", "the model reads the data's images"),
+}
+
+# The fields whose values come from a fixed set, as a run's section.field: the command line offers them as choices.
+CHOICES = {
+    "data.dataset": DATASET_NAMES, "data.palette_method": PALETTE_METHODS, "data.augment": AUGMENTATIONS,
+    "model.objective": OBJECTIVES, "model.norm": NORMS, "model.activation": ACTIVATIONS,
+    "optim.schedule": SCHEDULES, "train.precision": PRECISIONS, "train.accelerator": DEVICES,
 }
 
 

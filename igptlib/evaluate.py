@@ -9,11 +9,10 @@ From a model and a PixelDataModule, evaluate_model computes
                     completions that the judge (igptlib.judge) labels as the original's class, and
                     how many completed pixels agree with the original's
 
-`igpt evaluate --checkpoint C` (run_evaluate) writes all of it as evaluation.json in the run folder.
+`igpt evaluate --checkpoint C` (evaluate_and_write) writes all of it as evaluation.json in the run folder.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import time
@@ -24,9 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from igptlib import plots
-from igptlib.config import DEVICES, RunConfig, data_config_for, positive_int
+from igptlib.config import RunConfig, data_config_for
 from igptlib.data import PixelDataModule, encode_all
-from igptlib.device import resolve_device
 from igptlib.judge import completion_quality, digit_classifier
 from igptlib.metrics import all_layers, classification_metrics, probes_from_features, split_pass
 from igptlib.model_files import check_same_palette
@@ -131,35 +129,6 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     return results
 
 
-# -- the `igpt evaluate` command --------------------------------------------------------------------
-
-
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint of a run, e.g. runs/mnist-s-ar/checkpoints/best.ckpt")
-    source.add_argument("--model", help="a shipped model's name or a .safetensors file, evaluated on its own dataset; "
-                        "default --out: its record, report/runs/shipped-<name>/evaluation.json (figures beside it)")
-    parser.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder)")
-    parser.add_argument("--root", help="data root (default: the run's)")
-    parser.add_argument("--dataset", default="mnist", help="for a checkpoint without a run folder (default: mnist)")
-    parser.add_argument("--limit-test", type=positive_int, help="only the first N test images")
-    parser.add_argument("--batch-size", type=positive_int)
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
-    parser.add_argument("--precision", choices=PRECISIONS, default="32",
-                        help="32 (default) or bf16: bfloat16 autocast for the passes over whole splits, faster on CPUs with bf16 instructions")
-    parser.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
-    parser.add_argument("--probe-layers", type=int, nargs="+", help="layers to probe (default: all, 0 = embeddings)")
-    parser.add_argument("--probe-train", type=positive_int, help="fit the probes on the first N training images (default: all)")
-    parser.add_argument("--classification", action=argparse.BooleanOptionalAction, default=None,
-                        help="the classification head's metrics (default: only for fine-tuned checkpoints)")
-    parser.add_argument("--completions", type=int, default=16, help="test images to complete (0: none; default 16)")
-    parser.add_argument("--samples", type=positive_int, default=4, help="completions per image (default 4)")
-    parser.add_argument("--keep-rows", type=int, help="rows kept of each image (default: half)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
-
-
 def checkpoint_to_evaluate(checkpoint, dataset: str = "mnist") -> tuple:
     """(module, data config, run folder, what was evaluated) for a checkpoint: the data it was
     trained on when it lies in a run folder, else `dataset` in the model's shape."""
@@ -176,19 +145,19 @@ def checkpoint_to_evaluate(checkpoint, dataset: str = "mnist") -> tuple:
     return module, data, run_dir, {"checkpoint": str(checkpoint), "global_step": step, "finetuned": module.optim_config.finetune}
 
 
-def _model_to_evaluate(args) -> tuple:
-    """checkpoint_to_evaluate for --checkpoint, or for --model a shipped model (its record's
-    folder, or the folder of --out)."""
-    if args.model is None:
-        return checkpoint_to_evaluate(args.checkpoint, args.dataset)
+def model_to_evaluate(checkpoint=None, model: str | None = None, dataset: str = "mnist", out=None) -> tuple:
+    """checkpoint_to_evaluate for a checkpoint, or for a `model` a shipped model (its record's
+    folder, or the folder of `out`)."""
+    if model is None:
+        return checkpoint_to_evaluate(checkpoint, dataset)
     from igptlib.records import made_by_finetuning, shipped_record
     from igptlib.model_files import read_notes
     from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
 
-    module = load_model(args.model)  # a name or a file; anything else is refused here
-    path = MODELS_DIR / f"{args.model}.safetensors" if args.model in shipped_models() else Path(args.model)
-    data = data_config_for(module.model_config, dataset=model_dataset(path) or args.dataset)
-    folder = Path(args.out).parent if args.out else shipped_record(path.stem)
+    module = load_model(model)  # a name or a file; anything else is refused here
+    path = MODELS_DIR / f"{model}.safetensors" if model in shipped_models() else Path(model)
+    data = data_config_for(module.model_config, dataset=model_dataset(path) or dataset)
+    folder = Path(out).parent if out else shipped_record(path.stem)
     return module, data, folder, {"model_file": str(path), "global_step": None,
                                   "finetuned": made_by_finetuning(read_notes(path))}
 
@@ -223,24 +192,6 @@ def evaluate_checkpoint(checkpoint, out=None, device="cpu", data_changes: dict |
     out = Path(out) if out is not None else run_dir / "evaluation.json"
     return evaluate_and_write(module, data.replace(**(data_changes or {})), out, source, device,
                               figures=out.parent / "figures", **options)
-
-
-def run_evaluate(args) -> dict:
-    """Evaluate a checkpoint (or a shipped model) and write its metrics and figures into its run folder (or record)."""
-    device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
-    module, data, run_dir, source = _model_to_evaluate(args)
-    changes = {name: getattr(args, name) for name in ("root", "limit_test", "batch_size") if getattr(args, name) is not None}
-    out = Path(args.out) if args.out else run_dir / "evaluation.json"
-    results = evaluate_and_write(
-        module, data.replace(**changes), out, source, device, command=getattr(args, "invocation", None),
-        probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
-        classification=source["finetuned"] if args.classification is None else args.classification,
-        completions=args.completions, samples=args.samples, keep_rows=args.keep_rows, temperature=args.temperature,
-        seed=args.seed, figures=run_dir / "figures" if args.figures else None, precision=args.precision,
-    )
-    print(summary(results))
-    print(f"metrics: {out}")
-    return results
 
 
 def summary(results: dict) -> str:

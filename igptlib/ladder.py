@@ -188,17 +188,3 @@ def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: flo
             print(f"ladder: recorded {record_run(run_dir, records=records)}", flush=True)
     print("ladder: every stage is done", flush=True)
     return True
-
-
-def add_ladder_arguments(parser) -> None:
-    parser.add_argument("--runs", default="runs", help="where the ladder's run folders live (default: runs)")
-    parser.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
-    parser.add_argument("--reserve-minutes", type=float, default=20.0,
-                        help="an evaluation starts only with this much of the budget left (default: 20)")
-    parser.add_argument("--records", default="report/runs", help="record each finished run here (default: report/runs)")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="change every run's config alike, e.g. train.val_batches=16")
-
-
-def run_ladder(args) -> None:
-    ladder(Path(args.runs), args.budget_minutes, args.reserve_minutes, Path(args.records), overrides=args.overrides)

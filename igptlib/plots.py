@@ -172,7 +172,7 @@ def loss_curves(path: str | Path, metrics: list[str] | None = None, title: str |
 def comparison_curves(runs: dict[str, str | Path], metric: str, title: str | None = None, ylabel: str | None = None):
     """One metric of several runs against the step, one line per run (the S/M/L comparisons).
 
-    runs: {label: metrics.csv or run folder}, e.g. {"iGPT-S": "runs/mnist-s-ar", "iGPT-M": ..., "iGPT-L": ...}.
+    runs: {label: metrics.csv or run folder}, e.g. {"iGPT-S": "runs/mnist-s", "iGPT-M": ..., "iGPT-L": ...}.
     """
     if not runs:
         raise ValueError("no runs to compare")

@@ -176,13 +176,3 @@ def note_command(run_dir: str | Path, command: list[str] | str | None) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with (Path(run_dir) / "commands.txt").open("a") as file:
         file.write(line + "\n")
-
-
-def add_record_arguments(parser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (its finetune/ folder comes along)")
-    parser.add_argument("--name", help="the record's name (default: the run folder's name)")
-    parser.add_argument("--records", default=str(RECORDS), help=f"where records live (default: {RECORDS})")
-
-
-def run_record(args) -> None:
-    print(f"record: {record_run(args.run_dir, args.name, args.records)}")

@@ -590,29 +590,13 @@ def write_model_cards(entries: list[dict], pairs: list[tuple[dict, dict | None]]
     return cards
 
 
-def add_report_arguments(parser) -> None:
-    parser.add_argument("--runs", default="runs", help="the finished run folders under it are recorded first (default: runs)")
-    parser.add_argument("--records-only", action="store_true", help="record no run folder: build from the committed records alone")
-    parser.add_argument("--out", default="report", help="where the report and its records (runs/) live (default: report)")
-
-
-def run_report(args) -> None:
-    print(f"report: {build_report(None if args.records_only else args.runs, args.out)}")
-
-
-def add_card_arguments(parser) -> None:
-    parser.add_argument("--name", required=True, help="the shipped model: models/<name>.safetensors")
-    parser.add_argument("--run", dest="run_dir", required=True,
-                        help="the run folder that made it (with finetune/ and evaluation.json): recorded as its training record")
-    parser.add_argument("--out", default="report", help="the report folder (default: report)")
-
-
-def run_card(args) -> None:
-    """Record a shipped model's run folder as report/runs/shipped-<name>, then rebuild the report and the cards."""
+def shipped_model_card(name: str, run_dir: str | Path, out: str | Path = "report") -> Path:
+    """Record a shipped model's run folder as report/runs/shipped-<name>, then rebuild the report and
+    the cards; return the model's card."""
     from igptlib.shipped import MODELS_DIR
 
-    if not (MODELS_DIR / f"{args.name}.safetensors").exists():
-        raise FileNotFoundError(f"{MODELS_DIR / args.name}.safetensors: no such shipped model; ship one with `igpt export` first")
-    record_run(args.run_dir, f"{SHIPPED_PREFIX}{args.name}", Path(args.out) / RECORDS.name)
-    build_report(runs=None, out=args.out)
-    print(f"model card: {Path(args.out) / 'models' / (args.name + '.md')}")
+    if not (MODELS_DIR / f"{name}.safetensors").exists():
+        raise FileNotFoundError(f"{MODELS_DIR / name}.safetensors: no such shipped model; ship one with `igpt export` first")
+    record_run(run_dir, f"{SHIPPED_PREFIX}{name}", Path(out) / RECORDS.name)
+    build_report(runs=None, out=out)
+    return Path(out) / "models" / f"{name}.md"

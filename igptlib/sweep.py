@@ -9,12 +9,9 @@ report/runs/<dataset>-<size>/ (igptlib.records), from which `igpt report` builds
 """
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
-from igptlib.config import DEVICES, positive_int
-from igptlib.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -40,7 +37,7 @@ def execute(notebook: str, out: Path, parameters: dict) -> Path:
     # The kernel is named explicitly: papermill would otherwise look for the notebook's own, which a
     # virtual environment's Jupyter may not know by that name.
     # An hour-long notebook must not run silently: a bar of its cells (count and time taken), and
-    # each cell's number and output as it comes (log_output; run_sweep shows papermill's log).
+    # each cell's number and output as it comes (log_output; `igpt sweep` shows papermill's log).
     papermill.execute_notebook(
         str(source), str(out), parameters=parameters, kernel_name="python3", cwd=str(NOTEBOOKS),
         progress_bar={"desc": notebook}, log_output=True,
@@ -81,28 +78,3 @@ def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, run
             print(f"{size}: recorded in {record_run(folder, records=records)}", flush=True)
         folders.append(folder)
     return folders
-
-
-def add_sweep_arguments(parser) -> None:
-    parser.add_argument("--sizes", nargs="+", default=["s", "m", "l"], help="model presets (default: s m l)")
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--notebooks", nargs="+", default=list(PIPELINE), help=f"default: {' '.join(PIPELINE)}")
-    parser.add_argument("--runs", default="runs", help="where the run folders go (default: runs)")
-    schedule = parser.add_mutually_exclusive_group()
-    schedule.add_argument("--steps", type=positive_int, help="pre-training steps for every size (default: the notebooks')")
-    schedule.add_argument("--preset-schedule", action="store_true",
-                          help="train each size for its preset's own schedule, fine-tune for a tenth of it (the GPU sweep)")
-    parser.add_argument("--smoke", action="store_true", help="tiny data and steps, as the tests run them")
-    parser.add_argument("--records", default="report/runs",
-                        help="record each finished run here for the report (default: report/runs; smoke runs are not recorded)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
-
-
-def run_sweep(args) -> None:
-    resolve_device(args.device)  # cuda without a GPU: an error now, not inside the first notebook
-    # papermill logs each cell as it starts ("Executing Cell 6") and the cells' output, timed.
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("papermill").setLevel(logging.INFO)
-    sweep(args.sizes, args.dataset, args.notebooks, args.runs, args.steps, args.smoke, args.device,
-          records=None if args.smoke else args.records, command=getattr(args, "invocation", None),
-          preset_schedule=args.preset_schedule)

@@ -16,7 +16,6 @@ Lightning's DDP, chosen with --devices, --strategy ddp and --num-nodes.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import fcntl
 import json
@@ -32,10 +31,10 @@ import torch
 import yaml
 from torch.utils.data import default_collate
 
-from igptlib.config import DEVICES, PRECISIONS, PRESETS, RunConfig, run_config
+from igptlib.config import RunConfig
 from igptlib.device import bf16_on_gpu, lightning_accelerator
-from igptlib.records import describe_hardware, note_command
-from igptlib.model_files import check_checkpoint, read_checkpoint
+from igptlib.records import describe_hardware
+from igptlib.model_files import check_checkpoint
 from igptlib.module import ImageGPT, decay_start
 
 
@@ -195,7 +194,7 @@ def reuse_freed_memory() -> bool:
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def _first_process() -> bool:
+def first_process() -> bool:
     """True in the process a user started (not in the ranks Lightning or a cluster launches besides it)."""
     return all(int(os.environ.get(name, "0")) == 0 for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
@@ -303,7 +302,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         precision = "16-mixed"  # a GPU without bfloat16 units (a T4) only emulates it, slowly
         print("this GPU computes bfloat16 only by emulation: training in float16 autocast (16-mixed) instead")
     ckpt_path, step = None, 0
-    if _first_process():
+    if first_process():
         _check_folder(run_dir, resume)
     if resume and last.exists():
         # a clear error before Lightning meets another shape
@@ -342,7 +341,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         default_root_dir=run_dir,
     )
     lock = None
-    if _first_process():
+    if first_process():
         # Only now that every check has passed: a run refused by any of them changes no file.
         lock = lock_run_folder(run_dir)
         _check_folder(run_dir, resume)  # again, under the lock: another process may have started this run
@@ -381,108 +380,3 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     finally:
         if lock is not None:
             lock.close()
-
-
-# -- the `igpt train` command -----------------------------------------------------------------------
-
-# Flags that change one config field: flag destination -> (section, field).
-_OVERRIDES = {
-    "root": ("data", "root"), "clusters": ("data", "clusters"), "n_px": ("data", "n_px"),  # the model's too (RunConfig)
-    "batch_size": ("data", "batch_size"), "seed": ("data", "seed"),
-    "augment": ("data", "augment"), "limit_train": ("data", "limit_train"), "limit_val": ("data", "limit_val"),
-    "limit_test": ("data", "limit_test"), "lr": ("optim", "lr"), "warmup_steps": ("optim", "warmup_steps"), "schedule": ("optim", "schedule"),
-    "steps": ("train", "steps"), "val_every": ("train", "val_every"), "val_batches": ("train", "val_batches"),
-    "save_every": ("train", "save_every"), "checkpoint_steps": ("train", "checkpoint_steps"),
-    "precision": ("train", "precision"), "device": ("train", "accelerator"), "devices": ("train", "devices"),
-    "strategy": ("train", "strategy"), "num_nodes": ("train", "num_nodes"), "log_every": ("train", "log_every"),
-    "progress_bar": ("train", "progress_bar"), "test": ("train", "test"),
-}
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10 (default: mnist)")
-    parser.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
-    parser.add_argument("--objective", choices=["ar", "bert"], help="pre-training objective (default: ar)")
-    parser.add_argument("--config", help="a RunConfig YAML to start from instead of the --size preset")
-    parser.add_argument("--run-dir", help="the run folder (default: runs/<dataset>-<size>-<objective>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    parser.add_argument("--budget-minutes", type=float, metavar="MIN",
-                        help="stop cleanly at a checkpoint once this much wall time has passed (resume later with --resume)")
-    parser.add_argument("--finetune-from", metavar="CKPT", help="fine-tune (L_GEN + L_CLF) from a pre-trained checkpoint")
-    group = parser.add_argument_group("data")
-    group.add_argument("--root", help="data root (default: data)")
-    group.add_argument("--clusters", type=int, help="palette size, which is also the vocabulary (default: 16)")
-    group.add_argument("--n-px", type=int, help="image side after context reduction (default: 28)")
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--seed", type=int)
-    group.add_argument("--augment", nargs="*", help="crop, flip, rotate (no values: none)")
-    group.add_argument("--limit-train", type=int, help="smoke runs: only the first N training images")
-    group.add_argument("--limit-val", type=int)
-    group.add_argument("--limit-test", type=int)
-    group = parser.add_argument_group("optimisation and trainer")
-    group.add_argument("--lr", type=float)
-    group.add_argument("--warmup-steps", type=int)
-    group.add_argument("--schedule", help="learning rate after warm-up: cosine, linear, constant or wsd")
-    group.add_argument("--steps", type=int, help="optimizer steps in all")
-    group.add_argument("--val-every", type=int)
-    group.add_argument("--val-batches", type=int)
-    group.add_argument("--save-every", type=int, help="steps between refreshes of last.ckpt")
-    group.add_argument("--checkpoint-steps", type=int, nargs="*", help="steps that keep a checkpoint of their own")
-    group.add_argument("--precision", choices=PRECISIONS)
-    group.add_argument("--device", choices=DEVICES, help="auto (default: the GPU when there is one), cpu or cuda")
-    group.add_argument("--devices", type=lambda v: v if v == "auto" else int(v), help="devices per node, or auto")
-    group.add_argument("--strategy", help="auto or ddp")
-    group.add_argument("--num-nodes", type=int)
-    group.add_argument("--log-every", type=int)
-    group.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None)
-    group.add_argument("--no-test", dest="test", action="store_false", default=None, help="skip the final test")
-
-
-def config_from_args(args) -> tuple[RunConfig, Path]:
-    """The RunConfig and run folder that the `igpt train` flags ask for."""
-    objective = args.objective or "ar"
-    run_dir = Path(args.run_dir or f"runs/{args.dataset}-{args.size}-{objective}")
-    if args.resume:
-        config = RunConfig.load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
-        if config is None:
-            raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no config.yaml")
-    elif args.config:
-        config = RunConfig.load_yaml(args.config)
-    else:
-        config = run_config(args.size, args.dataset, objective)
-    values = config.to_dict()
-    for flag, (section, field) in _OVERRIDES.items():
-        if getattr(args, flag) is not None:
-            values[section][field] = getattr(args, flag)
-    if args.objective:
-        values["model"]["objective"] = args.objective
-    if args.finetune_from:
-        # The model is the pre-trained one; the new stage adds the classification loss.
-        values["model"] = read_checkpoint(args.finetune_from)["hyper_parameters"]["model"]
-        values["optim"]["finetune"] = True
-        values["train"]["init_from"] = args.finetune_from
-    return RunConfig.from_dict(values), run_dir
-
-
-def run_train(args) -> None:
-    config, run_dir = config_from_args(args)
-    budget = None if args.budget_minutes is None else args.budget_minutes * 60
-    metrics = train(config, run_dir, resume=args.resume, budget_seconds=budget)
-    if metrics.get("stopped_by_budget") and _first_process():
-        print(f"stopped at step {metrics['global_step']} of {config.train.steps}: the {args.budget_minutes:g}-minute "
-              f"budget ran out; go on with --run-dir {run_dir} --resume")
-    if _first_process():
-        note_command(run_dir, getattr(args, "invocation", None))  # provenance for the run's record
-        print(f"run folder: {run_dir}  (step {metrics['global_step']}, {metrics['wall_seconds']} s)")
-        monitor = validation_score(config)[0]
-        best = metrics[f"best_{monitor.replace('/', '_')}"]
-        if best is not None:
-            print(f"  best {monitor}: {best:.4f}")
-        for key, value in metrics.get("test", {}).items():
-            print(f"  {key}: {value:.4f}")
-
-
-if __name__ == "__main__":  # the same as `igpt train`
-    parser = argparse.ArgumentParser(prog="igpt train", description=__doc__.splitlines()[0])
-    add_train_arguments(parser)
-    run_train(parser.parse_args())

@@ -247,10 +247,10 @@ def test_export_follows_the_umask_and_replaces_only_with_force(capsys, tiny_chec
 OTHERS = [
     (["centroids", "--root", "{root}", "--out", "{folder}"], "a directory; expected the path of a .npy file"),
     (["centroids", "--root", "{root}", "--clusters", "1", "--out", "{folder}/p.npy"], "DataConfig.clusters: expected 2..4096, got 1"),
-    (["centroids", "--root", "{root}", "--pixels", "0"], "argument --pixels: expected a positive integer"),
+    (["centroids", "--root", "{root}", "--pixels", "0"], "DataConfig.palette_pixels: expected a positive integer, got 0"),
     (["augment", "--root", "{root}", "--per-label", "0", "--grid", "{folder}/g.png"], "argument --per-label: expected a positive integer, got 0"),
     (["augment", "--root", "{root}", "--copies", "0", "--out", "{folder}/a.npz"], "argument --copies"),
-    (["augment", "--root", "{root}", "--augment", "twirl", "--grid", "{folder}/g.png"], "unknown augmentation(s) ['twirl']"),
+    (["augment", "--root", "{root}", "--augment", "twirl", "--grid", "{folder}/g.png"], "argument --augment: invalid choice: 'twirl'"),
     (["evaluate", "--checkpoint", "{checkpoint}", "--probe-train", "0"], "argument --probe-train: expected a positive integer, got 0"),
     (["evaluate", "--checkpoint", "{checkpoint}", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     (["evaluate", "--checkpoint", "{folder}/absent.ckpt"], "no such checkpoint"),

@@ -1,8 +1,12 @@
-"""The `igpt` command on real data: what it prints, what it writes, how it fails."""
+"""The `igpt` command on real data: what it prints, what it writes, how it fails; the flags of config fields."""
+import dataclasses
+import typing
+
 import numpy as np
 import pytest
 
-from igptlib.cli import main
+from igptlib.cli import build_parser, data_config, main, train_config
+from igptlib.config import DERIVED_FROM_DATA, RunConfig, run_config
 from igptlib.quantize import load_palette
 
 
@@ -86,3 +90,46 @@ def test_igpt_complete_errors_are_clear(tiny_checkpoint, tmp_path, capsys):
     assert "not an image (expected a PNG, JPG or JPEG file)" in capsys.readouterr().err
     assert main(["complete", "--checkpoint", str(tmp_path / "notes.png"), "--image", str(tmp_path / "notes.png")]) == 2
     assert "not a loadable checkpoint" in capsys.readouterr().err
+
+
+# -- the flags of config fields, generated from the dataclasses --------------------------------------
+
+
+def test_igpt_train_has_a_flag_for_every_run_config_field():
+    expected = {f"{section}.{field.name}" for section, cls in typing.get_type_hints(RunConfig).items()
+                for field in dataclasses.fields(cls)}
+    expected -= {f"model.{field}" for field in DERIVED_FROM_DATA} | {"optim.finetune", "train.init_from"}
+    given = {dest: value for dest, value in vars(build_parser().parse_args(["train"])).items() if "." in dest}
+    assert set(given) == expected
+    assert set(given.values()) == {None}  # not given: the preset's values stand
+
+
+def test_flags_and_set_reach_the_config(tmp_path):
+    args = build_parser().parse_args(["train", "--size", "xs", "--n-layer", "2", "--lr", "0.01", "--augment", "--no-test",
+                                      "--device", "cpu", "--devices", "auto", "--set", "model.n_embd=32",
+                                      "--run-dir", str(tmp_path)])
+    config, run_dir = train_config(args)
+    assert (config.model.n_layer, config.optim.lr, config.data.augment, config.model.n_embd) == (2, 0.01, [], 32)
+    assert (config.train.test, config.train.accelerator, config.train.devices) == (False, "cpu", "auto")
+    assert config.optim.warmup_steps == run_config("xs").optim.warmup_steps and run_dir == tmp_path
+    config = data_config(build_parser().parse_args(["centroids", "--method", "kmeans", "--pixels", "500", "--n-px", "14"]))
+    assert (config.palette_method, config.palette_pixels, config.n_px, config.clusters) == ("kmeans", 500, 14, 16)
+
+
+def test_a_bad_choice_or_field_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "--norm", "batch"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2 and len(lines) == 1
+    assert "argument --norm: invalid choice: 'batch' (choose from 'layer', 'rms')" in lines[0]
+    assert main(["train", "--set", "model.n_px=14", "--run-dir", str(tmp_path / "run")]) == 2  # derived from the data
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--set 'model.n_px=14': expected SECTION.FIELD=VALUE with a known field" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flags_help_is_its_config_fields_comment(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--clusters CLUSTERS palette size, which is also the model's vocabulary (default: 16)" in shown

@@ -1,5 +1,4 @@
 """Evaluation: likelihood, probes, classification metrics, completion quality, the `igpt evaluate` path."""
-import argparse
 import json
 import math
 
@@ -9,9 +8,10 @@ import torch
 from sklearn.metrics import cohen_kappa_score
 from torch.utils.data import DataLoader, TensorDataset
 
+from igptlib.cli import main
 from igptlib.config import DataConfig, ModelConfig, model_config
 from igptlib.data import PixelDataModule, load_split
-from igptlib.evaluate import add_evaluate_arguments, evaluate_model, first_and_mistakes, run_evaluate, unaugmented_train_loader
+from igptlib.evaluate import evaluate_model, first_and_mistakes, unaugmented_train_loader
 from igptlib.judge import classify_images, completion_quality, digit_classifier, pixel_agreement, train_digit_classifier
 from igptlib.metrics import (
     classification_metrics,
@@ -325,20 +325,16 @@ def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, cla
                                    "log_every": 1})
     run = tmp_path / "run"
     train(config, run)
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    args = parser.parse_args(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--probe-layers", "0", "4",
-                              "--probe-train", "64", "--completions", "2", "--samples", "2"])
-    run_evaluate(args)
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--probe-layers", "0", "4",
+                 "--probe-train", "64", "--completions", "2", "--samples", "2"]) == 0
     saved = json.loads((run / "evaluation.json").read_text())
     assert saved["global_step"] == 2 and saved["finetuned"] is False
     assert "classification" not in saved  # a generative checkpoint's head is untrained: left out by default
     assert saved["test_images"] == 32 and set(saved["probes"]["test_accuracy"]) == {"0", "4"}
     assert (run / "figures" / "completions.png").exists()
     # bfloat16 autocast: the same measures, written to another file, nearly the same likelihood
-    args = parser.parse_args(["--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--no-probes", "--completions", "0",
-                              "--precision", "bf16", "--out", str(run / "bf16.json"), "--no-figures"])
-    run_evaluate(args)
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--no-probes", "--completions", "0",
+                 "--precision", "bf16", "--out", str(run / "bf16.json"), "--no-figures"]) == 0
     fast = json.loads((run / "bf16.json").read_text())
     assert fast["precision"] == "bf16" and saved["precision"] == "32"
     assert fast["likelihood"]["nats_per_pixel"] == pytest.approx(saved["likelihood"]["nats_per_pixel"], abs=0.01)

@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from igptlib.config import ConfigError, RunConfig, run_config
+from igptlib.cli import build_parser, train_config
 from igptlib.model_files import CheckpointError
-from igptlib.train import TrainBatches, add_train_arguments, config_from_args, train
+from igptlib.train import TrainBatches, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,18 +65,15 @@ def assert_same_weights(expected_run: Path, actual_run: Path) -> None:
 
 
 def test_command_line_flags_map_onto_the_config(tmp_path):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    args = parser.parse_args(["--size", "m", "--objective", "bert", "--clusters", "8", "--steps", "7", "--devices", "2",
+    parser = build_parser()
+    args = parser.parse_args(["train", "--size", "m", "--objective", "bert", "--clusters", "8", "--steps", "7", "--devices", "2",
                               "--strategy", "ddp", "--num-nodes", "3", "--checkpoint-steps", "5", "--run-dir", str(tmp_path)])
-    config, run_dir = config_from_args(args)
+    config, run_dir = train_config(args)
     assert (config.model.n_embd, config.model.objective, config.model.vocab_size, config.data.clusters) == (512, "bert", 8, 8)
     assert (config.train.steps, config.train.devices, config.train.strategy, config.train.num_nodes) == (7, 2, "ddp", 3)
     assert config.train.checkpoint_steps == [5] and run_dir == tmp_path
-    default_run_dir = config_from_args(parser.parse_args([]))[1]
-    assert default_run_dir == Path("runs/mnist-s-ar")
+    assert train_config(parser.parse_args(["train"]))[1] == Path("runs/mnist-s")  # the notebooks' name
+    assert train_config(parser.parse_args(["train", "--objective", "bert"]))[1] == Path("runs/mnist-s-bert")
 
 
 def test_train_batches_resume_mid_epoch_and_shard_without_overlap():
@@ -233,15 +231,14 @@ def test_a_run_folder_is_never_overwritten_and_resumes_only_its_own_model(data_r
 
 
 def test_finetuning_from_a_pretrained_run_adds_the_classifier(data_root, tmp_path):
-    import argparse
-
     train(smoke_config(data_root, steps=2, checkpoint_steps=[]), tmp_path / "pre")
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
-    args = parser.parse_args(["--finetune-from", str(tmp_path / "pre/checkpoints/last.ckpt"), "--run-dir", str(tmp_path / "ft"),
-                              "--config", str(tmp_path / "pre/config.yaml"), "--steps", "2", "--val-every", "2"])
-    config, run_dir = config_from_args(args)
+    args = build_parser().parse_args(["train", "--finetune-from", str(tmp_path / "pre/checkpoints/last.ckpt"),
+                                      "--run-dir", str(tmp_path / "ft"), "--config", str(tmp_path / "pre/config.yaml"),
+                                      "--steps", "2", "--val-every", "2"])
+    config, run_dir = train_config(args)
     assert config.optim.finetune and config.train.init_from.endswith("last.ckpt")
+    without_run_dir = build_parser().parse_args(["train", "--finetune-from", str(tmp_path / "pre/checkpoints/last.ckpt")])
+    assert train_config(without_run_dir)[1] == tmp_path / "pre/finetune"  # where the notebooks and records look
     metrics = train(config, run_dir)
     assert 0.0 <= metrics["final"]["val/acc"] <= 1.0 and "val/clf_loss" in metrics["final"]
 
@@ -265,7 +262,7 @@ def test_finetuning_keeps_its_best_accuracy_and_stops_early_when_validation_stal
 
 def test_two_process_ddp_on_the_cpu_trains_a_few_steps(data_root, tmp_path):
     command = [
-        sys.executable, "-m", "igptlib.train", "--size", "xs", "--root", str(data_root), "--clusters", "8",
+        sys.executable, "-m", "igptlib.cli", "train", "--size", "xs", "--root", str(data_root), "--clusters", "8",
         "--limit-train", "32", "--limit-val", "8", "--limit-test", "8", "--batch-size", "4", "--steps", "3",
         "--val-every", "3", "--val-batches", "1", "--no-test", "--no-progress-bar", "--precision", "32-true",
         "--device", "cpu", "--devices", "2", "--strategy", "ddp", "--run-dir", str(tmp_path / "ddp"),
