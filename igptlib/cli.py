@@ -205,8 +205,8 @@ def run_augment(args) -> None:
 
 def train_config(args) -> tuple[RunConfig, Path]:
     """The RunConfig and run folder that the `igpt train` flags ask for: the resumed run's config, the
-    --config file or the --size preset; then the pre-trained model of --finetune-from, the flags
-    given, and --set."""
+    --config file, the config of --finetune-from's run or the --size preset; then the pre-trained
+    model of --finetune-from, the flags given, and --set."""
     from igptlib.config import run_config
     from igptlib.model_files import read_checkpoint
     from igptlib.train import find_run_folder
@@ -229,6 +229,8 @@ def train_config(args) -> tuple[RunConfig, Path]:
         config = RunConfig.load_yaml(run_dir / "config.yaml")
     elif args.config:
         config = RunConfig.load_yaml(args.config)
+    elif pretrained is not None:  # its data and palette are what the pre-trained model reads
+        config = RunConfig.load_yaml(pretrained / "config.yaml")
     else:
         config = run_config(args.size, dataset, objective)
     values = config.to_dict()

@@ -364,9 +364,8 @@ class TrainConfig(Config):
     log_every: int = 50  # steps between logged training metrics
     progress_bar: bool = True
     init_from: str | None = None  # a checkpoint whose weights start this run (fine-tuning)
-    # Stop after this many validations without a better score (None: never): validation accuracy
-    # when fine-tuning, else validation nats per pixel; the same score picks best.ckpt.
-    early_stop: int | None = None
+    # The score is validation accuracy when fine-tuning, else validation nats per pixel; it picks best.ckpt too.
+    early_stop: int | None = None  # stop after this many validations without a better score (None: never)
 
     def validate(self):
         for name in ("steps", "val_every", "save_every", "num_nodes", "log_every"):

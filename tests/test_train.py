@@ -238,7 +238,9 @@ def test_finetuning_from_a_pretrained_run_adds_the_classifier(data_root, tmp_pat
     config, run_dir = train_config(args)
     assert config.optim.finetune and config.train.init_from.endswith("last.ckpt")
     without_run_dir = build_parser().parse_args(["train", "--finetune-from", str(tmp_path / "pre/checkpoints/last.ckpt")])
-    assert train_config(without_run_dir)[1] == tmp_path / "pre/finetune"  # where the notebooks and records look
+    tuned, tuned_dir = train_config(without_run_dir)
+    assert tuned_dir == tmp_path / "pre/finetune"  # where the notebooks and records look
+    assert tuned.data == RunConfig.load_yaml(tmp_path / "pre/config.yaml").data  # what the model was trained on
     metrics = train(config, run_dir)
     assert 0.0 <= metrics["final"]["val/acc"] <= 1.0 and "val/clf_loss" in metrics["final"]
 
