@@ -32,7 +32,7 @@ from igptlib.judge import completion_quality, digit_classifier, pixel_agreement
 from igptlib.metrics import classification_metrics, likelihood, linear_probes, nats_per_image, nats_to_bits
 from igptlib.model import GPT, KVCache, ar_loss, bert_loss, mask_tokens
 from igptlib.model_files import CheckpointError, check_checkpoint, read_model_file, write_model_file
-from igptlib.module import ImageGPT, load_checkpoint
+from igptlib.lightning_module import ImageGPT, load_checkpoint
 from igptlib.quantize import (
     PaletteError,
     check_palette,
@@ -43,7 +43,7 @@ from igptlib.quantize import (
     reduce_context,
     save_palette,
 )
-from igptlib.sampling import complete, complete_masked, generate, keep_from_mask, keep_rows
+from igptlib.sampling import complete, complete_masked, generate, keep_from_mask, tokens_in_rows
 from igptlib.shipped import export_model, load_model, shipped_models
 from igptlib.train import TrainBatches, reuse_freed_memory, train
 

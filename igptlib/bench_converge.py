@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from igptlib.config import ConfigError, RunConfig, apply_overrides, read_json, run_config
-from igptlib.module import decay_start
+from igptlib.lightning_module import decay_start
 
 TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
 
@@ -118,7 +118,7 @@ def _train_and_test(record: dict, config, run_dir: Path, threads: int | None, st
     from igptlib.bench import matmul_gflops
     from igptlib.data import PixelDataModule
     from igptlib.metrics import likelihood
-    from igptlib.module import load_checkpoint
+    from igptlib.lightning_module import load_checkpoint
     from igptlib.records import describe_hardware
     from igptlib.train import checkpoint_steps, train
 

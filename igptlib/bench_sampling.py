@@ -15,7 +15,7 @@ import torch
 
 from igptlib.config import DataConfig, model_config
 from igptlib.model import GPT
-from igptlib.sampling import _check_sampling, complete, keep_rows, sample_next
+from igptlib.sampling import _check_sampling, complete, sample_next, tokens_in_rows
 
 
 @torch.inference_mode()
@@ -85,7 +85,7 @@ def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: i
     data = DataConfig()
     model = GPT(model_config(preset, vocab_size=data.clusters, n_px=data.n_px, norm="rms")).eval()
     tokens = torch.randint(0, data.clusters, (images, data.n_px ** 2))
-    keep = keep_rows(data.n_px, rows)
+    keep = tokens_in_rows(data.n_px, rows)
     cached = _seconds(lambda: complete(model, tokens, keep, samples=samples, seed=0), repeats)
     naive = _seconds(lambda: complete_naive(model, tokens, keep, samples=samples, seed=0), 1)
     result = {

@@ -271,7 +271,7 @@ def run_complete(args) -> None:
     from igptlib.plots import completion_figure, save_figure
     from igptlib.quantize import decode, encode
     from igptlib.robustness import turn_upright
-    from igptlib.sampling import complete, keep_rows
+    from igptlib.sampling import complete, tokens_in_rows
     from igptlib.shipped import load_model
 
     device = resolve_device(args.device)
@@ -286,7 +286,7 @@ def run_complete(args) -> None:
     rows = n_px // 2 if args.rows is None else args.rows
     tokens = encode(image[None], module.palette)
     started = time.perf_counter()
-    completed = complete(module.model.to(device), tokens, keep_rows(n_px, rows), samples=args.samples,
+    completed = complete(module.model.to(device), tokens, tokens_in_rows(n_px, rows), samples=args.samples,
                          temperature=args.temperature, top_k=args.top_k, seed=args.seed, progress=True)
     print(f"{args.samples} completions of the bottom {n_px - rows} rows in {time.perf_counter() - started:.2f} s on {device}")
     original = decode(tokens, module.palette)  # what the model saw: the image in palette colours

@@ -301,7 +301,7 @@ def model_config(preset: str = "s", **changes) -> ModelConfig:
 
 # -- the optimiser ---------------------------------------------------------------------------------
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")  # the learning rate after warm-up: igptlib.module.lr_factor
+SCHEDULES = ("cosine", "linear", "constant", "wsd")  # the learning rate after warm-up: igptlib.lightning_module.lr_factor
 
 
 @dataclasses.dataclass

@@ -28,9 +28,9 @@ from igptlib.data import PixelDataModule, encode_all
 from igptlib.judge import completion_quality, digit_classifier
 from igptlib.metrics import all_layers, classification_metrics, probes_from_features, split_pass
 from igptlib.model_files import check_same_palette
-from igptlib.module import load_checkpoint
+from igptlib.lightning_module import load_checkpoint
 from igptlib.quantize import decode
-from igptlib.sampling import complete
+from igptlib.sampling import complete, tokens_in_rows
 from igptlib.train import find_run_folder
 
 
@@ -104,7 +104,7 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
         keep_rows = config.n_px // 2 if keep_rows is None else keep_rows
         tokens, labels = datamodule.test_set.tensors
         tokens, labels = tokens[:completions], labels[:completions]
-        keep = keep_rows * config.n_px
+        keep = tokens_in_rows(config.n_px, keep_rows)
         sampled = complete(model, tokens, keep, samples=samples, temperature=temperature, seed=seed, progress=progress)
         classifier, info = digit_classifier(datamodule.config.root, datamodule.config.dataset, progress=progress)
         results["completion"] = {

@@ -4,7 +4,7 @@ Explorer builds the ipywidgets that notebooks/08_explorer.ipynb shows (and Voila
 the work is done by the plain functions below, which the widget calls and the tests check too:
 
     default_model()                     $IGPT_EXPLORER_MODEL, else the shipped "mnist" model, else None
-    keep_mask(n_px, keep, rows)         the kept pixels: the top rows, or the top/bottom/left/right half
+    keep_mask(n_px, part, rows)         the kept pixels: the top rows, or the top/bottom/left/right half
     prepare_upload(name, content, ...)  an uploaded PNG or JPEG made into the model's input, with notes
 
 The seed report asks that inverted or rotated inputs still complete like the training digits.
@@ -60,25 +60,25 @@ def default_model(models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
     return shipped[0] if shipped else None
 
 
-def keep_mask(n_px: int, keep: str, rows: int = 0) -> torch.Tensor:
-    """The kept pixels as a bool mask [n_px, n_px]: keep is "rows" (the top `rows` rows), "top",
+def keep_mask(n_px: int, part: str, rows: int = 0) -> torch.Tensor:
+    """The kept pixels as a bool mask [n_px, n_px]: part is "rows" (the top `rows` rows), "top",
     "bottom", "left" or "right" (that half)."""
     mask = torch.zeros(n_px, n_px, dtype=torch.bool)
     half = n_px // 2
-    if keep == "rows":
+    if part == "rows":
         if not 0 <= rows <= n_px:
             raise ValueError(f"rows to keep must lie in 0..{n_px}, got {rows}")
         mask[:rows] = True
-    elif keep == "top":
+    elif part == "top":
         mask[:half] = True
-    elif keep == "bottom":
+    elif part == "bottom":
         mask[half:] = True
-    elif keep == "left":
+    elif part == "left":
         mask[:, :half] = True
-    elif keep == "right":
+    elif part == "right":
         mask[:, half:] = True
     else:
-        raise ValueError(f"unknown keep {keep!r}; expected one of {list(KEEP.values())}")
+        raise ValueError(f"unknown part to keep {part!r}; expected one of {list(KEEP.values())}")
     return mask
 
 

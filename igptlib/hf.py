@@ -39,7 +39,7 @@ import torch
 
 from igptlib.config import ModelConfig
 from igptlib.model import GPT
-from igptlib.module import ImageGPT
+from igptlib.lightning_module import ImageGPT
 
 # transformers' activation names (ACT2FN) and igptlib's.
 ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}

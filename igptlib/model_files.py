@@ -13,7 +13,7 @@ Two kinds, both plain data besides tensors, so that loading one never runs code:
     write_model_file(out, ...)             the same, written whole or not at all
     check_weights(config, weights, where)  the config fits the weights, and they are finite
 
-Building a module from either kind is igptlib.module's (load_checkpoint) and igptlib.shipped's
+Building a module from either kind is igptlib.lightning_module's (load_checkpoint) and igptlib.shipped's
 (load_model, by a shipped model's name too).
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ from igptlib.images import has_white_background
 from igptlib.judge import classify_images, pixel_agreement
 from igptlib.metrics import nats_per_image
 from igptlib.quantize import decode, encode, reduce_context
-from igptlib.sampling import complete, keep_rows
+from igptlib.sampling import complete, tokens_in_rows
 
 TRANSFORMS = {  # name: (inverted, degrees anticlockwise)
     "upright": (False, 0), "inverted": (True, 0),
@@ -111,7 +111,7 @@ def measure(generator, classifier, judge, images: torch.Tensor, labels: torch.Te
         undo_degrees = degrees - undo_degrees
     n_px = model.config.n_px
     tokens = encode(shown, palette)
-    keep = keep_rows(n_px, n_px // 2)
+    keep = tokens_in_rows(n_px, n_px // 2)
     completions = complete(model, tokens, keep, samples=samples, seed=seed)
     drawn = decode(completions.flatten(0, 1), palette)
     upright = torch.stack([  # undone in the reverse order: the colours first, then the rotation

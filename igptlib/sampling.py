@@ -20,7 +20,7 @@ from igptlib.model import GPT
 MIN_TEMPERATURE = 1e-3  # exp(-gap / T) at a logit gap of 0.1 is exp(-100): greedy in all but name
 
 
-def keep_rows(n_px: int, rows: int) -> int:
+def tokens_in_rows(n_px: int, rows: int) -> int:
     """The number of tokens kept when the top `rows` rows of an n_px x n_px image are kept."""
     if not 0 <= rows <= n_px:
         raise ValueError(f"rows to keep must lie in 0..{n_px}, got {rows}")

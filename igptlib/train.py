@@ -35,7 +35,7 @@ from igptlib.config import RunConfig
 from igptlib.device import bf16_on_gpu, lightning_accelerator
 from igptlib.records import describe_hardware
 from igptlib.model_files import check_checkpoint
-from igptlib.module import ImageGPT, decay_start
+from igptlib.lightning_module import ImageGPT, decay_start
 
 
 # -- data: resumable training batches --------------------------------------------------------------

@@ -18,9 +18,9 @@ from igptlib.bench_sampling import complete_transformers
 from igptlib.cli import main
 from igptlib.config import ModelConfig
 from igptlib.hf import HFError, export_hf, import_hf, to_transformers
-from igptlib.module import ImageGPT
+from igptlib.lightning_module import ImageGPT
 from igptlib.quantize import encode
-from igptlib.sampling import complete, keep_rows
+from igptlib.sampling import complete, tokens_in_rows
 from igptlib.shipped import load_model, save_model
 
 # (channels, n_px, transformers activation): a 16-grey MNIST-like palette, and an RGB one as OpenAI's.
@@ -69,7 +69,7 @@ def assert_same_model(gpt, hf_model, n_px: int, seed: int = 1) -> None:
     with torch.no_grad():
         ours = gpt(tokens)
     torch.testing.assert_close(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-5)
-    keep = keep_rows(n_px, n_px // 2)
+    keep = tokens_in_rows(n_px, n_px // 2)
     greedy = complete(gpt, tokens, keep, samples=1, temperature=0)
     theirs = complete_transformers(hf_model, tokens, keep, samples=1, temperature=0)
     assert torch.equal(greedy, theirs)

@@ -5,7 +5,7 @@ import torch
 from igptlib.bench_sampling import complete_naive
 from igptlib.config import model_config
 from igptlib.model import GPT
-from igptlib.sampling import complete, generate, keep_from_mask, keep_rows
+from igptlib.sampling import complete, generate, keep_from_mask, tokens_in_rows
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def images():
 
 
 def test_kept_pixels_are_never_changed(model, images):
-    keep = keep_rows(8, 5)
+    keep = tokens_in_rows(8, 5)
     completed = complete(model, images, keep, samples=4, seed=0)
     assert completed.shape == (3, 4, 64) and completed.dtype == torch.long
     assert torch.equal(completed[:, :, :keep], images[:, None, :keep].expand(3, 4, keep))
@@ -91,7 +91,7 @@ def test_bad_arguments_are_clear(model, images):
     with pytest.raises(ValueError, match="temperature must be 0"):
         complete(model, images, 10, temperature=-1)
     with pytest.raises(ValueError, match="rows to keep must lie in 0..8"):
-        keep_rows(8, 9)
+        tokens_in_rows(8, 9)
     bert = GPT(model_config("xs", vocab_size=16, n_px=8, objective="bert"))
     with pytest.raises(ValueError, match="needs a model trained with objective 'ar'"):
         complete(bert, images, 10)

@@ -5,7 +5,7 @@ import torch
 
 from igptlib.cli import main
 from igptlib.model_files import CheckpointError, read_notes
-from igptlib.module import load_checkpoint
+from igptlib.lightning_module import load_checkpoint
 from igptlib.shipped import export_model, load_model, model_dataset, shipped_models
 
 

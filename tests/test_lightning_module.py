@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from igptlib.config import ConfigError, ModelConfig, OptimConfig
 from igptlib.model_files import CheckpointError, read_checkpoint
-from igptlib.module import ImageGPT, load_checkpoint, lr_factor
+from igptlib.lightning_module import ImageGPT, load_checkpoint, lr_factor
 
 MODEL = dict(vocab_size=8, n_px=6, n_embd=32, n_layer=2, n_head=4)
 
