@@ -18,9 +18,8 @@ import re
 from pathlib import Path
 
 from igptlib.config import RunConfig
-from igptlib.model_files import (CheckpointError, check_same_shapes, read_dataset, read_model_file, read_notes,
-                                 write_model_file)
 from igptlib.lightning_module import ImageGPT, load_checkpoint
+from igptlib.model_files import CheckpointError, check_same_shapes, read_dataset, read_model_file, write_model_file
 from igptlib.train import find_run_folder
 
 MODELS_VARIABLE = "IGPT_MODELS_DIR"
