@@ -48,11 +48,19 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, gen
     """One token per row of `logits` [B, V]: greedy at temperature 0, else softmax(logits / T) over the top k."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         threshold = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    probs = logits.softmax(dim=-1)
+    # torch.multinomial(probs, 1, generator=generator) draws one sample exactly this way (the
+    # exponential race: argmax of p / q with q ~ Exp(1), ATen's Distributions.cpp): the same tokens
+    # from the same generator (tests/test_sampling.py checks it). But it first validates the
+    # probabilities with reductions read back to the host (a sync on a GPU), which more than
+    # doubled a draw's time on the CPU; softmax's output needs no such check.
+    return probs.div_(torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
 
 
 def _check_sampling(model: GPT, tokens: torch.Tensor, keep: int, samples: int, temperature: float, top_k: int | None):
