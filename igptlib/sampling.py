@@ -175,15 +175,22 @@ def complete_masked(
 
     if not missing:
         return sequences.view(count, samples, seq_len).cpu()
-    cache = model.new_cache(count * samples)
+    # The kept prefix is the same for every sample of an image: read it once per image, then branch
+    # the cache so that the samples share its keys and values (stored, and read each step, once).
+    cache = model.new_cache(count)
+    decode = model.decoder()  # the step of one drawn pixel, the loop's usual case
     with gpu_autocast(device):
-        logits = model(sequences[:, :keep], cache)[:, -1]
+        logits = model(sequences[::samples, :keep], cache)[:, -1].repeat_interleave(samples, dim=0)
+        cache.branch(samples)
         for drawn, position in enumerate(missing, start=1):
-            sequences[:, position] = sample_next(logits, temperature, top_k, generator)
+            token = sample_next(logits, temperature, top_k, generator)
+            sequences[:, position] = token
             if on_pixel is not None:
                 on_pixel(drawn, sequences.view(count, samples, seq_len))
             # The kept pixels up to the next missing one are read with this one, in one step.
             end = missing[drawn] if drawn < len(missing) else seq_len
-            if end < seq_len:
+            if end == position + 1 < seq_len:
+                logits = decode(token, cache)
+            elif end < seq_len:
                 logits = model(sequences[:, position:end], cache)[:, -1]
     return sequences.view(count, samples, seq_len).cpu()

@@ -5,7 +5,7 @@ import torch
 from igptlib.bench_sampling import complete_naive
 from igptlib.config import model_config
 from igptlib.model import GPT
-from igptlib.sampling import complete, generate, keep_from_mask, keep_rows, sample_next
+from igptlib.sampling import complete, complete_masked, generate, keep_from_mask, keep_rows, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,20 @@ def test_sample_next_draws_what_torch_multinomial_draws(temperature, top_k):
         expected = torch.multinomial(scaled.softmax(dim=-1), 1, generator=theirs).squeeze(1)
         assert torch.equal(sample_next(logits, temperature, top_k, ours), expected)
     assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_masked_completion_reads_kept_pixels_after_drawn_ones(model, images):
+    # Kept pixels after missing ones (the left half of each row) are read in chunks between the
+    # decode steps; under greedy decoding the result is a whole forward pass per drawn pixel's.
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:2] = True
+    mask[2:, :4] = True
+    completed = complete_masked(model, images, mask, samples=2, temperature=0)
+    expected = images.repeat_interleave(2, dim=0).clone()
+    with torch.no_grad():
+        for position in (~mask.flatten()).nonzero().flatten().tolist():
+            expected[:, position] = model(expected[:, : position + 1])[:, position].argmax(dim=-1)
+    assert torch.equal(completed, expected.view(3, 2, 64))
 
 
 def test_unconditional_generation(model):
