@@ -16,6 +16,7 @@ Public API (the sampler and the evaluation build on it):
     GPT(config)                  config: a ModelConfig (igptlib.config holds it and the PRESETS)
       .forward(tokens)             logits [B, T, V] for whole sequences
       .new_cache(batch_size)       an empty KVCache; .forward(tokens, cache) then decodes incrementally
+      .decoder()                   a Decoder: one token per sequence after a cache, the sampler's step
       .features(tokens, layer)     normed, average-pooled features of a layer (linear probes)
       .classify(tokens)            class logits from the average-pooled final features
       .forward_with_classes(tokens) (logits, class logits) from one pass, for fine-tuning
@@ -24,6 +25,7 @@ Public API (the sampler and the evaluation build on it):
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -52,26 +54,69 @@ class KVCache:
     """Keys and values of the slots a model has already read, for decoding a few tokens at a time.
 
     Make one with GPT.new_cache(batch_size) and hand it to GPT.forward with each new chunk of
-    tokens; `length` counts the slots read so far (the SOS slot included). Buffers are allocated on
-    first use, in the dtype and device of the keys (bfloat16 under autocast).
+    tokens; `length` counts the slots read so far (the SOS slot included; GPT.forward advances it
+    before its layers store the chunk there). Buffers are allocated on first use, in the dtype and
+    device of the keys (bfloat16 under autocast), one per layer for keys and values together.
+
+    branch(copies) makes each sequence read so far go on as `copies` consecutive sequences (the
+    samples of one image). The slots read before it are then held once per group of copies, and a
+    decode step reads them once per group (see single_query_attention): most of what a step reads
+    is the cache, and most of the cache is the kept pixels, the same for every sample.
     """
 
     def __init__(self, n_layer: int, batch_size: int, max_len: int):
         self.batch_size, self.max_len = batch_size, max_len
         self.length = 0
-        self.keys: list[torch.Tensor | None] = [None] * n_layer
-        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.shared = 0  # slots 0..shared-1 are held once per group of `copies` sequences
+        self.copies = 1
+        # Each sequence's own slots: keys and values [2, groups, H, copies, max_len - shared, D],
+        # the sequences of a group head by head, so that a group's queries of one head are adjacent.
+        self.own: list[torch.Tensor | None] = [None] * n_layer
+        self.own_flat: list[tuple] = [()] * n_layer  # its keys and values as [groups * H * copies, max_len - shared, D]
+        self.common: list[tuple] = [()] * n_layer  # keys and values of the shared slots, [groups * H, shared, D]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this chunk's keys/values [B, H, L, D] after the earlier ones; return all of them."""
-        if self.keys[layer] is None:
-            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
-            self.keys[layer] = k.new_empty(shape)
-            self.values[layer] = v.new_empty(shape)
-        end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+    def _own(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        if self.own[layer] is None:
+            groups, heads, dim = self.batch_size // self.copies, like.shape[2], like.shape[-1]  # like: [2, *, H, *, D]
+            self.own[layer] = like.new_empty((2, groups, heads, self.copies, self.max_len - self.shared, dim))
+            self.own_flat[layer] = tuple(self.own[layer].flatten(1, 3))
+        return self.own[layer]
+
+    def store(self, layer: int, kv: torch.Tensor) -> None:
+        """Store the keys and values [2, B, H, L, D] of the newest L slots (those up to `length`)."""
+        _, B, H, L, D = kv.shape
+        own = self._own(layer, kv)
+        grouped = kv.view(2, B // self.copies, self.copies, H, L, D).transpose(2, 3)
+        own.narrow(4, self.length - self.shared - L, L).copy_(grouped)
+
+    def read(self, layer: int) -> torch.Tensor:
+        """Every slot's keys and values per sequence, [2, B, H, length, D]: a view of the buffer
+        until the cache branches, a copy after."""
+        own = self.own[layer].narrow(4, 0, self.length - self.shared).transpose(2, 3).flatten(1, 2)
+        if not self.shared:
+            return own
+        common = torch.stack(self.common[layer]).unflatten(1, (-1, own.shape[2]))  # [2, groups, H, shared, D]
+        return torch.cat([common.repeat_interleave(self.copies, dim=1), own], dim=3)
+
+    def append(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys and values [2, groups, H, copies, D] of one new slot per sequence (the
+        last, `length` - 1); return each sequence's own keys and values so far, [groups * H *
+        copies, slots, D] each, views of the buffer."""
+        slots = self.length - self.shared
+        self._own(layer, kv).select(4, slots - 1).copy_(kv)
+        keys, values = self.own_flat[layer]
+        return keys.narrow(1, 0, slots), values.narrow(1, 0, slots)
+
+    def branch(self, copies: int) -> None:
+        """Each sequence goes on as `copies` consecutive sequences that share the slots read so far."""
+        if self.copies != 1:
+            raise ValueError("a cache branches once")
+        if copies < 1:
+            raise ValueError(f"copies must be a positive integer, got {copies}")
+        if self.length:
+            self.common = [tuple(kv[:, :, :, 0, : self.length].flatten(1, 2)) for kv in self.own]
+        self.own, self.own_flat = [None] * len(self.own), [()] * len(self.own)
+        self.shared, self.copies, self.batch_size = self.length, copies, self.batch_size * copies
 
 
 class SelfAttention(nn.Module):
@@ -84,38 +129,53 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, L, C = x.shape
-        q, k, v = (t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+        qkv = self.qkv(x).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # [3, B, H, L, D]
+        q, k, v = qkv
         mask = None
-        if cache is not None and cache.length > 0:
-            start = cache.length
-            k, v = cache.update(layer, k, v)
-            # The new queries sit at slots start..start+L-1 and may see every key up to their own
-            # slot; is_causal would align the triangle to the top-left corner instead, so build it.
-            causal = False
-            if L > 1:
+        if cache is not None:
+            cache.store(layer, qkv[1:])
+            k, v = cache.read(layer)
+            start = k.shape[2] - L
+            if start > 0:
+                # The new queries sit at slots start..start+L-1 and may see every key up to their own
+                # slot; is_causal would align the triangle to the top-left corner instead, so build it.
+                causal = False
                 mask = torch.ones(L, start + L, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        elif cache is not None:
-            cache.update(layer, k, v)
-        if L == 1 and mask is None and not causal and not self.training:
-            y = single_query_attention(q, k, v)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
-            )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.proj(y.transpose(1, 2).reshape(B, L, C))
 
 
-def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of one query per sequence and head [B, H, 1, D] over all keys [B, H, S, D].
+def single_query_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    shared_keys: torch.Tensor | None = None,
+    shared_values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of one query per sequence and head: q [M, G, D] (M groups of G queries, one head
+    each) over each query's own keys and values [M * G, S, D] -> [M, G, D].
 
     The decode step of sampling. On CPUs two batched matmuls over the cache run about 1.8x faster
-    than scaled_dot_product_attention's kernel, which is built for many queries at once. The cache
-    slices merge their batch and head dimensions without a copy.
+    than scaled_dot_product_attention's kernel, which is built for many queries at once.
+
+    `shared_keys`, `shared_values` [M, P, D] are slots that come before the own ones and are the
+    same for the G queries of a group (a branched KVCache: the kept pixels of an image, for its G
+    samples). Their scores are one matmul of the G queries over the P keys, which reads those keys
+    once per group instead of once per query; one softmax then spans the shared and own slots.
     """
-    B, H, _, D = q.shape
-    q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
-    scores = torch.baddbmm(q.new_empty(B * H, 1, k.shape[1]), q, k.transpose(1, 2), beta=0.0, alpha=D**-0.5)
-    return torch.bmm(scores.softmax(dim=-1).to(v.dtype), v).view(B, H, 1, D)
+    M, G, D = q.shape
+    scores = torch.baddbmm(
+        q.new_empty(M * G, 1, keys.shape[1]), q.reshape(M * G, 1, D), keys.transpose(1, 2), beta=0.0, alpha=D**-0.5
+    )
+    if shared_keys is None:
+        return torch.bmm(scores.softmax(dim=-1), values).view(M, G, D)
+    P = shared_keys.shape[1]
+    shared = torch.baddbmm(q.new_empty(M, G, P), q, shared_keys.transpose(1, 2), beta=0.0, alpha=D**-0.5)
+    weights = torch.cat([shared, scores.view(M, G, -1)], dim=-1).softmax(dim=-1)  # [M, G, P + S]
+    y = torch.bmm(weights[..., :P], shared_values)
+    return torch.baddbmm(y.view(M * G, 1, D), weights[..., P:].reshape(M * G, 1, -1), values).view(M, G, D)
 
 
 class MLP(nn.Module):
@@ -151,6 +211,63 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = True, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.resid_dropout(self.attn(self.ln_1(x), causal, cache, layer))
         return x + self.mlp(self.ln_2(x))
+
+
+class Decoder:
+    """A decode step of a GPT in eval mode: one new token per sequence, tokens [B], read after what
+    `cache` holds -> next-pixel logits [B, V]; the same as forward(tokens[:, None], cache)[:, -1].
+
+    The sampler's inner loop, hundreds of steps per completion. A step of the course's small models
+    costs the overhead of its operations more than their arithmetic (a 64-wide layer's matmuls are
+    microseconds), and nn.Module adds to it: a module call, and each submodule or parameter looked up
+    through nn.Module.__getattr__, costs about as much as a small matmul. So the decoder takes the
+    parameters out of the modules once, and a step is the layers' arithmetic as plain functions:
+    [B, C] activations, no dropout (eval mode), and the cache's own layout for the attention (see
+    SelfAttention.forward for the same layer over whole chunks). It holds the parameters it was made
+    with: make a new one after replacing any (the sampler makes one per completion).
+    """
+
+    def __init__(self, model: GPT):
+        self.n_head = model.config.n_head
+        self.wte, self.wpe = model.wte.weight, model.wpe.weight
+        self.layers = [
+            (_function(b.ln_1), _function(b.attn.qkv), _function(b.attn.proj), _function(b.ln_2),
+             _function(b.mlp.fc), b.mlp.activation, _function(b.mlp.proj))
+            for b in model.blocks
+        ]
+        self.ln_f, self.head = _function(model.ln_f), _function(model.head)
+
+    def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        if tokens.ndim != 1 or len(tokens) != cache.batch_size or not 0 < cache.length < cache.max_len:
+            raise ValueError(f"a decode step reads one token [B] for each of the cache's {cache.batch_size} "
+                             f"sequences, after slot 0 and before slot {cache.max_len}; "
+                             f"got {tuple(tokens.shape)} at slot {cache.length}")
+        x = F.embedding(tokens, self.wte) + self.wpe[cache.length]
+        cache.length += 1
+        B, C = x.shape
+        groups, copies, H = B // cache.copies, cache.copies, self.n_head
+        for layer, (ln_1, qkv, proj, ln_2, fc, activation, fc_proj) in enumerate(self.layers):
+            # Queries, keys and values [3, groups, H, copies, D]: the cache's order, a group's sequences
+            # head by head, so that the keys go in with one copy and the queries of a group are adjacent.
+            q_k_v = qkv(ln_1(x)).view(groups, copies, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            keys, values = cache.append(layer, q_k_v[1:])
+            y = single_query_attention(q_k_v[0].reshape(groups * H, copies, -1), keys, values, *cache.common[layer])
+            x = x + proj(y.view(groups, H, copies, -1).transpose(1, 2).reshape(B, C))
+            x = x + fc_proj(activation(fc(ln_2(x))))
+        return self.head(self.ln_f(x))
+
+
+def _function(module: nn.Module):
+    """A Linear or norm module as a function of x over the parameters it holds now (for Decoder)."""
+    if isinstance(module, nn.Linear):
+        return functools.partial(F.linear, weight=module.weight, bias=module.bias)
+    if isinstance(module, nn.RMSNorm):
+        return functools.partial(F.rms_norm, normalized_shape=module.normalized_shape, weight=module.weight,
+                                 eps=module.eps)
+    if isinstance(module, nn.LayerNorm):
+        return functools.partial(F.layer_norm, normalized_shape=module.normalized_shape, weight=module.weight,
+                                 bias=module.bias, eps=module.eps)
+    raise TypeError(f"no plain function for a {type(module).__name__}")
 
 
 class GPT(nn.Module):
@@ -198,10 +315,10 @@ class GPT(nn.Module):
         if tokens.shape[1] > self.config.seq_len:
             raise ValueError(f"sequences of {tokens.shape[1]} tokens, but the model reads at most {self.config.seq_len}")
         top = self.config.vocab_size + (1 if allow_mask else 0)
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= top):
+        low, high = (int(bound) for bound in tokens.aminmax()) if tokens.numel() else (0, 0)
+        if low < 0 or high >= top:
             raise ValueError(
-                f"token ids must lie in 0..{top - 1} (palette of {self.config.vocab_size} colours), "
-                f"got {int(tokens.min())}..{int(tokens.max())}"
+                f"token ids must lie in 0..{top - 1} (palette of {self.config.vocab_size} colours), got {low}..{high}"
             )
 
     def _embed(self, tokens: torch.Tensor, start: int = 0, sos: bool = False) -> torch.Tensor:
@@ -252,10 +369,16 @@ class GPT(nn.Module):
                 f"the cache has read {start} of {cache.max_len} slots; {tokens.shape[1]} more tokens do not fit "
                 f"(the last pixel of an image is never an input)"
             )
+        if slots == 1 and start > 0 and not self.training:
+            return self.decoder()(tokens[:, 0], cache).unsqueeze(1)
         x = self._embed(tokens, start=start, sos=start == 0)
+        cache.length += slots  # the layers store the chunk's keys and values in these slots
         x = self._blocks(x, cache=cache)
-        cache.length += slots
         return self.head(self.ln_f(x))
+
+    def decoder(self) -> Decoder:
+        """The decode step of this model as it is now (see Decoder): a sampler's inner loop."""
+        return Decoder(self)
 
     def new_cache(self, batch_size: int) -> KVCache:
         """An empty KV cache for `batch_size` sequences (see forward)."""

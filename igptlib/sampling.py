@@ -48,11 +48,19 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, gen
     """One token per row of `logits` [B, V]: greedy at temperature 0, else softmax(logits / T) over the top k."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         threshold = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    probs = logits.softmax(dim=-1)
+    # torch.multinomial(probs, 1, generator=generator) draws one sample exactly this way (the
+    # exponential race: argmax of p / q with q ~ Exp(1), ATen's Distributions.cpp): the same tokens
+    # from the same generator (tests/test_sampling.py checks it). But it first validates the
+    # probabilities with reductions read back to the host (a sync on a GPU), which more than
+    # doubled a draw's time on the CPU; softmax's output needs no such check.
+    return probs.div_(torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
 
 
 def _check_sampling(model: GPT, tokens: torch.Tensor, keep: int, samples: int, temperature: float, top_k: int | None):
@@ -167,15 +175,22 @@ def complete_masked(
 
     if not missing:
         return sequences.view(count, samples, seq_len).cpu()
-    cache = model.new_cache(count * samples)
+    # The kept prefix is the same for every sample of an image: read it once per image, then branch
+    # the cache so that the samples share its keys and values (stored, and read each step, once).
+    cache = model.new_cache(count)
+    decode = model.decoder()  # the step of one drawn pixel, the loop's usual case
     with gpu_autocast(device):
-        logits = model(sequences[:, :keep], cache)[:, -1]
+        logits = model(sequences[::samples, :keep], cache)[:, -1].repeat_interleave(samples, dim=0)
+        cache.branch(samples)
         for drawn, position in enumerate(missing, start=1):
-            sequences[:, position] = sample_next(logits, temperature, top_k, generator)
+            token = sample_next(logits, temperature, top_k, generator)
+            sequences[:, position] = token
             if on_pixel is not None:
                 on_pixel(drawn, sequences.view(count, samples, seq_len))
             # The kept pixels up to the next missing one are read with this one, in one step.
             end = missing[drawn] if drawn < len(missing) else seq_len
-            if end < seq_len:
+            if end == position + 1 < seq_len:
+                logits = decode(token, cache)
+            elif end < seq_len:
                 logits = model(sequences[:, position:end], cache)[:, -1]
     return sequences.view(count, samples, seq_len).cpu()

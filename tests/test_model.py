@@ -77,17 +77,84 @@ def test_kv_cache_decoding_matches_the_full_forward_pass():
     torch.testing.assert_close(first[:, 0], full[:, 0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_branched_cache_and_decoder_match_the_full_forward_pass_at_every_step(norm):
+    # The sampler's way: each image's prefix read once, the cache branched into its samples, then
+    # decode steps (the Decoder) with a few chunks (kept pixels after a drawn one) in between.
+    torch.manual_seed(0)
+    model = GPT(tiny(norm=norm)).eval()
+    images, copies, keep, T = 2, 3, 10, model.config.seq_len
+    tokens = random_tokens(model.config, batch=images * copies)
+    tokens[:, :keep] = tokens[::copies, :keep].repeat_interleave(copies, dim=0)  # the samples share the prefix
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(images)
+        rows = [model(tokens[::copies, :keep], cache).repeat_interleave(copies, dim=0)]
+        cache.branch(copies)
+        assert cache.batch_size == images * copies and cache.shared == keep + 1
+        decode = model.decoder()
+        t = keep
+        while t < T - 1:
+            if t % 5 == 0:  # a chunk of 3 tokens, through forward
+                rows.append(model(tokens[:, t : t + 3], cache))
+                t += 3
+            else:
+                rows.append(decode(tokens[:, t], cache)[:, None])
+                t += 1
+        assert cache.length == T
+        with pytest.raises(ValueError, match="a decode step reads one token"):
+            decode(tokens[:, -1], cache)
+    decoded = torch.cat(rows, dim=1)
+    torch.testing.assert_close(decoded, full, rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_and_branch_refuse_what_they_cannot_do():
+    model = GPT(tiny()).eval()
+    tokens = random_tokens(model.config)
+    cache = model.new_cache(3)
+    with pytest.raises(ValueError, match="after slot 0"):
+        model.decoder()(tokens[:, 0], cache)  # an empty cache: the SOS slot comes first, from forward
+    model(tokens[:, :4], cache)
+    with pytest.raises(ValueError, match=r"got \(3, 1\)"):
+        model.decoder()(tokens[:, 4:5], cache)
+    cache.branch(2)
+    with pytest.raises(ValueError, match="branches once"):
+        cache.branch(2)
+    with pytest.raises(ValueError, match="holds 6 sequences"):
+        model(tokens[:, 4:6], cache)
+
+
 def test_single_query_attention_equals_sdpa_over_a_cache_slice():
     import torch.nn.functional as F
 
     from igptlib.model import single_query_attention
 
     torch.manual_seed(0)
-    keys, values = torch.randn(2, 3, 8, 50, 16).unbind(0)  # a cache buffer [B, H, max_len, D]
+    keys, values = torch.randn(2, 3 * 8, 50, 16).unbind(0)  # a cache buffer [B * H, max_len, D]
     query = torch.randn(3, 8, 1, 16)
-    k, v = keys[..., :37, :], values[..., :37, :]  # the slots read so far: a strided view, as in decoding
-    expected = F.scaled_dot_product_attention(query, k, v)
-    torch.testing.assert_close(single_query_attention(query, k, v), expected, rtol=1e-5, atol=1e-6)
+    k, v = keys[:, :37], values[:, :37]  # the slots read so far: a strided view, as in decoding
+    expected = F.scaled_dot_product_attention(query, k.view(3, 8, 37, 16), v.view(3, 8, 37, 16))
+    got = single_query_attention(query.view(3 * 8, 1, 16), k, v)  # 24 groups of one query
+    torch.testing.assert_close(got.view(3, 8, 1, 16), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_single_query_attention_over_shared_slots_equals_sdpa_over_all_of_them():
+    import torch.nn.functional as F
+
+    from igptlib.model import single_query_attention
+
+    torch.manual_seed(0)
+    M, G, P, S, D = 4, 3, 20, 7, 16  # 4 groups (images x heads) of 3 queries; 20 shared slots, 7 own
+    shared_keys, shared_values = torch.randn(2, M, P, D).unbind(0)
+    keys, values = torch.randn(2, M * G, 50, D).unbind(0)
+    keys, values = keys[:, :S], values[:, :S]
+    query = torch.randn(M, G, D)
+    # What each query attends over: its group's shared slots, then its own.
+    all_keys = torch.cat([shared_keys.repeat_interleave(G, dim=0), keys], dim=1)
+    all_values = torch.cat([shared_values.repeat_interleave(G, dim=0), values], dim=1)
+    expected = F.scaled_dot_product_attention(query.view(M * G, 1, D), all_keys, all_values).view(M, G, D)
+    got = single_query_attention(query, keys, values, shared_keys, shared_values)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_kv_cache_is_refused_for_bert():

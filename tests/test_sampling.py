@@ -5,7 +5,7 @@ import torch
 from igptlib.bench_sampling import complete_naive
 from igptlib.config import model_config
 from igptlib.model import GPT
-from igptlib.sampling import complete, generate, keep_from_mask, tokens_in_rows
+from igptlib.sampling import complete, complete_masked, generate, keep_from_mask, sample_next, tokens_in_rows
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,35 @@ def test_cache_and_naive_samplers_agree_under_greedy_decoding(model, images):
 def test_cache_and_naive_samplers_draw_the_same_random_samples(model, images):
     # Both consume the generator identically, so seeded sampling agrees as well.
     assert torch.equal(complete(model, images, 24, samples=3, seed=5), complete_naive(model, images, 24, samples=3, seed=5))
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.7, None), (1.0, 5)])
+def test_sample_next_draws_what_torch_multinomial_draws(temperature, top_k):
+    # sample_next draws as torch.multinomial does, without its checks: the same tokens from the
+    # same generator, which is left in the same state.
+    logits = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)) * 3
+    ours, theirs = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for _ in range(20):
+        scaled = logits / temperature
+        if top_k is not None:
+            scaled = scaled.masked_fill(scaled < scaled.topk(top_k, dim=-1).values[:, -1:], float("-inf"))
+        expected = torch.multinomial(scaled.softmax(dim=-1), 1, generator=theirs).squeeze(1)
+        assert torch.equal(sample_next(logits, temperature, top_k, ours), expected)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_masked_completion_reads_kept_pixels_after_drawn_ones(model, images):
+    # Kept pixels after missing ones (the left half of each row) are read in chunks between the
+    # decode steps; under greedy decoding the result is a whole forward pass per drawn pixel's.
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:2] = True
+    mask[2:, :4] = True
+    completed = complete_masked(model, images, mask, samples=2, temperature=0)
+    expected = images.repeat_interleave(2, dim=0).clone()
+    with torch.no_grad():
+        for position in (~mask.flatten()).nonzero().flatten().tolist():
+            expected[:, position] = model(expected[:, : position + 1])[:, position].argmax(dim=-1)
+    assert torch.equal(completed, expected.view(3, 2, 64))
 
 
 def test_unconditional_generation(model):
