@@ -488,8 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(run=run_data)
 
     centroids = commands.add_parser("centroids", help="fit the k-means colour palette and save it as .npy")
-    add_config_arguments(centroids, "data", fields=("dataset", "root", "n_px", "clusters", "palette_method", "palette_pixels", "seed"),
-                         names={"palette_method": ["--palette-method", "--method"], "palette_pixels": ["--palette-pixels", "--pixels"]})
+    add_config_arguments(centroids, "data",
+                         fields=("dataset", "root", "n_px", "clusters", "palette_method", "palette_pixels", "seed"),
+                         # --method and --pixels: the names these flags had before they were generated
+                         names={"palette_method": ["--palette-method", "--method"],
+                                "palette_pixels": ["--palette-pixels", "--pixels"]})
     centroids.add_argument("--out", help="where to write the .npy (default: under the data root)")
     centroids.add_argument("--force", action="store_true", help="fit again even if the file exists")
     centroids.add_argument("--figure", help="also save the palette's swatches as this PNG")
