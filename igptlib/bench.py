@@ -28,7 +28,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
