@@ -173,14 +173,14 @@ class DataConfig(Config):
     palette_method: str = "minibatch"  # minibatch (MiniBatchKMeans) or kmeans (KMeans)
     palette_pixels: int = 200_000  # pixels sampled for k-means; all pixels give the same palette, slower
     augment: list[str] = dataclasses.field(default_factory=lambda: ["crop", "flip"])  # of training images, the seed report's (none: [])
-    crop_padding: int = 4
-    rotate_degrees: float = 10.0
-    val_fraction: float = 0.1
-    batch_size: int = 64
+    crop_padding: int = 4  # crop: pad by this many pixels, then crop back to the image's size at random
+    rotate_degrees: float = 10.0  # rotate: turn by a random angle of at most this many degrees either way
+    val_fraction: float = 0.1  # the share of the training split held out for validation
+    batch_size: int = 64  # images per batch, in training, validation and test
     seed: int = 0  # split, palette sampling and k-means
-    limit_train: int | None = None  # smoke runs: use only the first N images of each split
-    limit_val: int | None = None
-    limit_test: int | None = None
+    limit_train: int | None = None  # smoke runs: only the first N training images (None: all)
+    limit_val: int | None = None  # only the first N validation images (None: all)
+    limit_test: int | None = None  # only the first N test images (None: all)
 
     def validate(self):
         if self.dataset not in DATASET_NAMES:
@@ -229,9 +229,9 @@ class ModelConfig(Config):
 
     vocab_size: int = 16  # palette size K; token ids 0..K-1, and K is BERT's mask token
     n_px: int = 28  # images are n_px x n_px, so sequences hold n_px * n_px tokens
-    n_embd: int = 256
-    n_layer: int = 8
-    n_head: int = 8
+    n_embd: int = 256  # width: of the embeddings and of every block
+    n_layer: int = 8  # transformer blocks
+    n_head: int = 8  # attention heads per block (n_embd must be a multiple of it)
     dropout: float = 0.0  # the paper trains without dropout
     objective: str = "ar"  # "ar": causal, next pixel; "bert": bidirectional, masked pixels
     mask_prob: float = 0.15  # BERT: the chance that each pixel is masked
@@ -308,16 +308,16 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")  # the learning rate after w
 class OptimConfig(Config):
     """Adam(W) with linear warm-up then decay, and the choice between pre-training and fine-tuning."""
 
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak learning rate, reached at the end of warm-up
     weight_decay: float = 0.0  # the paper uses none; when set, it applies to matrices only
-    beta1: float = 0.9
+    beta1: float = 0.9  # Adam's decay rate of the gradient's running mean
     beta2: float = 0.95  # as in the paper
-    warmup_steps: int = 500
+    warmup_steps: int = 500  # linear warm-up from 0 to lr over this many steps
     # After warm-up: "cosine" or "linear" decay over the run; "constant"; or "wsd" (warm-up, stable,
     # decay): constant until the last decay_fraction of the steps, then linear decay. A wsd run can
     # be extended from any checkpoint of its stable phase (train saves one where the decay begins)
     # with a larger step count and no warm restart.
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # after warm-up: cosine or linear decay, constant, or wsd (decay over the last decay_fraction)
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio (the paper decays to 0)
     decay_fraction: float = 0.2  # wsd: the share of the steps spent decaying
     grad_clip: float = 1.0  # gradient norm clipping (0: off)
@@ -354,15 +354,15 @@ class TrainConfig(Config):
     val_every: int = 1000  # steps between validations
     val_batches: int | None = None  # batches per validation (None: the whole validation split)
     save_every: int = 1000  # steps between refreshes of checkpoints/last.ckpt
-    checkpoint_steps: list[int] = dataclasses.field(default_factory=lambda: list(PAPER_CHECKPOINT_STEPS))
+    checkpoint_steps: list[int] = dataclasses.field(default_factory=lambda: list(PAPER_CHECKPOINT_STEPS))  # kept as step-N.ckpt
     test: bool = True  # evaluate the best checkpoint on the test split at the end
     precision: str = "bf16-mixed"  # Lightning's precision; bf16 autocast is also the fast path on CPUs
     accelerator: str = "auto"  # the device: auto (the GPU when there is one), cpu or cuda
     devices: int | str = "auto"  # per node; with strategy "ddp", one process each
     strategy: str = "auto"  # auto, ddp, ...
-    num_nodes: int = 1
+    num_nodes: int = 1  # machines, for multi-node ddp
     log_every: int = 50  # steps between logged training metrics
-    progress_bar: bool = True
+    progress_bar: bool = True  # Lightning's progress bar
     init_from: str | None = None  # a checkpoint whose weights start this run (fine-tuning)
     # The score is validation accuracy when fine-tuning, else validation nats per pixel; it picks best.ckpt too.
     early_stop: int | None = None  # stop after this many validations without a better score (None: never)

@@ -5,7 +5,7 @@ import typing
 import numpy as np
 import pytest
 
-from igptlib.cli import build_parser, data_config, main, train_config
+from igptlib.cli import SECTIONS, build_parser, data_config, field_comments, main, train_config
 from igptlib.config import DERIVED_FROM_DATA, RunConfig, run_config
 from igptlib.quantize import load_palette
 
@@ -133,3 +133,10 @@ def test_a_flags_help_is_its_config_fields_comment(capsys):
         main(["train", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "--clusters CLUSTERS palette size, which is also the model's vocabulary (default: 16)" in shown
+    assert "--lr LR the peak learning rate, reached at the end of warm-up (default: 0.001)" in shown
+
+
+def test_every_config_field_has_a_help_text():
+    missing = [f"{section}.{field.name}" for section, cls in SECTIONS.items() for field in dataclasses.fields(cls)
+               if not field_comments(cls).get(field.name)]
+    assert not missing, f"config fields without a trailing comment, so their flags have no help: {missing}"
