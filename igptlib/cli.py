@@ -95,9 +95,10 @@ def _shown(value) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, section: str, fields=None, exclude=(),
-                         names: dict[str, list[str]] | None = None) -> None:
+                         names: dict[str, list[str]] | None = None, description: str | None = None) -> None:
     """One flag per field of a run's `section` (those in `fields`, or all but `exclude`), in a group of
-    its own: --field-name, or the flag names that `names` gives the field instead.
+    its own (with `description` under its title): --field-name, or the flag names that `names` gives
+    the field instead.
 
     Type, choices (config.CHOICES) and help (the field's comment) come from config.py. The default is
     None, "not given": the field keeps its value from the preset, the config file or the dataclass;
@@ -105,7 +106,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, section: str, fields=N
     """
     cls = SECTIONS[section]
     hints, comments = typing.get_type_hints(cls), field_comments(cls)
-    group = parser.add_argument_group(section)
+    group = parser.add_argument_group(section, description)
     for field in dataclasses.fields(cls):
         if (fields is not None and field.name not in fields) or field.name in exclude or (
                 section == "model" and field.name in DERIVED_FROM_DATA):
@@ -366,9 +367,9 @@ def run_evaluate(args) -> None:
     from igptlib.evaluate import evaluate_and_write, model_to_evaluate, summary
 
     device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
-    module, data, run_dir, source = model_to_evaluate(checkpoint=args.checkpoint, model=args.model, dataset=args.dataset,
-                                                      out=args.out)
-    changes = {name: getattr(args, name) for name in ("root", "limit_test", "batch_size") if getattr(args, name) is not None}
+    changes = config_flags(args).get("data", {})
+    module, data, run_dir, source = model_to_evaluate(checkpoint=args.checkpoint, model=args.model,
+                                                      dataset=changes.pop("dataset", "mnist"), out=args.out)
     out = Path(args.out) if args.out else run_dir / "evaluation.json"
     results = evaluate_and_write(
         module, data.replace(**changes), out, source, device, command=args.invocation,
@@ -566,10 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="a shipped model's name or a .safetensors file, evaluated on its own dataset; "
                         "default --out: its record, report/runs/shipped-<name>/evaluation.json (figures beside it)")
     evaluate.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder)")
-    evaluate.add_argument("--root", help="data root (default: the run's)")
-    evaluate.add_argument("--dataset", default="mnist", help="for a checkpoint without a run folder (default: mnist)")
-    evaluate.add_argument("--limit-test", type=positive_int, help="only the first N test images")
-    evaluate.add_argument("--batch-size", type=positive_int)
+    add_config_arguments(evaluate, "data", fields={"dataset", "root", "batch_size", "limit_test"},
+                         description="the data the model was trained on, changed where given; --dataset "
+                                     "names it for a checkpoint outside a run folder")
     evaluate.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     evaluate.add_argument("--precision", choices=EVALUATION_PRECISIONS, default="32",
                           help="32 (default) or bf16: bfloat16 autocast for the passes over whole splits, faster on CPUs with bf16 instructions")
