@@ -11,6 +11,7 @@ from igptlib.config import (
     model_config,
     run_config,
 )
+from igptlib.completion import Completions, complete_images, complete_tokens, keep_mask
 from igptlib.data import (
     DATASETS,
     DataError,

@@ -268,31 +268,26 @@ def run_train(args) -> None:
 
 
 def run_complete(args) -> None:
+    from igptlib.completion import complete_images
     from igptlib.images import load_image
-    from igptlib.plots import completion_figure, save_figure
-    from igptlib.quantize import decode, encode
+    from igptlib.plots import save_figure
     from igptlib.robustness import turn_upright
-    from igptlib.sampling import complete, tokens_in_rows
     from igptlib.shipped import load_model
 
     device = resolve_device(args.device)
     module = load_model(args.model)
     if module.palette is None:
         raise ValueError(f"{args.model}: the checkpoint holds no palette, so its tokens cannot be turned into colours")
-    n_px, channels = module.model_config.n_px, module.palette.shape[1]
+    model, n_px = module.model.to(device), module.model_config.n_px
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
-    image, notes = load_image(args.image, n_px=n_px, channels=channels, invert=invert, max_pixels=args.max_pixels)
-    image, turned = turn_upright(module.model.to(device), module.palette, image, TURN_CHOICES[args.turn])
+    image, notes = load_image(args.image, n_px=n_px, channels=module.palette.shape[1], invert=invert,
+                              max_pixels=args.max_pixels)
+    image, turned = turn_upright(model, module.palette, image, TURN_CHOICES[args.turn])
     print("\n".join(notes + turned))
-    rows = n_px // 2 if args.rows is None else args.rows
-    tokens = encode(image[None], module.palette)
-    started = time.perf_counter()
-    completed = complete(module.model.to(device), tokens, tokens_in_rows(n_px, rows), samples=args.samples,
-                         temperature=args.temperature, top_k=args.top_k, seed=args.seed, progress=True)
-    print(f"{args.samples} completions of the bottom {n_px - rows} rows in {time.perf_counter() - started:.2f} s on {device}")
-    original = decode(tokens, module.palette)  # what the model saw: the image in palette colours
-    fig = completion_figure(original, decode(completed, module.palette), keep_rows=rows)
-    print(f"figure: {save_figure(fig, Path(args.out).name, Path(args.out).parent)}")
+    completed = complete_images(model, module.palette, image[None], rows=args.rows, samples=args.samples,
+                                temperature=args.temperature, top_k=args.top_k, seed=args.seed, progress=True)
+    print(f"{args.samples} completions of the bottom {n_px - completed.kept_rows} rows in {completed.seconds:.2f} s on {device}")
+    print(f"figure: {save_figure(completed.figure(), Path(args.out).name, Path(args.out).parent)}")
 
 
 def run_robustness(args) -> None:

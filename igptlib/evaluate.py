@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from igptlib import plots
+from igptlib.completion import complete_tokens
 from igptlib.config import RunConfig, data_config_for
 from igptlib.data import PixelDataModule, encode_all
 from igptlib.judge import completion_quality, digit_classifier
@@ -30,7 +31,6 @@ from igptlib.metrics import all_layers, classification_metrics, probes_from_feat
 from igptlib.model_files import check_same_palette
 from igptlib.lightning_module import load_checkpoint
 from igptlib.quantize import decode
-from igptlib.sampling import complete, tokens_in_rows
 from igptlib.train import find_run_folder
 
 
@@ -101,19 +101,17 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     if classification:
         results["classification"] = classification_metrics(test.labels, test.predicted, config.num_classes)
     if ar and completions > 0:
-        keep_rows = config.n_px // 2 if keep_rows is None else keep_rows
-        tokens, labels = datamodule.test_set.tensors
-        tokens, labels = tokens[:completions], labels[:completions]
-        keep = tokens_in_rows(config.n_px, keep_rows)
-        sampled = complete(model, tokens, keep, samples=samples, temperature=temperature, seed=seed, progress=progress)
+        tokens, labels = (tensor[:completions] for tensor in datamodule.test_set.tensors)
+        completed = complete_tokens(model, datamodule.palette, tokens, rows=keep_rows, samples=samples,
+                                    temperature=temperature, seed=seed, progress=progress)
         classifier, info = digit_classifier(datamodule.config.root, datamodule.config.dataset, progress=progress)
         results["completion"] = {
-            **completion_quality(tokens, sampled, labels, keep, datamodule.palette, classifier),
+            **completion_quality(tokens, completed.samples, labels, completed.kept_tokens, datamodule.palette,
+                                 classifier),
             "temperature": temperature, "classifier": info,
         }
         if figures is not None:
-            fig = plots.completion_figure(decode(tokens, datamodule.palette), decode(sampled, datamodule.palette), keep_rows)
-            plots.save_figure(fig, "completions", figures, close=True)
+            plots.save_figure(completed.figure(), "completions", figures, close=True)
     if figures is not None and "classification" in results:
         matrix = results["classification"]["confusion_matrix"]
         plots.save_figure(plots.confusion_matrix_plot(matrix), "confusion_matrix", figures, close=True)

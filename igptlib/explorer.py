@@ -4,7 +4,6 @@ Explorer builds the ipywidgets that notebooks/08_explorer.ipynb shows (and Voila
 the work is done by the plain functions below, which the widget calls and the tests check too:
 
     default_model()                     $IGPT_EXPLORER_MODEL, else the shipped "mnist" model, else None
-    keep_mask(n_px, part, rows)         the kept pixels: the top rows, or the top/bottom/left/right half
     prepare_upload(name, content, ...)  an uploaded PNG or JPEG made into the model's input, with notes
 
 The seed report asks that inverted or rotated inputs still complete like the training digits.
@@ -22,19 +21,18 @@ import html
 import io
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from igptlib.completion import MISSING_GREY, Completions, complete_images, keep_mask
 from igptlib.data import DataError, load_split
 from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context
 from igptlib.robustness import QUARTER_TURNS, turn_upright
-from igptlib.sampling import complete_masked
 from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
 
 MODEL_VARIABLE = "IGPT_EXPLORER_MODEL"  # how a launcher (make explorer, the page test) picks the model
@@ -45,7 +43,6 @@ TURNS = {**{name: k for k, name in QUARTER_TURNS.items()}, "auto (the model's gu
 PATH_CHOICE = "a checkpoint path:"
 SOURCES = ("test image", "random test image", "upload")
 PIXEL_SCALE = 4  # 28x28 pictures shown at 112x112, blocky rather than blurred
-MISSING_GREY = 128  # stands apart from both MNIST's black background and its white strokes
 
 
 def default_model(models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
@@ -58,28 +55,6 @@ def default_model(models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
     if DEFAULT_MODEL in shipped:
         return DEFAULT_MODEL
     return shipped[0] if shipped else None
-
-
-def keep_mask(n_px: int, part: str, rows: int = 0) -> torch.Tensor:
-    """The kept pixels as a bool mask [n_px, n_px]: part is "rows" (the top `rows` rows), "top",
-    "bottom", "left" or "right" (that half)."""
-    mask = torch.zeros(n_px, n_px, dtype=torch.bool)
-    half = n_px // 2
-    if part == "rows":
-        if not 0 <= rows <= n_px:
-            raise ValueError(f"rows to keep must lie in 0..{n_px}, got {rows}")
-        mask[:rows] = True
-    elif part == "top":
-        mask[:half] = True
-    elif part == "bottom":
-        mask[half:] = True
-    elif part == "left":
-        mask[:, :half] = True
-    elif part == "right":
-        mask[:, half:] = True
-    else:
-        raise ValueError(f"unknown part to keep {part!r}; expected one of {list(KEEP.values())}")
-    return mask
 
 
 def prepare_upload(name: str, content: bytes, model, palette: np.ndarray, invert: bool | None = None,
@@ -104,33 +79,14 @@ def prepare_upload(name: str, content: bytes, model, palette: np.ndarray, invert
 
 
 @dataclasses.dataclass
-class Completion:
-    """One press of Complete: what went in and what came out."""
+class Completion(Completions):
+    """One press of Complete: the completions of one image (tokens [T], samples [samples, T]), with
+    where the image came from."""
 
     model: str
     source: str  # "test image 7 (label 9)" or the uploaded file's name
     image: torch.Tensor  # uint8 [C, n_px, n_px]: the image the model was given, before the cut
-    tokens: torch.Tensor  # int64 [T]: its tokens
-    mask: torch.Tensor  # bool [n_px, n_px]: True where a pixel was kept
-    samples: torch.Tensor  # int64 [samples, T]
-    palette: np.ndarray
     notes: list[str]
-    seconds: float
-
-    @property
-    def images(self) -> torch.Tensor:
-        """The samples as uint8 images [samples, C, n_px, n_px]."""
-        return decode(self.samples, self.palette)
-
-    @property
-    def original(self) -> torch.Tensor:
-        """The image in the palette's colours (what the model saw), uint8 [C, n_px, n_px]."""
-        return decode(self.tokens, self.palette)
-
-    @property
-    def cut(self) -> torch.Tensor:
-        """The input as the model had it: kept pixels, the rest grey."""
-        return self.original.masked_fill(~self.mask, MISSING_GREY)
 
 
 def png(image: torch.Tensor, scale: int = PIXEL_SCALE) -> bytes:
@@ -300,9 +256,8 @@ class Explorer:
         name, module, dataset = self._model()
         model, palette = module.model, module.palette
         image, source, notes = self._image(module, dataset)
-        tokens = encode(image, palette)
         mask = keep_mask(model.config.n_px, KEEP[self.keep.value], self.rows.value)
-        original = decode(tokens, palette)
+        original = decode(encode(image, palette), palette)
         count = self.samples.value
         missing = (~mask.flatten()).nonzero().flatten()
         shown = self._show_pictures(original.masked_fill(~mask, MISSING_GREY), original, count)
@@ -320,10 +275,10 @@ class Explorer:
                 for widget, picture in zip(shown, pictures):
                     widget.value = png(picture)
 
-        started = time.perf_counter()
-        samples = complete_masked(model, tokens[None], mask, samples=count, temperature=self.temperature.value,
-                                  top_k=self.top_k.value or None, seed=self.seed.value, on_pixel=on_pixel)[0]
-        result = Completion(name, source, image, tokens, mask, samples, palette, notes, time.perf_counter() - started)
+        completed = complete_images(model, palette, image[None], mask=mask, samples=count,
+                                    temperature=self.temperature.value, top_k=self.top_k.value or None,
+                                    seed=self.seed.value, on_pixel=on_pixel)[0]
+        result = Completion(**vars(completed), model=name, source=source, image=image, notes=notes)
         for widget, picture in zip(shown, result.images):
             widget.value = png(picture)
         self.status.value = f"done: {count} samples in {result.seconds:.1f} s on {self.device.type}"

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from igptlib.completion import complete_images
 from igptlib.images import has_white_background
 from igptlib.judge import classify_images, pixel_agreement
 from igptlib.metrics import nats_per_image
-from igptlib.quantize import decode, encode, reduce_context
-from igptlib.sampling import complete, tokens_in_rows
+from igptlib.quantize import encode, reduce_context
 
 TRANSFORMS = {  # name: (inverted, degrees anticlockwise)
     "upright": (False, 0), "inverted": (True, 0),
@@ -109,18 +109,15 @@ def measure(generator, classifier, judge, images: torch.Tensor, labels: torch.Te
         # What is left of the transform after the handling: undone below, before the judge reads a completion.
         undo_inversion = undo_inversion != inverted
         undo_degrees = degrees - undo_degrees
-    n_px = model.config.n_px
-    tokens = encode(shown, palette)
-    keep = tokens_in_rows(n_px, n_px // 2)
-    completions = complete(model, tokens, keep, samples=samples, seed=seed)
-    drawn = decode(completions.flatten(0, 1), palette)
+    completed = complete_images(model, palette, shown, samples=samples, seed=seed)  # from the top half
     upright = torch.stack([  # undone in the reverse order: the colours first, then the rotation
         transform((255 - image if flip else image)[None], False, -float(angle))[0]
-        for image, flip, angle in zip(drawn, undo_inversion.repeat_interleave(samples), undo_degrees.repeat_interleave(samples))
+        for image, flip, angle in zip(completed.images.flatten(0, 1), undo_inversion.repeat_interleave(samples),
+                                      undo_degrees.repeat_interleave(samples))
     ])
     predicted = classify_images(judge, upright).view(len(images), samples)
     row["class_agreement"] = float((predicted == labels[:, None]).float().mean())
-    row["pixel_agreement"] = pixel_agreement(tokens, completions, keep)
+    row["pixel_agreement"] = pixel_agreement(completed.tokens, completed.samples, completed.kept_tokens)
     with torch.inference_mode():
         classifier.model.eval()
         device = next(classifier.model.parameters()).device

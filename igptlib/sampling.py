@@ -122,9 +122,7 @@ def complete(
     seq_len = model.config.seq_len
     prefix = torch.zeros(tokens.shape[0], seq_len, dtype=torch.long)
     prefix[:, :keep] = tokens[:, :keep]
-    with tqdm(total=seq_len - keep, desc="sampling", unit="px", leave=False, disable=not progress) as bar:
-        return complete_masked(model, prefix, torch.arange(seq_len) < keep, samples, temperature, top_k, seed,
-                               on_pixel=lambda drawn, sequences: bar.update())
+    return complete_masked(model, prefix, torch.arange(seq_len) < keep, samples, temperature, top_k, seed, progress)
 
 
 def generate(model: GPT, count: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
@@ -145,6 +143,7 @@ def complete_masked(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
+    progress: bool = False,
     on_pixel: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Keep the pixels where `mask` ([H, W] or [T], True = kept) is set and sample the others: [N, T] -> [N, samples, T].
@@ -155,8 +154,9 @@ def complete_masked(
     after it. So the bottom or right half gives the model less to go on than the top or left half.
     With a prefix mask (whole top rows) this is `complete`, the same samples for the same seed.
 
-    on_pixel(drawn, sequences) runs after each drawn pixel with the count drawn so far and the
-    sequences as they stand, [N, samples, T] (missing pixels not yet drawn hold token 0).
+    progress shows a bar of the pixels drawn. on_pixel(drawn, sequences) runs after each drawn pixel
+    with the count drawn so far and the sequences as they stand, [N, samples, T] (missing pixels not
+    yet drawn hold token 0).
     """
     flat = torch.as_tensor(mask, dtype=torch.bool).flatten()
     seq_len = model.config.seq_len
@@ -179,12 +179,14 @@ def complete_masked(
     # the cache so that the samples share its keys and values (stored, and read each step, once).
     cache = model.new_cache(count)
     decode = model.decoder()  # the step of one drawn pixel, the loop's usual case
-    with gpu_autocast(device):
+    with gpu_autocast(device), tqdm(total=len(missing), desc="sampling", unit="px", leave=False,
+                                    disable=not progress) as bar:
         logits = model(sequences[::samples, :keep], cache)[:, -1].repeat_interleave(samples, dim=0)
         cache.branch(samples)
         for drawn, position in enumerate(missing, start=1):
             token = sample_next(logits, temperature, top_k, generator)
             sequences[:, position] = token
+            bar.update()
             if on_pixel is not None:
                 on_pixel(drawn, sequences.view(count, samples, seq_len))
             # The kept pixels up to the next missing one are read with this one, in one step.

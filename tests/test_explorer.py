@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from igptlib.completion import keep_mask
 from igptlib.data import load_split
-from igptlib.explorer import PATH_CHOICE, Explorer, default_model, keep_mask
+from igptlib.explorer import PATH_CHOICE, Explorer, default_model
 from igptlib.robustness import rotation_nats
 from igptlib.quantize import encode
 from igptlib.bench_sampling import complete_naive
