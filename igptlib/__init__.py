@@ -13,20 +13,16 @@ from igptlib.config import (
 )
 from igptlib.completion import Completions, complete_images, complete_tokens, keep_mask
 from igptlib.data import (
-    DATASETS,
-    DataError,
     PixelDataModule,
     augment_images,
     ensure_palette,
     examples_per_label,
-    fetch,
-    load_split,
     make_augmentation,
     split_indices,
     training_split,
-    verify_dataset,
     write_augmented_set,
 )
+from igptlib.datasets import DATASETS, DataError, fetch, load_split, verify_dataset
 from igptlib.evaluate import evaluate_model
 from igptlib.images import ImageLoadError, load_image
 from igptlib.judge import completion_quality, digit_classifier, pixel_agreement

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, PRESETS, ConfigError, DataConfig, ModelConfig,
                             RunConfig, apply_overrides)
-from igptlib.data import DataError
+from igptlib.datasets import DataError
 from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError
 from igptlib.model_files import CheckpointError
@@ -146,7 +146,8 @@ def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def run_data(args) -> None:
-    from igptlib.data import fetch, load_split, split_indices
+    from igptlib.data import split_indices
+    from igptlib.datasets import fetch, load_split
 
     config = data_config(args)
     report = fetch(config.dataset, config.root, timeout=args.timeout, refetch=args.refetch)
@@ -291,7 +292,7 @@ def run_complete(args) -> None:
 
 
 def run_robustness(args) -> None:
-    from igptlib.data import load_split
+    from igptlib.datasets import load_split
     from igptlib.judge import digit_classifier
     from igptlib.robustness import robustness_table
     from igptlib.shipped import load_model, model_dataset

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from igptlib.completion import MISSING_GREY, Completions, complete_images, keep_mask
-from igptlib.data import DataError, load_split
+from igptlib.datasets import DataError, load_split
 from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context

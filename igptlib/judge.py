@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from igptlib.data import load_split
+from igptlib.datasets import load_split
 from igptlib.quantize import decode
 
 

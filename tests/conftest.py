@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from igptlib.data import fetch
+from igptlib.datasets import fetch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO / "data"

@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from igptlib.cli import main
 from igptlib.config import RunConfig, run_config
-from igptlib.data import DATASETS, MIRROR_VARIABLE, DataError, PixelDataModule, fetch, load_split
+from igptlib.data import PixelDataModule
+from igptlib.datasets import DATASETS, MIRROR_VARIABLE, DataError, fetch, load_split
 from igptlib.explorer import Explorer
 from igptlib.images import load_image
 from igptlib.shipped import MODELS_DIR, export_model, shipped_models

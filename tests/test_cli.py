@@ -53,7 +53,7 @@ def test_errors_are_clear_and_exit_2(tmp_path, capsys):
 def test_igpt_complete_draws_the_completion_figure(mnist_root, tiny_checkpoint, tmp_path, capsys):
     from PIL import Image
 
-    from igptlib.data import load_split
+    from igptlib.datasets import load_split
 
     digit = load_split("mnist", mnist_root, train=False)[0][0, 0].numpy()
     Image.fromarray(255 - np.kron(digit, np.ones((2, 2), np.uint8))).save(tmp_path / "paper.jpg")  # dark on white
@@ -70,7 +70,7 @@ def test_igpt_complete_draws_the_completion_figure(mnist_root, tiny_checkpoint, 
 def test_igpt_complete_turns_the_image_as_asked_or_as_the_model_finds_it_most_likely(mnist_root, tiny_checkpoint, tmp_path, capsys):
     from PIL import Image
 
-    from igptlib.data import load_split
+    from igptlib.datasets import load_split
 
     Image.fromarray(load_split("mnist", mnist_root, train=False)[0][0, 0].numpy()).save(tmp_path / "seven.png")
     args = ["complete", "--checkpoint", str(tiny_checkpoint), "--image", str(tmp_path / "seven.png"), "--samples", "1",

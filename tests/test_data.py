@@ -6,18 +6,8 @@ import pytest
 import torch
 
 from igptlib.config import DATASET_NAMES, DataConfig
-from igptlib.data import (
-    DATASETS,
-    DataError,
-    PixelDataModule,
-    augment_images,
-    fetch,
-    load_split,
-    make_augmentation,
-    split_indices,
-    verify_dataset,
-    write_augmented_set,
-)
+from igptlib.data import PixelDataModule, augment_images, make_augmentation, split_indices, write_augmented_set
+from igptlib.datasets import DATASETS, DataError, fetch, load_split, verify_dataset
 
 MNIST_TRAIN_LABELS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_LABELS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -28,7 +18,7 @@ def md5(path):
 
 
 def test_the_dataset_table_holds_exactly_the_datasets_a_config_accepts():
-    # igptlib.config names the datasets (it imports nothing of igptlib.data); igptlib.data describes their files.
+    # igptlib.config names the datasets (it imports nothing of igptlib.datasets); igptlib.datasets describes their files.
     assert set(DATASETS) == set(DATASET_NAMES)
 
 

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from igptlib.cli import main
 from igptlib.config import DataConfig, ModelConfig, model_config
-from igptlib.data import PixelDataModule, load_split
+from igptlib.data import PixelDataModule
+from igptlib.datasets import load_split
 from igptlib.evaluate import evaluate_model, first_and_mistakes, unaugmented_train_loader
 from igptlib.judge import classify_images, completion_quality, digit_classifier, pixel_agreement, train_digit_classifier
 from igptlib.metrics import (

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from igptlib.completion import keep_mask
-from igptlib.data import load_split
+from igptlib.datasets import load_split
 from igptlib.explorer import PATH_CHOICE, Explorer, default_model
 from igptlib.robustness import rotation_nats
 from igptlib.quantize import encode

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from igptlib.data import load_split
+from igptlib.datasets import load_split
 from igptlib.images import ImageLoadError, load_image
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from igptlib.data import load_split
+from igptlib.datasets import load_split
 from igptlib.judge import classify_images, digit_classifier
 from igptlib.metrics import classification_metrics
 from igptlib.plots import (

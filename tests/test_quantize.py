@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from igptlib.data import load_split
+from igptlib.datasets import load_split
 from igptlib.quantize import (
     PaletteError,
     decode,

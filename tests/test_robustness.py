@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from igptlib.data import load_split
+from igptlib.datasets import load_split
 from igptlib.judge import digit_classifier
 from igptlib.robustness import ORIENTATIONS, TRANSFORMS, detect_inversion, handle, measure, rotation_nats, transform, turn_upright
 from igptlib.shipped import load_model

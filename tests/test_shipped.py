@@ -57,7 +57,7 @@ def test_files_that_are_not_models_are_refused_clearly(tmp_path):
 def test_igpt_export_then_complete_with_the_exported_model(mnist_root, tiny_checkpoint, tmp_path, capsys):
     from PIL import Image
 
-    from igptlib.data import load_split
+    from igptlib.datasets import load_split
 
     out = tmp_path / "tiny.safetensors"
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "data=mnist"]) == 0
