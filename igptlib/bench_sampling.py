@@ -19,15 +19,8 @@ from igptlib.sampling import _check_sampling, complete, sample_next, tokens_in_r
 
 
 @torch.inference_mode()
-def complete_naive(
-    model: GPT,
-    tokens: torch.Tensor,
-    keep: int,
-    samples: int = 8,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-) -> torch.Tensor:
+def complete_naive(model: GPT, tokens: torch.Tensor, keep: int, samples: int = 8, temperature: float = 1.0,
+                   top_k: int | None = None, seed: int = 0) -> torch.Tensor:
     """The baseline: same contract and same random draws as sampling.complete, no cache."""
     _check_sampling(model, tokens, keep, samples, temperature, top_k)
     model.eval()
@@ -43,15 +36,8 @@ def complete_naive(
 
 
 @torch.inference_mode()
-def complete_transformers(
-    model,
-    tokens: torch.Tensor,
-    keep: int,
-    samples: int = 8,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-) -> torch.Tensor:
+def complete_transformers(model, tokens: torch.Tensor, keep: int, samples: int = 8, temperature: float = 1.0,
+                          top_k: int | None = None, seed: int = 0) -> torch.Tensor:
     """The same contract with a transformers ImageGPTForCausalImageModeling and its generate().
 
     Its draws come from torch's global generator, seeded here inside fork_rng (the caller's random

@@ -554,7 +554,7 @@ def model_card(entry: dict, record: dict, model: dict, figures: list[tuple[str, 
         f"- **Training**: {_trained(entry)}.",
         f"- **Hardware**: {entry['hardware'] or 'not recorded'}.",
         *(f"- **Note**: {note}" for note in _as_list(notes.get("note"))),
-        f"- **Record**: " + (f"[`report/runs/{record['name']}`](../runs/{record['name']}/)" if record["folder"].is_dir()
+        "- **Record**: " + (f"[`report/runs/{record['name']}`](../runs/{record['name']}/)" if record["folder"].is_dir()
                              else f"none yet (`report/runs/{record['name']}`)")
         + ("" if entry["training_record"] else f". Its training record was not preserved ({record['about'].get('source', 'source not recorded')}): "
            "what follows about its training is what the model file's metadata says."),
