@@ -154,7 +154,7 @@ class Config:
 
 # -- the data --------------------------------------------------------------------------------------
 
-# The datasets igptlib.data can fetch (its DATASETS table holds their files; tests/test_data.py checks
+# The datasets igptlib.datasets can fetch (its DATASETS table holds their files; tests/test_data.py checks
 # that the two agree). Named here so that a config is checked without importing the data code.
 DATASET_NAMES = ("mnist", "fashion-mnist", "cifar10")
 AUGMENTATIONS = ("crop", "flip", "rotate")
@@ -471,9 +471,10 @@ TRAIN_PRESETS: dict[str, dict] = {
         optim=dict(lr=1e-3, warmup_steps=200, schedule="wsd", decay_fraction=0.2),
         train=dict(steps=2620, val_every=262, val_batches=32, save_every=100, checkpoint_steps=[655, 1310, 2620]),
     ) for size in ("cpu-s", "cpu-m", "cpu-l")},
-    "s": dict(optim=dict(lr=1e-3, warmup_steps=1000), train=dict(steps=30_000)),
-    "m": dict(optim=dict(lr=6e-4, warmup_steps=2000), train=dict(steps=60_000)),
-    "l": dict(optim=dict(lr=3e-4, warmup_steps=3000), train=dict(steps=100_000)),
+    # The one-GPU S/M/L sweep on the seed's schedule: 524,000 steps for every size, with checkpoints
+    # at its 131,000, 262,000 and 524,000 (TrainConfig's default checkpoint_steps).
+    **{size: dict(optim=dict(lr=lr, warmup_steps=5000), train=dict(steps=PAPER_CHECKPOINT_STEPS[-1]))
+       for size, lr in (("s", 1e-3), ("m", 6e-4), ("l", 3e-4))},
     # The paper's shapes; the paper's own schedule (batch 128, 1M steps) is out of reach here.
     "igpt-s": dict(optim=dict(lr=3e-4, warmup_steps=5000), train=dict(steps=100_000)),
     "igpt-m": dict(optim=dict(lr=2e-4, warmup_steps=5000), train=dict(steps=100_000)),

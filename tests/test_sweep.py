@@ -65,6 +65,9 @@ def test_the_preset_schedule_trains_each_size_for_its_own_steps_warmup_and_check
     preset = run_config(size)
     assert pretrain.train.steps == preset.train.steps and pretrain.train.steps >= 2620
     assert pretrain.train.checkpoint_steps == preset.train.checkpoint_steps
+    assert max(pretrain.train.checkpoint_steps) == pretrain.train.steps  # every named checkpoint is reached
+    if size in ("s", "m", "l"):  # the GPU sweep keeps the seed's steps, the same for every size
+        assert pretrain.train.checkpoint_steps == [131000, 262000, 524000]
     assert (pretrain.train.val_every, pretrain.train.save_every) == (preset.train.val_every, preset.train.save_every)
     assert pretrain.optim == preset.optim
     assert finetune.train.steps == preset.train.steps // 10 and finetune.optim.finetune
