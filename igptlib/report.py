@@ -359,14 +359,15 @@ def comparisons(records: list[dict], figures: Path) -> list[tuple[str, str]]:
     datasets = sorted({r["config"].data.dataset for r in records if r["config"]})
     for dataset in datasets:
         mine = [r for r in records if r["config"] and r["config"].data.dataset == dataset]
-        for caption, stage, metric in [
-            ("validation nats per pixel (pre-training)", "", "val/nats_per_pixel"),
-            ("classification training loss (fine-tuning)", "finetune", "train/clf_loss"),
-            ("classification validation loss (fine-tuning)", "finetune", "val/clf_loss"),
-            ("classification validation accuracy (fine-tuning)", "finetune", "val/acc"),
+        for caption, stage, metric, ar_only in [
+            # A BERT run's nats per pixel are over its masked pixels only: no likelihood to compare.
+            ("validation nats per pixel (pre-training, AR runs)", "", "val/nats_per_pixel", True),
+            ("classification training loss (fine-tuning)", "finetune", "train/clf_loss", False),
+            ("classification validation loss (fine-tuning)", "finetune", "val/clf_loss", False),
+            ("classification validation accuracy (fine-tuning)", "finetune", "val/acc", False),
         ]:
-            runs = {r["name"]: r["folder"] / stage for r in mine if _logged(r["folder"] / stage)
-                    and metric in plots.read_metrics_csv(r["folder"] / stage)}
+            runs = {r["name"]: r["folder"] / stage for r in mine if not (ar_only and r["config"].model.objective != "ar")
+                    and _logged(r["folder"] / stage) and metric in plots.read_metrics_csv(r["folder"] / stage)}
             if len(runs) < 2:  # a comparison needs two curves
                 continue
             fig = plots.comparison_curves(runs, metric, title=f"{dataset}: {caption}")

@@ -162,6 +162,24 @@ def test_the_committed_report_is_rebuilt_byte_for_byte_without_run_folders(tmp_p
     assert shipped == {f"models/{p.name}" for p in (REPO / "models").glob("*.safetensors")}, "every shipped model has a row"
 
 
+def test_the_likelihood_comparison_leaves_out_bert_runs(tmp_path, monkeypatch):
+    # A BERT run logs val/nats_per_pixel over its masked pixels only, which is no likelihood.
+    from igptlib import plots, report
+
+    drawn, draw = {}, plots.comparison_curves
+
+    def drawing(runs, metric, **options):  # draws as before, noting which runs each figure shows
+        drawn[metric] = runs
+        return draw(runs, metric, **options)
+
+    monkeypatch.setattr(plots, "comparison_curves", drawing)
+    records = [report.read_record(REPO / "report" / "runs" / name) for name in ("ladder-cpu-s", "ladder-cpu-s-noaug", "ladder-cpu-s-bert")]
+    assert records[2]["config"].model.objective == "bert"
+    report.comparisons(records, tmp_path)
+    assert set(drawn["val/nats_per_pixel"]) == {"ladder-cpu-s", "ladder-cpu-s-noaug"}
+    assert set(drawn["val/acc"]) == {"ladder-cpu-s", "ladder-cpu-s-noaug", "ladder-cpu-s-bert"}
+
+
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
