@@ -58,8 +58,8 @@ class Stage:
 class Progress(L.Callback):
     """A line every `every` steps: the stage, its step, its speed and the time it has left."""
 
-    def __init__(self, stage: str, every: int = 100):
-        self.stage, self.every = stage, every
+    def __init__(self, label: str, stage: str, every: int = 100):
+        self.label, self.stage, self.every = label, stage, every
         self.started = self.first_step = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -68,7 +68,7 @@ class Progress(L.Callback):
             self.started, self.first_step = time.perf_counter(), step
         elif step % self.every == 0:
             rate = (time.perf_counter() - self.started) / (step - self.first_step)
-            print(f"ladder: {self.stage} step {step}/{trainer.max_steps}, {rate:.2f} s/step, "
+            print(f"{self.label}: {self.stage} step {step}/{trainer.max_steps}, {rate:.2f} s/step, "
                   f"about {(trainer.max_steps - step) * rate / 60:.0f} min left in this stage", flush=True)
 
 
@@ -105,13 +105,14 @@ def finished(run_dir: Path, steps: int) -> bool:
     return metrics.get("global_step", 0) >= steps or metrics.get("stopped_early", False)
 
 
-def training(name: str, config, run_dir: Path) -> Stage:
+def training(name: str, config, run_dir: Path, label: str = "ladder") -> Stage:
+    """Train `config` into `run_dir`, resuming it if it was started; `label` begins each progress line."""
     from igptlib.train import train
 
     def run(seconds_left: float | None) -> bool:
-        print(f"ladder: {name} in {run_dir}", flush=True)
+        print(f"{label}: {name} in {run_dir}", flush=True)
         metrics = train(config, run_dir, resume=(run_dir / "config.yaml").exists(),
-                        callbacks=[Progress(name)], budget_seconds=seconds_left)
+                        callbacks=[Progress(label, name)], budget_seconds=seconds_left)
         return not metrics["stopped_by_budget"]
 
     return Stage(name, lambda: finished(run_dir, config.train.steps), run, trains=True)
@@ -170,21 +171,31 @@ def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: flo
     """
     from igptlib.records import record_run
 
-    todo = stages(runs, **plan)
-    print("ladder: " + "; ".join(f"{s.name} ({'done' if s.done() else 'to do'})" for s in todo), flush=True)
+    def record(stage: Stage) -> None:
+        if records is not None and stage.name.startswith("classify"):
+            print(f"ladder: recorded {record_run(Path(runs) / stage.name.split()[1], records=records)}", flush=True)
+
+    return run_stages(stages(runs, **plan), budget_minutes, reserve_minutes, after=record)
+
+
+def run_stages(todo: list[Stage], budget_minutes: float | None = None, reserve_minutes: float = 20.0,
+               after: Callable[[Stage], None] | None = None, label: str = "ladder") -> bool:
+    """Run every stage not yet done, in order, within the budget; after(stage) once each finishes.
+    True when all are done; False when the budget stopped them (the same call goes on from there)."""
+    print(f"{label}: " + "; ".join(f"{s.name} ({'done' if s.done() else 'to do'})" for s in todo), flush=True)
     deadline = None if budget_minutes is None else time.perf_counter() + budget_minutes * 60
     for stage in todo:
         if stage.done():
             continue
         left = None if deadline is None else deadline - time.perf_counter()
         if left is not None and left < (0 if stage.trains else reserve_minutes * 60):
-            print(f"ladder: stopping before {stage.name}: {max(left, 0) / 60:.0f} min of the budget left", flush=True)
+            print(f"{label}: stopping before {stage.name}: {max(left, 0) / 60:.0f} min of the budget left", flush=True)
             return False
         if not stage.run(left):
-            print(f"ladder: {stage.name} stopped at a checkpoint as the budget ran out; the same command goes on", flush=True)
+            print(f"{label}: {stage.name} stopped at a checkpoint as the budget ran out; the same command goes on",
+                  flush=True)
             return False
-        if records is not None and stage.name.startswith("classify"):
-            run_dir = Path(runs) / stage.name.split()[1]
-            print(f"ladder: recorded {record_run(run_dir, records=records)}", flush=True)
-    print("ladder: every stage is done", flush=True)
+        if after is not None:
+            after(stage)
+    print(f"{label}: every stage is done", flush=True)
     return True
