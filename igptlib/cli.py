@@ -25,6 +25,7 @@ from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, PRESETS, Config
                             RunConfig, apply_overrides)
 from igptlib.datasets import DataError
 from igptlib.device import resolve_device
+from igptlib.finetune_sweep import LEARNING_RATES, STEPS as FINETUNE_SWEEP_STEPS
 from igptlib.images import MAX_PIXELS, ImageLoadError
 from igptlib.model_files import CheckpointError
 from igptlib.quantize import PaletteError
@@ -417,6 +418,15 @@ def run_ladder(args) -> None:
            records=Path(args.records), overrides=args.overrides)
 
 
+def run_finetune_sweep(args) -> None:
+    from igptlib.finetune_sweep import finetune_sweep
+
+    pretrained = Path(args.checkpoint).resolve().parent.parent.name  # <run>/checkpoints/<name>.ckpt
+    finetune_sweep(args.checkpoint, runs=Path(args.runs or f"runs/finetune-sweep-{pretrained}"),
+                   out=Path(args.out or f"report/runs/finetune-sweep-{pretrained}"), lrs=args.lr, steps=args.steps,
+                   budget_minutes=args.budget_minutes, command=args.invocation)
+
+
 def run_bench_train(args) -> None:
     import torch
 
@@ -634,6 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.add_argument("--records", default="report/runs", help="record each finished run here (default: report/runs)")
     add_set_argument(ladder, "change every run's config alike, e.g. train.val_batches=16")
     ladder.set_defaults(run=run_ladder)
+
+    sweep_lr = commands.add_parser("finetune-sweep", help="choose the fine-tuning learning rate on the validation split, resumably")
+    sweep_lr.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint, e.g. runs/ladder-cpu-l/checkpoints/last.ckpt")
+    sweep_lr.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES),
+                          help=f"learning rates to try (default: {' '.join(f'{lr:g}' for lr in LEARNING_RATES)})")
+    sweep_lr.add_argument("--steps", type=positive_int, default=FINETUNE_SWEEP_STEPS,
+                          help=f"fine-tuning steps per rate (default: {FINETUNE_SWEEP_STEPS})")
+    sweep_lr.add_argument("--runs", help="where the runs go (default: runs/finetune-sweep-<pre-trained run>)")
+    sweep_lr.add_argument("--out", help="the record: JSON and figure (default: report/runs/finetune-sweep-<pre-trained run>)")
+    sweep_lr.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
+    sweep_lr.set_defaults(run=run_finetune_sweep)
 
     bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

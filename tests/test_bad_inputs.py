@@ -257,6 +257,8 @@ OTHERS = [
     (["evaluate", "--checkpoint", "{folder}/absent.ckpt"], "no such checkpoint"),
     (["evaluate", "--checkpoint", "{checkpoint}", "--limit-test", "0"], "DataConfig.limit_test: expected a positive integer or null, got 0"),
     (["evaluate", "--checkpoint", "{checkpoint}", "--dataset", "svhn"], "argument --dataset: invalid choice: 'svhn'"),
+    (["finetune-sweep", "--from", "{folder}/absent.ckpt"], "no such checkpoint"),
+    (["finetune-sweep", "--from", "{checkpoint}", "--steps", "0"], "argument --steps: expected a positive integer, got 0"),
     (["bench", "train", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
     (["bench", "train", "--steps", "0"], "argument --steps"),
     (["bench", "sample", "--repeats", "0"], "argument --repeats: expected a positive integer, got 0"),

@@ -1,0 +1,76 @@
+"""The fine-tuning learning rate, chosen on the validation split (issue 16).
+
+One short fine-tuning per learning rate, all from the same pre-trained checkpoint with the same
+data, steps and schedule (the ladder's fine-tuning recipe, igptlib.ladder.finetune_config, with
+only the rate changed). The best validation accuracy picks the rate; the test set is never read.
+Like the ladder, `igpt finetune-sweep` goes on from wherever it stopped (a finished rate is
+skipped, a started one resumes from its last checkpoint) and stops cleanly at a checkpoint before
+its time budget runs out. Once every rate is done it writes finetune_sweep.json (a row per rate,
+the rate chosen, the base config and the command) and a figure of the validation accuracy per
+rate into `out`, a record to commit under report/runs/.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from igptlib import plots
+from igptlib.config import RunConfig, read_json
+from igptlib.ladder import finetune_config, run_stages, training
+from igptlib.records import training_seconds
+from igptlib.train import find_run_folder
+
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
+STEPS = 300
+LABEL = "finetune-sweep"
+
+
+def sweep_configs(checkpoint: str | Path, lrs=LEARNING_RATES, steps: int = STEPS) -> dict[float, RunConfig]:
+    """The fine-tuning config of each learning rate, from the pre-trained run that holds `checkpoint`."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint (expected a pre-trained run's .ckpt)")
+    run_dir = find_run_folder(checkpoint)
+    if run_dir is None:
+        raise ValueError(f"{checkpoint}: not in a run folder (expected a config.yaml beside it or one folder up)")
+    if not lrs or any(lr <= 0 for lr in lrs):
+        raise ValueError(f"expected one or more positive learning rates, got {list(lrs)}")
+    base = finetune_config(RunConfig.load_yaml(run_dir / "config.yaml"), checkpoint, steps)
+    return {lr: base.replace(optim=base.optim.replace(lr=lr).to_dict()) for lr in sorted(set(lrs))}
+
+
+def run_folder(runs: Path, lr: float) -> Path:
+    return Path(runs) / f"lr-{lr:g}"
+
+
+def finetune_sweep(checkpoint: str | Path, runs: str | Path, out: str | Path, lrs=LEARNING_RATES, steps: int = STEPS,
+                   budget_minutes: float | None = None, command: list[str] | None = None) -> dict | None:
+    """Fine-tune from `checkpoint` at each rate into `runs`/lr-<rate>; once all are done, write the
+    sweep's JSON and figure into `out` and return the JSON. None when the budget stopped it first."""
+    configs = sweep_configs(checkpoint, lrs, steps)
+    stages = [training(f"fine-tune at lr {lr:g}", config, run_folder(runs, lr), label=LABEL)
+              for lr, config in configs.items()]
+    if not run_stages(stages, budget_minutes, reserve_minutes=0, label=LABEL):
+        return None
+    rows = []
+    for lr in configs:
+        metrics = read_json(run_folder(runs, lr) / "metrics.json")
+        seconds = training_seconds(run_folder(runs, lr))  # every process of a resumed run
+        rows.append({"lr": lr, "best_val_acc": metrics["best_val_acc"], "steps": metrics["global_step"],
+                     "stopped_early": metrics["stopped_early"], "minutes": None if seconds is None else round(seconds / 60, 1)})
+    chosen = max(rows, key=lambda row: row["best_val_acc"])
+    base = next(iter(configs.values()))
+    result = {"checkpoint": str(checkpoint), "steps": steps, "rows": rows, "chosen_lr": chosen["lr"],
+              "chosen_best_val_acc": chosen["best_val_acc"], "base_config": base.to_dict(),
+              "command": shlex.join(command) if command else None}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "finetune_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    curves = {f"lr {lr:g}": run_folder(runs, lr) for lr in configs}
+    fig = plots.comparison_curves(curves, "val/acc", title=f"fine-tuning from {Path(checkpoint).name}: "
+                                                          "validation accuracy per learning rate", ylabel="validation accuracy")
+    plots.save_figure(fig, "finetune_sweep", out, close=True)
+    print(f"{LABEL}: lr {chosen['lr']:g} has the best validation accuracy, {chosen['best_val_acc']:.4f} "
+          f"(written to {out / 'finetune_sweep.json'})", flush=True)
+    return result

@@ -1,0 +1,42 @@
+"""Choosing the fine-tuning learning rate on validation: one short fine-tuning per rate from the same
+checkpoint, stopped by a budget and resumed, then the rate with the best validation accuracy."""
+import json
+
+import pytest
+import torch
+
+from igptlib.config import RunConfig
+from igptlib.finetune_sweep import finetune_sweep, sweep_configs
+
+
+def test_the_sweep_stops_on_budget_resumes_and_picks_the_best_validation_accuracy(tiny_checkpoint, tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "record"
+    assert finetune_sweep(tiny_checkpoint, runs, out, lrs=[3e-3, 1e-4], steps=2, budget_minutes=0.001) is None
+    assert torch.load(runs / "lr-0.0001/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
+    assert "stopped at a checkpoint" in capsys.readouterr().out and not out.exists()
+
+    result = finetune_sweep(tiny_checkpoint, runs, out, lrs=[3e-3, 1e-4], steps=2, command=["igpt", "finetune-sweep"])
+    assert [row["lr"] for row in result["rows"]] == [1e-4, 3e-3] and all(row["steps"] == 2 for row in result["rows"])
+    best = max(result["rows"], key=lambda row: row["best_val_acc"])
+    assert result["chosen_lr"] == best["lr"] and result["chosen_best_val_acc"] == best["best_val_acc"]
+    for row in result["rows"]:  # each rate's own run, from the same checkpoint, fine-tuning
+        config = RunConfig.load_yaml(runs / f"lr-{row['lr']:g}" / "config.yaml")
+        assert config.optim.lr == row["lr"] and config.optim.finetune and config.train.init_from == str(tiny_checkpoint)
+        assert row["best_val_acc"] == json.loads((runs / f"lr-{row['lr']:g}" / "metrics.json").read_text())["best_val_acc"]
+    assert json.loads((out / "finetune_sweep.json").read_text()) == result
+    assert (out / "finetune_sweep.png").stat().st_size > 0 and result["command"] == "igpt finetune-sweep"
+
+    capsys.readouterr()
+    assert finetune_sweep(tiny_checkpoint, runs, out, lrs=[3e-3, 1e-4], steps=2) is not None  # nothing left to train
+    assert "every stage is done" in capsys.readouterr().out
+
+
+def test_the_sweep_refuses_what_it_cannot_sweep(tiny_checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        sweep_configs(tmp_path / "absent.ckpt")
+    with pytest.raises(ValueError, match=r"expected one or more positive learning rates, got \[0.001, -1.0\]"):
+        sweep_configs(tiny_checkpoint, lrs=[1e-3, -1.0])
+    lone = tmp_path / "lone.ckpt"
+    lone.write_bytes(tiny_checkpoint.read_bytes())
+    with pytest.raises(ValueError, match="not in a run folder"):
+        sweep_configs(lone)
