@@ -401,6 +401,25 @@ def robustness_section(records: Path) -> list[str]:
     return lines
 
 
+def finetune_sweep_section(records: Path) -> list[str]:
+    """The fine-tuning learning rates tried on validation (`igpt finetune-sweep`), a table per sweep."""
+    lines = []
+    for path in sorted(records.glob("finetune-sweep-*/finetune_sweep.json")):
+        sweep = read_json(path)
+        rows = [[f"{row['lr']:g}", _number(row["best_val_acc"]), str(row["steps"]), _number(row["minutes"], 1),
+                 "yes" if row["stopped_early"] else "no"] for row in sweep["rows"]]
+        lines += [f"### From `{sweep['checkpoint']}`", "",
+                  f"Chosen: learning rate {sweep['chosen_lr']:g}, validation accuracy {sweep['chosen_best_val_acc']:.4f}. "
+                  f"Measured by `{sweep['command'] or 'igpt finetune-sweep'}`.", ""]
+        lines += _table(["learning rate", "best validation accuracy", "steps", "training minutes", "stopped early"], rows)
+        lines += ["", f"![validation accuracy per learning rate](runs/{path.parent.name}/finetune_sweep.png)", ""]
+    if lines:
+        lines = ["## Fine-tuning learning rate, chosen on validation", "",
+                 "Short fine-tunings from one pre-trained checkpoint, alike but for the learning rate; the best "
+                 "validation accuracy picks the rate, and the test set is not read.", "", *lines]
+    return lines
+
+
 def _config_summary(config: RunConfig) -> str:
     d, m, o, t = config.data, config.model, config.optim, config.train
     return "\n".join([
@@ -459,6 +478,9 @@ def build_report(runs: str | Path | None = "runs", out: str | Path = "report", m
         robust = robustness_section(records)
         if robust:
             lines += ["", *robust]
+        learning_rates = finetune_sweep_section(records)
+        if learning_rates:
+            lines += ["", *learning_rates]
         shown = comparisons([r for r, _ in pairs], figures)
         if shown:
             lines += ["", "## Comparisons (one figure per dataset)", "", *_figure_lines(shown)]

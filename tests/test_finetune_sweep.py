@@ -1,12 +1,14 @@
 """Choosing the fine-tuning learning rate on validation: one short fine-tuning per rate from the same
 checkpoint, stopped by a budget and resumed, then the rate with the best validation accuracy."""
 import json
+import shutil
 
 import pytest
 import torch
 
 from igptlib.config import RunConfig
 from igptlib.finetune_sweep import finetune_sweep, sweep_configs
+from igptlib.report import finetune_sweep_section
 
 
 def test_the_sweep_stops_on_budget_resumes_and_picks_the_best_validation_accuracy(tiny_checkpoint, tmp_path, capsys):
@@ -29,6 +31,15 @@ def test_the_sweep_stops_on_budget_resumes_and_picks_the_best_validation_accurac
     capsys.readouterr()
     assert finetune_sweep(tiny_checkpoint, runs, out, lrs=[3e-3, 1e-4], steps=2) is not None  # nothing left to train
     assert "every stage is done" in capsys.readouterr().out
+
+    # The report reads the record alone.
+    records = tmp_path / "records"
+    shutil.copytree(out, records / "finetune-sweep-tiny")
+    text = "\n".join(finetune_sweep_section(records))
+    assert text.startswith("## Fine-tuning learning rate, chosen on validation")
+    assert f"Chosen: learning rate {result['chosen_lr']:g}, validation accuracy {result['chosen_best_val_acc']:.4f}" in text
+    assert f"| 0.0001 | {result['rows'][0]['best_val_acc']:.4f} | 2 |" in text
+    assert "(runs/finetune-sweep-tiny/finetune_sweep.png)" in text
 
 
 def test_the_sweep_refuses_what_it_cannot_sweep(tiny_checkpoint, tmp_path):
