@@ -9,7 +9,7 @@ DATASET ?= mnist
 SIZES ?= s m l
 COURSE := 01_data 02_augmentation 03_centroids 04_model 05_training 06_completion 07_evaluation
 
-.PHONY: all setup setup-page setup-test browser data centroids augment pipeline sweep report test explorer explorer-screenshot clean
+.PHONY: all setup setup-page setup-test browser data centroids augment pipeline sweep report test explorer explorer-screenshot gpu-session-data clean
 
 # The main job: set up, fetch the data, run every notebook on the default configuration (the xs
 # model, trained on the CPU), then rebuild figures/ and report/ from the run folder. It needs no
@@ -87,3 +87,8 @@ explorer-screenshot: setup-test browser
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# MNIST and its palette (after `make data centroids`) packed for a lent GPU machine: the device tool
+# carries data/gpu-session.tar.gz to scripts/gpu-session.sh.
+gpu-session-data:
+	tar -czf data/gpu-session.tar.gz data/MNIST/raw data/palettes/mnist-k16-28px-seed0.npy

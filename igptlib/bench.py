@@ -29,20 +29,33 @@ import time
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from igptlib.config import ModelConfig, model_config
 from igptlib.model import GPT, ar_loss
 
+CPU = torch.device("cpu")
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` GFLOP/s of an n x n matmul in `dtype` (2 n^3 FLOPs each)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued kernels, so that a wall-clock timer measures them (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: torch.device = CPU) -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n matmul in `dtype` (2 n^3 FLOPs each); n defaults to
+    2048 on the CPU and 8192 on a GPU, whose peak a smaller product does not reach."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up: thread pool, kernel selection
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * n**3 / best / 1e9
 
@@ -63,16 +76,21 @@ KERNELS = {
 }
 
 
-def time_breakdown(step) -> dict[str, float]:
-    """Seconds of one call of `step` per kernel family (KERNELS), from torch.profiler's self times."""
+def time_breakdown(step, device: torch.device = CPU) -> dict[str, float]:
+    """Seconds of one call of `step` per kernel family (KERNELS), from torch.profiler's self times:
+    the CPU's on the CPU, the GPU kernels' on a GPU."""
+    gpu = device.type == "cuda"
     # This CUDA build's profiler logs an error when it finds no GPU; a CPU benchmark has none to find.
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
+    with profile(activities=activities) as profiler:
         step()
     seconds = dict.fromkeys([*KERNELS, "everything else"], 0.0)
     for event in profiler.key_averages():
+        if event.device_type != DeviceType.CPU:
+            continue  # a GPU kernel's own row: its time is counted on the operator that launched it
         family = next((name for name, keys in KERNELS.items() if any(k in event.key for k in keys)), "everything else")
-        seconds[family] += event.self_cpu_time_total / 1e6
+        seconds[family] += (event.self_device_time_total if gpu else event.self_cpu_time_total) / 1e6
     return seconds
 
 
@@ -121,40 +139,44 @@ class ReferenceGPT(nn.Module):
 
 
 def training_step(model: nn.Module, tokens: torch.Tensor, bf16: bool):
-    """A function that runs one training step of `model` on `tokens` and returns its seconds."""
+    """A function that runs one training step of `model` on `tokens` (both on one device) and returns its seconds."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> float:
+        synchronize(tokens.device)
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = ar_loss(model(tokens), tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        synchronize(tokens.device)
         return time.perf_counter() - started
 
     return step
 
 
 def bench_train(size: str, batch_size: int, steps: int, precision: str, reference: bool, n_px: int, vocab_size: int,
-                warmup: int = 5) -> dict:
+                warmup: int = 5, device: torch.device = CPU) -> dict:
     if steps < 1 or warmup < 0:
         raise ValueError(f"expected at least 1 timed step and no negative warm-up, got --steps {steps} --warmup {warmup}")
     config = model_config(size, n_px=n_px, vocab_size=vocab_size, objective="ar")
     tokens = torch.randint(0, vocab_size, (batch_size, config.seq_len), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(device)
     matmul_flops, attention_flops = (flops * tokens.numel() for flops in train_flops_per_token(config))
     flops_per_step = matmul_flops + attention_flops
     torch.manual_seed(0)
-    ours = GPT(config)
+    ours = GPT(config).to(device)
     result = {
         "size": size, "parameters": ours.num_parameters(), "batch_size": batch_size, "seq_len": config.seq_len,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "flops_per_step": flops_per_step, "matmul_flops_per_step": matmul_flops,
         "attention_flops_per_step": attention_flops,
         "load_average_before": os.getloadavg()[0],
     }
     runs = {f"ours ({precision}, SDPA)": training_step(ours, tokens, precision == "bf16")}
     if reference:
-        runs["reference (float32, MHA + float mask)"] = training_step(ReferenceGPT(config), tokens, False)
+        runs["reference (float32, MHA + float mask)"] = training_step(ReferenceGPT(config).to(device), tokens, False)
     # Warm-up: first-touch memory, kernel selection, and the allocator growing its heap. The
     # reference's steps take several rounds to settle, each faster than the last, so a single
     # warm-up step would flatter our speed-up.
@@ -167,7 +189,7 @@ def bench_train(size: str, batch_size: int, steps: int, precision: str, referenc
     peaks = {"float32": [], "bfloat16": []}
     for _ in range(steps):
         for dtype in peaks:
-            peaks[dtype].append(matmul_gflops(getattr(torch, dtype)))
+            peaks[dtype].append(matmul_gflops(getattr(torch, dtype), device=device))
         for name, step in runs.items():
             times[name].append(step())
     for name, seconds in times.items():
@@ -176,9 +198,11 @@ def bench_train(size: str, batch_size: int, steps: int, precision: str, referenc
                         "tokens_per_second": tokens.numel() / median, "gflops": flops_per_step / median / 1e9}
     result["matmul_gflops"] = {dtype: max(values) for dtype, values in peaks.items()}  # the best: never flattering
     for name, step in runs.items():
-        result[name]["profiled_seconds"] = time_breakdown(step)
+        result[name]["profiled_seconds"] = time_breakdown(step, device)
     result["load_average_after"] = os.getloadavg()[0]
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
 
 
@@ -186,7 +210,8 @@ def print_report(result: dict, precision: str) -> None:
     peaks = result["matmul_gflops"]
     peak = peaks["bfloat16" if precision == "bf16" else "float32"]
     print(f"igpt bench train: preset {result['size']} ({result['parameters'] / 1e6:.2f}M parameters), "
-          f"batch {result['batch_size']} x {result['seq_len']} tokens, {result['threads']} threads, malloc {result['malloc']}")
+          f"batch {result['batch_size']} x {result['seq_len']} tokens, on {result.get('device', 'cpu')}, "
+          f"{result['threads']} threads, malloc {result['malloc']}")
     print(f"  FLOPs per step (formula in igptlib/bench.py): {result['flops_per_step'] / 1e12:.3f} TFLOP")
     print(f"  matmul peak measured in this run: float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s "
           f"(load average {result['load_average_before']:.1f} before, {result['load_average_after']:.1f} after)")
@@ -216,3 +241,5 @@ def print_report(result: dict, precision: str) -> None:
         print(f"  ceiling with this attention kernel: {floor:.2f} s/step (its measured time, plus the weight matmuls "
               f"at the matmul peak), {ref['seconds_per_step'] / floor:.2f}x the reference")
     print(f"  peak resident memory of the benchmark: {result['peak_rss_gib']:.1f} GiB")
+    if "peak_gpu_memory_gib" in result:
+        print(f"  peak GPU memory allocated: {result['peak_gpu_memory_gib']:.1f} GiB")

@@ -438,7 +438,8 @@ def run_bench_train(args) -> None:
     if args.malloc == "reuse":
         reuse_freed_memory()  # process-wide: the reference profits as much as ours
     result = bench_train(size=args.size, batch_size=args.batch_size, steps=args.steps, precision=args.precision,
-                         reference=args.reference, n_px=args.n_px, vocab_size=args.vocab_size, warmup=args.warmup)
+                         reference=args.reference, n_px=args.n_px, vocab_size=args.vocab_size, warmup=args.warmup,
+                         device=resolve_device(args.device))
     result["malloc"] = args.malloc
     print_report(result, args.precision)
     if args.json:
@@ -449,8 +450,12 @@ def run_bench_train(args) -> None:
 def run_bench_sample(args) -> None:
     from igptlib.bench_sampling import bench_sample, print_report
 
-    print_report(bench_sample(preset=args.preset, images=args.images, samples=args.samples, rows=args.rows,
-                              repeats=args.repeats))
+    result = bench_sample(preset=args.preset, images=args.images, samples=args.samples, rows=args.rows,
+                          repeats=args.repeats, device=resolve_device(args.device))
+    print_report(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 def run_bench_converge(args) -> None:
@@ -671,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
                        help="reuse: glibc keeps freed memory, as `igpt train` sets it on CPUs (for both models); "
                             "default: glibc as it comes")
+    train.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
     train.add_argument("--json", help="also write the figures to this JSON file")
     train.set_defaults(run=run_bench_train)
     sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler and transformers' generate()")
@@ -679,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--samples", type=positive_int, default=16)
     sample.add_argument("--rows", type=int, default=14, help="rows kept; the rest are sampled")
     sample.add_argument("--repeats", type=positive_int, default=3, help="the cached sampler's best of this many runs")
+    sample.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    sample.add_argument("--json", help="also write the figures to this JSON file")
     sample.set_defaults(run=run_bench_sample)
     converge = kinds.add_parser("converge", help="time to quality: validation nats/px against wall minutes, then test")
     converge.add_argument("--name", help="the recipe's name: report/bench/converge-NAME.json (required unless --redraw)")
