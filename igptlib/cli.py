@@ -296,7 +296,7 @@ def run_robustness(args) -> None:
     from igptlib.datasets import load_split
     from igptlib.judge import digit_classifier
     from igptlib.robustness import robustness_table
-    from igptlib.shipped import load_model, model_dataset
+    from igptlib.shipped import load_model, model_dataset, model_name
 
     generator, classifier = load_model(args.model), load_model(args.classifier)
     dataset = model_dataset(args.model) or "mnist"
@@ -304,9 +304,10 @@ def run_robustness(args) -> None:
     judge, judge_info = digit_classifier(args.root, dataset, progress=True)
     started = time.perf_counter()
     rows = robustness_table(generator, classifier, judge, images[: args.images], labels[: args.images], args.samples, args.seed)
-    result = {"model": args.model, "classifier": args.classifier, "dataset": dataset, "judge": judge_info,
-              "seconds": round(time.perf_counter() - started, 1), "command": " ".join(args.invocation), "rows": rows}
-    out = Path(args.out or f"report/runs/robustness-{args.model}/robustness.json")
+    result = {"model": model_name(args.model), "classifier": model_name(args.classifier), "dataset": dataset,
+              "judge": judge_info, "seconds": round(time.perf_counter() - started, 1), "command": " ".join(args.invocation),
+              "rows": rows}
+    out = Path(args.out or f"report/runs/robustness-{result['model']}/robustness.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
@@ -632,13 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
     card.set_defaults(run=run_card)
 
     robustness = commands.add_parser("robustness", help="inverted and rotated test images: completion and classification, handling on and off")
-    robustness.add_argument("--model", default="mnist", help="the model that completes (default: mnist)")
-    robustness.add_argument("--classifier", default="mnist-classifier", help="the fine-tuned model that classifies (default: mnist-classifier)")
+    robustness.add_argument("--model", default="mnist",
+                            help="the model that completes: a shipped model's name, a .safetensors file or a .ckpt (default: mnist)")
+    robustness.add_argument("--classifier", default="mnist-classifier",
+                            help="the fine-tuned model that classifies, named the same ways (default: mnist-classifier)")
     robustness.add_argument("--images", type=positive_int, default=200, help="the first N test images (default: 200)")
     robustness.add_argument("--samples", type=positive_int, default=2, help="completions per image (default: 2)")
     robustness.add_argument("--seed", type=int, default=0)
     robustness.add_argument("--root", default="data", help="the data root (test images and the judge's cache)")
-    robustness.add_argument("--out", help="the JSON to write (default: report/runs/robustness-MODEL/robustness.json)")
+    robustness.add_argument("--out", help="the JSON to write (default: report/runs/robustness-NAME/robustness.json, NAME the "
+                                               "shipped model's or the checkpoint's run folder's)")
     robustness.set_defaults(run=run_robustness)
 
     ladder = commands.add_parser("ladder", help="the CPU ladder: S, M and L trained, evaluated and fine-tuned alike, resumably")

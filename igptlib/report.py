@@ -377,10 +377,11 @@ def comparisons(records: list[dict], figures: Path) -> list[tuple[str, str]]:
 
 
 def robustness_section(records: Path) -> list[str]:
-    """The inverted and rotated digits (`igpt robustness`), a table per measured model."""
+    """The inverted and rotated digits (`igpt robustness`), a table per measured model, then the
+    models measured on the same images side by side."""
     lines = []
-    for path in sorted(records.glob("robustness-*/robustness.json")):
-        table = read_json(path)
+    tables = [read_json(path) for path in sorted(records.glob("robustness-*/robustness.json"))]
+    for table in tables:
         rows = [[row["transform"], "on" if row["handling"] else "off", _number(row["class_agreement"], 3),
                  _number(row["pixel_agreement"], 3), _number(row["classification_accuracy"], 3),
                  _number(row.get("inversion_detected_right"), 3), _number(row.get("rotation_chosen_right"), 3)]
@@ -392,12 +393,41 @@ def robustness_section(records: Path) -> list[str]:
                   f"known transform is undone; `{table['command']}` ({table['seconds'] / 60:.0f} min).", ""]
         lines += _table(["transform", "handling", "completion class agreement", "pixel agreement", "classifier accuracy",
                          "handling undid the inversion", "handling undid the rotation"], rows) + [""]
+    lines += robustness_side_by_side(tables)
     if lines:
         lines = ["## Inverted and rotated digits", "",
                  "The seed asks that inverted or rotated half images still complete like the training digits. With "
                  "the handling on, a white background is inverted back and the model picks the orientation it finds "
                  "most likely (a quarter turn and a correction of up to 30 degrees) before completing; off, it sees "
                  "the image as it is.", "", *lines]
+    return lines
+
+
+def robustness_side_by_side(tables: list[dict]) -> list[str]:
+    """Completion class agreement and classifier accuracy of every model measured on the same images
+    (dataset, image count and samples), a column pair per model: for instance a model pre-trained
+    with turns beside its twin pre-trained without."""
+    groups: dict[tuple, list[dict]] = {}
+    for table in tables:
+        first = table["rows"][0]
+        groups.setdefault((table["dataset"], first["images"], first["samples"]), []).append(table)
+    lines = []
+    for (dataset, images, samples), group in groups.items():
+        if len(group) < 2:
+            continue
+        by_row = [{(row["transform"], row["handling"]): row for row in table["rows"]} for table in group]
+        keys = [key for key in by_row[0] if all(key in rows for rows in by_row)]
+        rows = [[transform, "on" if handling else "off",
+                 *(_number(rows[(transform, handling)][metric], 3) for rows in by_row
+                   for metric in ("class_agreement", "classification_accuracy"))]
+                for transform, handling in keys]
+        header = ["transform", "handling"]
+        for table in group:
+            header += [f"`{table['model']}`: completion class agreement", f"`{table['classifier']}`: accuracy"]
+        names = ", ".join(f"`{table['model']}`" for table in group)
+        lines += [f"### Side by side: {names}", ""]
+        lines += [f"The same first {images} {dataset} test images and {samples} completions each, from the tables above.", ""]
+        lines += _table(header, rows) + [""]
     return lines
 
 

@@ -96,6 +96,18 @@ def model_dataset(source: str | os.PathLike, models_dir: str | os.PathLike = MOD
     return None if run is None else RunConfig.load_yaml(run / "config.yaml").data.dataset
 
 
+def model_name(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> str:
+    """A short name for a model, to title a record by: a shipped model's name; else its run folder's
+    name (a fine-tuning's as <pre-trained run>-finetune); else the file's name without its suffix."""
+    if str(source) in shipped_models(models_dir):
+        return str(source)
+    path = Path(source)
+    run = find_run_folder(path) if path.suffix == ".ckpt" else None
+    if run is None:
+        return path.stem
+    return f"{run.parent.name}-{run.name}" if run.name == "finetune" else run.name
+
+
 def load_model(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> ImageGPT:
     """An ImageGPT module from a shipped model's name, a .safetensors file or a .ckpt checkpoint."""
     if str(source) in shipped_models(models_dir):

@@ -87,3 +87,22 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     lines = robustness_section(tmp_path)
     assert lines[0] == "## Inverted and rotated digits" and "### `mnist` completing, `mnist-classifier` classifying" in lines
     assert sum(line.startswith("| turned 90° |") for line in lines) == 2
+    assert not any(line.startswith("### Side by side") for line in lines)  # one model: nothing to set beside it
+
+    # A twin measured on the same images is set beside it, column by column; one measured on other
+    # images is not.
+    twin = dict(table, model="twin", classifier="twin-finetune")
+    twin["rows"] = [dict(row, class_agreement=1 - row["class_agreement"]) for row in table["rows"]]
+    other = dict(table, model="other", rows=[dict(row, images=3) for row in table["rows"]])
+    for record in (twin, other):
+        folder = tmp_path / f"robustness-{record['model']}"
+        folder.mkdir()
+        (folder / "robustness.json").write_text(json.dumps(record))
+    lines = robustness_section(tmp_path)
+    side = lines[lines.index("### Side by side: `mnist`, `twin`"):]
+    assert "`other`" not in " ".join(side)
+    turned = next(line for line in side if line.startswith("| turned 90° | on |")).strip("|").split("|")
+    measured = next(row for row in table["rows"] if (row["transform"], row["handling"]) == ("turned 90°", True))
+    assert [cell.strip() for cell in turned[2:]] == [
+        f"{measured['class_agreement']:.3f}", f"{measured['classification_accuracy']:.3f}",
+        f"{1 - measured['class_agreement']:.3f}", f"{measured['classification_accuracy']:.3f}"]

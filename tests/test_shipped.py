@@ -6,7 +6,7 @@ import torch
 from igptlib.cli import main
 from igptlib.model_files import CheckpointError, read_notes
 from igptlib.lightning_module import load_checkpoint
-from igptlib.shipped import export_model, load_model, model_dataset, shipped_models
+from igptlib.shipped import export_model, load_model, model_dataset, model_name, shipped_models
 
 
 def test_an_exported_model_gives_the_checkpoints_logits_and_palette(tiny_checkpoint, tmp_path):
@@ -39,6 +39,19 @@ def test_a_model_knows_the_dataset_it_was_trained_on(tiny_checkpoint, tmp_path):
     shutil.copyfile(tiny_checkpoint, alone)
     assert model_dataset(alone) is None
     assert model_dataset(export_model(alone, tmp_path / "unknown.safetensors")) is None
+
+
+def test_a_model_is_named_by_its_shipped_name_or_its_run_folder(tiny_checkpoint, tmp_path):
+    export_model(tiny_checkpoint, tmp_path / "digits.safetensors")
+    assert model_name("digits", tmp_path) == "digits"
+    assert model_name(tmp_path / "digits.safetensors", tmp_path) == "digits"
+    pretrained = tmp_path / "runs" / "ladder-cpu-s-rotate"
+    for run in (pretrained, pretrained / "finetune"):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text("")  # what marks a run folder
+    assert model_name(pretrained / "checkpoints" / "last.ckpt", tmp_path) == "ladder-cpu-s-rotate"
+    assert model_name(pretrained / "finetune" / "checkpoints" / "last.ckpt", tmp_path) == "ladder-cpu-s-rotate-finetune"
+    assert model_name(tmp_path / "elsewhere" / "model.ckpt", tmp_path) == "model"  # no run folder: the file's name
 
 
 def test_files_that_are_not_models_are_refused_clearly(tmp_path):
