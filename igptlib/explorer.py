@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from igptlib.completion import MISSING_GREY, Completions, complete_images, keep_mask
+from igptlib.completion import MISSING_GREY, Completions, complete_tokens, keep_mask
 from igptlib.datasets import DataError, load_split
 from igptlib.device import resolve_device
 from igptlib.images import MAX_PIXELS, ImageLoadError, load_image
@@ -257,7 +257,8 @@ class Explorer:
         model, palette = module.model, module.palette
         image, source, notes = self._image(module, dataset)
         mask = keep_mask(model.config.n_px, KEEP[self.keep.value], self.rows.value)
-        original = decode(encode(image, palette), palette)
+        tokens = encode(image[None], palette)  # once: the preview and the completion read the same tokens
+        original = decode(tokens[0], palette)
         count = self.samples.value
         missing = (~mask.flatten()).nonzero().flatten()
         shown = self._show_pictures(original.masked_fill(~mask, MISSING_GREY), original, count)
@@ -275,7 +276,7 @@ class Explorer:
                 for widget, picture in zip(shown, pictures):
                     widget.value = png(picture)
 
-        completed = complete_images(model, palette, image[None], mask=mask, samples=count,
+        completed = complete_tokens(model, palette, tokens, mask=mask, samples=count,
                                     temperature=self.temperature.value, top_k=self.top_k.value or None,
                                     seed=self.seed.value, on_pixel=on_pixel)[0]
         result = Completion(**vars(completed), model=name, source=source, image=image, notes=notes)
