@@ -21,6 +21,7 @@ SIZES = {"ladder-cpu-s": "S", "ladder-cpu-m": "M", "ladder-cpu-l": "L"}
 AUGMENTATION_TWINS = ("ladder-cpu-s-noaug", "ladder-cpu-s-rotate")  # S with other augmentation
 BERT = "ladder-cpu-s-bert"
 SEED_CONCLUSION = "the large model is best (seed report, section 6.4)"
+LOAD = "machine/load_average"  # logged by train.MachineLoad
 CURVES = [  # (caption, stage folder, logged metric): the seed's figures 6.7 to 6.11
     ("completion loss: validation nats per pixel over pre-training", "", "val/nats_per_pixel"),
     ("classification training loss over fine-tuning", "finetune", "train/clf_loss"),
@@ -38,6 +39,16 @@ def _json(path: Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
+def mean_load(folder: Path, step: int) -> float | None:
+    """The machine's mean load average over a run's training up to `step`, from its logs
+    (train.MachineLoad); None where it was not logged (runs from before it was)."""
+    if not _logged(folder):
+        return None
+    steps, loads = plots.read_metrics_csv(folder).get(LOAD, ([], []))
+    kept = [load for logged, load in zip(steps, loads) if logged < step]
+    return sum(kept) / len(kept) if kept else None
+
+
 def checkpoints(folder: Path) -> list[dict]:
     """One row per evaluated named checkpoint of a ladder record, in step order."""
     rows = []
@@ -45,7 +56,7 @@ def checkpoints(folder: Path) -> list[dict]:
         evaluation = read_json(path)
         step = _step(path, folder)
         probes = evaluation.get("probes", {})
-        rows.append({"step": step, "minutes": minutes_at_step(folder, step),
+        rows.append({"step": step, "minutes": minutes_at_step(folder, step), "load": mean_load(folder, step),
                      "nats_per_pixel": evaluation.get("likelihood", {}).get("nats_per_pixel"),
                      "probe_layer": probes.get("best_layer"), "probe_accuracy": probes.get("best_test_accuracy"),
                      "probe_by_layer": probes.get("test_accuracy", {})})
@@ -87,11 +98,12 @@ def size_table(runs: dict[str, dict]) -> list[str]:
             last = row["step"] == run["steps"]
             layers = len(row["probe_by_layer"]) - 1
             rows.append([f"{SIZES.get(name, name)} (`{name}`)", f"{run['parameters'] / 1e6:.2f}M" if run["parameters"] else "–",
-                         str(row["step"]), _number(row["minutes"], 1), _number(row["nats_per_pixel"]),
+                         str(row["step"]), _number(row["minutes"], 1), _number(row["load"], 1), _number(row["nats_per_pixel"]),
                          "–" if row["probe_layer"] is None else f"{row['probe_layer']} of {layers}",
                          _number(row["probe_accuracy"]),
                          _number(run["finetuned_accuracy"]) if last else "", _number(run["kappa"]) if last else ""])
-    return _table(["size", "parameters", "step", "training minutes to this step (this CPU)", "test nats/px",
+    return _table(["size", "parameters", "step", "training minutes to this step (this CPU)",
+                   "mean load average while training (the run alone: about 2)", "test nats/px",
                    "best probe layer", "probe test accuracy", "fine-tuned test accuracy", "fine-tuned kappa"], rows)
 
 
@@ -172,7 +184,9 @@ def comparison_section(records: Path, figures: Path) -> list[str]:
              "S, M and L (presets `cpu-s`, `cpu-m`, `cpu-l`) were pre-trained alike by `igpt ladder`: the same MNIST "
              "data, palette, augmentation, batch, steps and schedule, so that size is the only difference; each was "
              "evaluated at its three named checkpoints (the seed's 131k/262k/524k steps at 1/200 scale), then "
-             "fine-tuned with L_GEN + L_CLF by one recipe. Minutes are wall time on the machine each record names.", ""]
+             "fine-tuned with L_GEN + L_CLF by one recipe. Minutes are wall time on the machine each record names; "
+             "the load average beside them is the mean logged while training (a run with two threads on two cores "
+             "makes about 2 by itself; more means other work shared the cores), – for runs from before it was logged.", ""]
     lines += size_table(runs) + [""]
     for caption, stage, metric in CURVES:
         logged = {SIZES[name]: records / name / stage for name in runs

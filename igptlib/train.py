@@ -166,6 +166,15 @@ class StopAfter(L.Callback):
             self.stopped = trainer.should_stop = True
 
 
+class MachineLoad(L.Callback):
+    """Log the machine's load average (processes running or waiting for a core, over the last
+    minute) beside the training curves: a run's wall minutes mean little without it on a shared
+    machine, and the report reads it from the logs (comparison.mean_load)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.log("machine/load_average", os.getloadavg()[0], on_step=True, on_epoch=False)
+
+
 # -- the run ----------------------------------------------------------------------------------------
 
 
@@ -335,7 +344,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         precision=precision, accelerator=accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         gradient_clip_val=config.optim.grad_clip or None, gradient_clip_algorithm="norm",
         logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False)],
-        callbacks=[RunCheckpoints(checkpoints, t.save_every, checkpoint_steps(config)), best, *callbacks,
+        callbacks=[RunCheckpoints(checkpoints, t.save_every, checkpoint_steps(config)), best, MachineLoad(), *callbacks,
                    *([stop] if stop else []), *([early] if early else [])],
         enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar, log_every_n_steps=t.log_every,
         default_root_dir=run_dir,

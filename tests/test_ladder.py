@@ -69,10 +69,15 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
             shutil.copytree(records / source, section / "runs" / name)
     minutes = [row["minutes"] for row in checkpoints(section / "runs/ladder-cpu-s")]
     assert len(minutes) == 2 and 0 < minutes[0] <= minutes[1]  # timed from the records' step times
+    # The machine's load, logged beside the curves while training (train.MachineLoad), goes beside the minutes.
+    loads = [row["load"] for row in checkpoints(section / "runs/ladder-cpu-s")]
+    assert all(load is not None and load >= 0 for load in loads)
     lines = comparison_section(section / "runs", section / "figures")
     text = "\n".join(lines)
     assert lines[0] == "## Model comparison: the CPU ladder"
     assert sum(line.startswith(("| S (", "| M (", "| L (")) for line in lines) == 6  # 3 sizes x 2 named steps
+    first = next(line for line in lines if line.startswith("| S (")).split(" | ")
+    assert first[3:5] == [f"{minutes[0]:.1f}", f"{loads[0]:.1f}"]
     for figure in ("ladder_pretrain_val_nats_per_pixel", "ladder_finetune_train_acc", "ladder_finetune_val_clf_loss"):
         assert f"figures/{figure}.png" in text and (section / "figures" / f"{figure}.png").exists()
     assert "runs/ladder-cpu-m/figures/completions.png" in text
