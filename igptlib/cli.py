@@ -295,28 +295,30 @@ def run_complete(args) -> None:
 def run_robustness(args) -> None:
     from igptlib.datasets import load_split
     from igptlib.judge import digit_classifier
-    from igptlib.robustness import robustness_table
+    from igptlib.robustness import measure_into
     from igptlib.shipped import load_model, model_dataset, model_name
 
     generator, classifier = load_model(args.model), load_model(args.classifier)
     dataset = model_dataset(args.model) or "mnist"
     images, labels = load_split(dataset, args.root, train=False)
     judge, judge_info = digit_classifier(args.root, dataset, progress=True)
-    started = time.perf_counter()
-    rows = robustness_table(generator, classifier, judge, images[: args.images], labels[: args.images], args.samples, args.seed)
-    result = {"model": model_name(args.model), "classifier": model_name(args.classifier), "dataset": dataset,
-              "judge": judge_info, "seconds": round(time.perf_counter() - started, 1), "command": " ".join(args.invocation),
-              "rows": rows}
-    out = Path(args.out or f"report/runs/robustness-{result['model']}/robustness.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    for row in rows:
+    record = {"model": model_name(args.model), "classifier": model_name(args.classifier), "dataset": dataset,
+              "images": min(args.images, len(images)), "samples": args.samples, "seed": args.seed, "judge": judge_info,
+              "command": " ".join(args.invocation)}
+    out = Path(args.out or f"report/runs/robustness-{record['model']}/robustness.json")
+    budget = None if args.budget_minutes is None else args.budget_minutes * 60
+    record = measure_into(out, record, generator, classifier, judge, images[: args.images], labels[: args.images], budget)
+    for row in record["rows"]:
         print(f"{row['transform']:>12} handling {'on ' if row['handling'] else 'off'}: completion class agreement "
               f"{row['class_agreement']:.3f}, pixel agreement {row['pixel_agreement']:.3f}, "
               f"classifier accuracy {row['classification_accuracy']:.3f}"
               + (f"; the handling undid the inversion {row['inversion_detected_right']:.3f}, "
                  f"the rotation {row['rotation_chosen_right']:.3f}" if row["handling"] else ""))
-    print(f"table: {out}")
+    if record["complete"]:
+        print(f"table: {out}")
+    else:
+        print(f"{len(record['rows'])} rows of the table measured, in {out}; the budget ran out: "
+              "the same command measures the rest")
 
 
 def run_export(args) -> None:
@@ -641,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--samples", type=positive_int, default=2, help="completions per image (default: 2)")
     robustness.add_argument("--seed", type=int, default=0)
     robustness.add_argument("--root", default="data", help="the data root (test images and the judge's cache)")
+    robustness.add_argument("--budget-minutes", type=float, metavar="MIN",
+                            help="stop between two rows once this much wall time has passed; the same command goes on")
     robustness.add_argument("--out", help="the JSON to write (default: report/runs/robustness-NAME/robustness.json, NAME the "
                                                "shipped model's or the checkpoint's run folder's)")
     robustness.set_defaults(run=run_robustness)

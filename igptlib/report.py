@@ -381,6 +381,7 @@ def robustness_section(records: Path) -> list[str]:
     models measured on the same images side by side."""
     lines = []
     tables = [read_json(path) for path in sorted(records.glob("robustness-*/robustness.json"))]
+    tables = [table for table in tables if table.get("complete", True)]  # a table still being measured waits
     for table in tables:
         rows = [[row["transform"], "on" if row["handling"] else "off", _number(row["class_agreement"], 3),
                  _number(row["pixel_agreement"], 3), _number(row["classification_accuracy"], 3),

@@ -17,6 +17,10 @@ the inversion and the turn that undo the transform?) is counted beside them.
 """
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -32,6 +36,10 @@ TRANSFORMS = {  # name: (inverted, degrees anticlockwise)
     "rotated 10°": (False, 10), "rotated 20°": (False, 20), "rotated 30°": (False, 30),
     "turned 90°": (False, 90), "turned 180°": (False, 180), "turned 270°": (False, 270),
 }
+# The table's rows: every transform with the handling off, then on.
+PLAN = [(name, handling) for name in TRANSFORMS for handling in (False, True)]
+# What a table was measured with: a record of other settings is never extended.
+SETTINGS = ("model", "classifier", "dataset", "images", "samples", "seed")
 # Quarter turns anticlockwise (torch.rot90's k) as `igpt complete --turn` and the explorer name them.
 QUARTER_TURNS = {0: "none", 1: "90° anticlockwise", 2: "180°", 3: "90° clockwise"}
 # The rotations the orientation handling may undo: every quarter turn, each with small corrections.
@@ -127,11 +135,36 @@ def measure(generator, classifier, judge, images: torch.Tensor, labels: torch.Te
     return row
 
 
-def robustness_table(generator, classifier, judge, images: torch.Tensor, labels: torch.Tensor, samples: int = 2,
-                     seed: int = 0, progress: bool = True) -> list[dict]:
-    """Every transform, with the handling off and on."""
+def measure_into(out: Path, record: dict, generator, classifier, judge, images: torch.Tensor, labels: torch.Tensor,
+                 budget_seconds: float | None = None) -> dict:
+    """Measure every row of the table into the JSON record `out`, resumably: the rows of a record
+    already there with the same settings (`record`'s model, classifier, dataset, images, samples
+    and seed) are kept, each new row is written as soon as it is measured, and once
+    `budget_seconds` have passed it stops after the row it is measuring (so every call measures
+    one at least). Returns the record; its "complete" says whether every row is in."""
     from tqdm.auto import tqdm
 
-    plan = [(name, handling) for name in TRANSFORMS for handling in (False, True)]
-    return [measure(generator, classifier, judge, images, labels, name, handling, samples, seed)
-            for name, handling in tqdm(plan, desc="robustness", disable=not progress)]
+    settings = {key: record[key] for key in SETTINGS}
+    if out.exists():
+        earlier = json.loads(out.read_text())
+        if {key: earlier.get(key) for key in SETTINGS} != settings:
+            raise ValueError(f"{out} holds a table of other settings ({ {key: earlier.get(key) for key in SETTINGS} }); "
+                             f"move it away or give another --out to measure {settings}")
+        record = {**record, "rows": earlier["rows"], "seconds": earlier["seconds"]}
+    else:
+        record = {**record, "rows": [], "seconds": 0.0}
+    done = {(row["transform"], row["handling"]) for row in record["rows"]}
+    started = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name, handling in tqdm([key for key in PLAN if key not in done], desc="robustness"):
+        row_started = time.perf_counter()
+        record["rows"].append(measure(generator, classifier, judge, images, labels, name, handling,
+                                      settings["samples"], settings["seed"]))
+        record["seconds"] = round(record["seconds"] + time.perf_counter() - row_started, 1)
+        record["rows"].sort(key=lambda row: PLAN.index((row["transform"], row["handling"])))
+        record["complete"] = len(record["rows"]) == len(PLAN)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        if budget_seconds is not None and time.perf_counter() - started >= budget_seconds:
+            break
+    record["complete"] = len(record["rows"]) == len(PLAN)
+    return record

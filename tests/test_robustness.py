@@ -71,19 +71,29 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     import json
 
     from igptlib.cli import main
+    from igptlib.report import robustness_section
 
     out = tmp_path / "robustness-mnist" / "robustness.json"
-    assert main(["robustness", "--images", "2", "--samples", "1", "--root", str(mnist_root), "--out", str(out)]) == 0
+    command = ["robustness", "--images", "2", "--samples", "1", "--root", str(mnist_root), "--out", str(out)]
+    # A budget stops it after a row, kept in the record; the report waits for the whole table.
+    assert main([*command, "--budget-minutes", "0"]) == 0
+    partial = json.loads(out.read_text())
+    assert len(partial["rows"]) == 1 and not partial["complete"] and "the same command measures the rest" in capsys.readouterr().out
+    assert robustness_section(tmp_path) == []
+    # The same command goes on from there, keeping the row measured; other settings never touch the record.
+    assert main(command) == 0
+    printed = capsys.readouterr().out
     table = json.loads(out.read_text())
+    assert table["complete"] and table["rows"][0] == partial["rows"][0]
+    assert main([*command[:-2], "--samples", "2", "--out", str(out)]) == 2
+    assert "holds a table of other settings" in capsys.readouterr().err and json.loads(out.read_text()) == table
     assert [(row["transform"], row["handling"]) for row in table["rows"]] == [
         (name, handling) for name in TRANSFORMS for handling in (False, True)]
     assert table["judge"]["test_accuracy"] > 0.9 and table["command"].startswith("igpt robustness")
-    assert "turned 90° handling on" in capsys.readouterr().out
+    assert "turned 90° handling on" in printed and f"table: {out}" in printed
     assert main(["robustness", "--model", "no-such-model", "--out", str(out)]) == 2
 
     # The report's table is read from the record the command wrote.
-    from igptlib.report import robustness_section
-
     lines = robustness_section(tmp_path)
     assert lines[0] == "## Inverted and rotated digits" and "### `mnist` completing, `mnist-classifier` classifying" in lines
     assert sum(line.startswith("| turned 90° |") for line in lines) == 2
