@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
     ladder.add_argument("--reserve-minutes", type=float, default=20.0,
                         help="an evaluation starts only with this much of the budget left (default: 20)")
-    ladder.add_argument("--records", default="report/runs", help="record each finished run here (default: report/runs)")
+    ladder.add_argument("--records", default="report/runs", help="record each run here after each stage it finishes (default: report/runs)")
     add_set_argument(ladder, "change every run's config alike, e.g. train.val_batches=16")
     ladder.set_defaults(run=run_ladder)
 

@@ -123,20 +123,30 @@ MEASURES = [  # (what the best has, the value of a run, higher is better)
 ]
 
 
+def _in_progress(name: str, run: dict) -> str:
+    done = run["checkpoints"]
+    evaluated = f"evaluated to step {done[-1]['step']}" if done else "no checkpoint evaluated yet"
+    return f"- {SIZES[name]} is not finished ({evaluated}, not yet fine-tuned): it joins these comparisons once it is."
+
+
 def conclusions(runs: dict[str, dict]) -> list[str]:
-    """What the numbers support, in plain sentences, each naming its measure and the values."""
+    """What the numbers support, in plain sentences, each naming its measure and the values. Only
+    finished runs (fine-tuned and classified) are compared: a run part way through its named steps
+    would be set against the others' last ones."""
+    finished = {name: run for name, run in runs.items() if run["finetuned_accuracy"] is not None}
+    pending = [_in_progress(name, run) for name, run in runs.items() if name not in finished]
     said, leaders = [], []
     for label, value, higher in MEASURES:
-        best = _best(runs, value, higher)
+        best = _best(finished, value, higher)
         if best is None:
             continue
         leaders.append(best[0])
-        others = ", ".join(f"{SIZES[n]} {value(r):.4f}" for n, r in runs.items() if n != best[0] and value(r) is not None)
+        others = ", ".join(f"{SIZES[n]} {value(r):.4f}" for n, r in finished.items() if n != best[0] and value(r) is not None)
         said.append(f"- {SIZES[best[0]]} has {label}: {best[1]:.4f}" + (f" (against {others})." if others else "."))
     if not said:
-        return ["- No ladder run is evaluated yet."]
-    if len(runs) < len(SIZES):
-        return said + [f"- Only {', '.join(SIZES[n] for n in runs)} finished so far: no conclusion about size yet."]
+        return ["- No ladder run is finished yet.", *pending]
+    if len(finished) < len(SIZES):
+        return said + pending + [f"- Only {', '.join(SIZES[n] for n in finished)} finished so far: no conclusion about size yet."]
     led_by_l = leaders.count("ladder-cpu-l")
     verdict = ("agrees with" if led_by_l == len(leaders) else "differs in part from" if led_by_l else "differs from")
     return said + [f"- The seed concluded that {SEED_CONCLUSION}. Here L leads on {led_by_l} of {len(leaders)} "

@@ -11,12 +11,13 @@ stage, per run:
     evaluate   test likelihood (AR only) and linear probes at each named checkpoint, completions
                (AR only) at the last
     finetune   L_GEN + L_CLF from the last pre-training checkpoint, one recipe for every size
-    classify   the fine-tuned head's test accuracy and kappa; then the run is recorded for the report
+    classify   the fine-tuned head's test accuracy and kappa
 
-and goes on from wherever it stopped: a finished stage is skipped, a training stage resumes from its
-last checkpoint, and with --budget-minutes the running training stage stops at a checkpoint before
-the budget runs out (an evaluation starts only when the reserve it needs is left). The runs take
-hours: keep their folder (--runs) where it outlives a session.
+It records the run for the report (--records) after each stage it finishes, so that the end of a
+session loses none, and goes on from wherever it stopped: a finished stage is skipped, a training
+stage resumes from its last checkpoint, and with --budget-minutes the running training stage stops
+at a checkpoint before the budget runs out (an evaluation starts only when the reserve it needs is
+left). The runs take hours: keep their folder (--runs) where it outlives a session.
 """
 from __future__ import annotations
 
@@ -171,8 +172,8 @@ def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: flo
     """
     from igptlib.records import record_run
 
-    def record(stage: Stage) -> None:
-        if records is not None and stage.name.startswith("classify"):
+    def record(stage: Stage) -> None:  # after every stage, so that a session's end loses no finished stage
+        if records is not None:
             print(f"ladder: recorded {record_run(Path(runs) / stage.name.split()[1], records=records)}", flush=True)
 
     return run_stages(stages(runs, **plan), budget_minutes, reserve_minutes, after=record)

@@ -239,7 +239,8 @@ def result_tables(entries: list[dict]) -> list[str]:
                       _number(e["completion_class_agreement"], 3), _number(e["completion_original_accuracy"], 3),
                       _number(e["completion_pixel_agreement"], 3)] for e in measured if e["completion_images"]])
     if waiting:
-        lines += ["", "Awaiting re-measurement (their records hold no evaluation yet):", ""]
+        lines += ["", "Not evaluated yet (their records hold no evaluation: a run still under way, or a shipped model "
+                      "to re-measure with the command beside it):", ""]
         lines += [f"- {_label(e)}: `{remeasure_command(_model_name(e), e['classifier_model'])}`" if e["model_file"]
                   else f"- {_label(e)}" for e in waiting]
     return lines
@@ -304,7 +305,7 @@ def readme_results(entries: list[dict]) -> list[str]:
     for e in entries:
         name = f"`{_model_name(e)}` ([card](report/models/{_model_name(e)}.md))" if e["model_file"] else f"`{e['name']}`"
         if not e["evaluated"]:
-            measured = "awaiting re-measurement"
+            measured = "awaiting re-measurement" if e["model_file"] else "not evaluated yet"
             rows.append([name, e["dataset"] or "–", _trained(e), measured, measured, measured])
             continue
         probe = "–" if e["probe_accuracy"] is None else f"{e['probe_accuracy']:.4f} (layer {e['probe_layer']})"

@@ -30,6 +30,11 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     assert torch.load(runs / "ladder-xs/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
     assert "stopped at a checkpoint" in capsys.readouterr().out
 
+    # Recorded after each stage it finishes: here pre-training, with no time left for an evaluation.
+    assert not ladder(runs, budget_minutes=60, reserve_minutes=61, records=records, **plan)
+    assert json.loads((records / "ladder-xs/metrics.json").read_text())["global_step"] == 4
+    assert not list((records / "ladder-xs").glob("evaluation*.json"))
+
     assert ladder(runs, records=records, **plan)
     for name in ("ladder-xs", "ladder-xs-noaug", "ladder-xs-rotate"):
         folder = runs / name
@@ -86,3 +91,11 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     assert "| with augmentation (crop, flip, rotate) |" in text
     assert "| BERT (mask 0.15) |" in text and "probe, layer 1" in text
     assert comparison_section(tmp_path / "no-records", section / "figures") == []
+
+    # A size part way through is shown, but not compared: its last evaluation is not at the others' step.
+    (section / "runs/ladder-cpu-l/evaluation.json").unlink()
+    shutil.rmtree(section / "runs/ladder-cpu-l/finetune")
+    text = "\n".join(comparison_section(section / "runs", section / "figures"))
+    assert "- L is not finished (evaluated to step 2, not yet fine-tuned): it joins these comparisons once it is." in text
+    assert "- Only S, M finished so far: no conclusion about size yet." in text and "Here L leads" not in text
+    assert "against M " in text and "against L " not in text
