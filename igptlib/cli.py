@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from igptlib.classifier_recipe import PASSES as CLASSIFIER_PASSES
 from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, PRESETS, ConfigError, DataConfig, ModelConfig,
                             RunConfig, apply_overrides)
 from igptlib.datasets import DataError
@@ -34,6 +35,17 @@ from igptlib.sweep import PIPELINE
 
 # `igpt complete --turn`: quarter turns anticlockwise, or None for the model's choice
 TURN_CHOICES = {"none": 0, "90": 1, "180": 2, "270": 3, "auto": None}
+
+
+def positive_float(text: str) -> float:
+    """An argparse type for amounts such as passes over the data."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -430,6 +442,15 @@ def run_finetune_sweep(args) -> None:
                    budget_minutes=args.budget_minutes, command=args.invocation)
 
 
+def run_classifier(args) -> None:
+    from igptlib.classifier_recipe import classifier
+
+    pretrained = Path(args.checkpoint).resolve().parent.parent.name  # <run>/checkpoints/<name>.ckpt
+    classifier(args.checkpoint, runs=Path(args.runs or f"runs/classifier-{pretrained}"), records=Path(args.records),
+               passes=args.passes, lrs=args.lr, sweep_steps=args.sweep_steps, budget_minutes=args.budget_minutes,
+               reserve_minutes=args.reserve_minutes, command=args.invocation)
+
+
 def run_bench_train(args) -> None:
     import torch
 
@@ -668,6 +689,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_lr.add_argument("--out", help="the record: JSON and figure (default: report/runs/finetune-sweep-<pre-trained run>)")
     sweep_lr.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
     sweep_lr.set_defaults(run=run_finetune_sweep)
+
+    recipe = commands.add_parser("classifier", help="fine-tune a classifier by the recipe: the rate chosen on validation, "
+                                                     "several passes, early stopping, then the test split; resumably")
+    recipe.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint, e.g. runs/ladder-cpu-m/checkpoints/last.ckpt")
+    recipe.add_argument("--passes", type=positive_float, default=CLASSIFIER_PASSES,
+                        help=f"passes over the training split at most; validation stops it sooner (default: {CLASSIFIER_PASSES:g})")
+    recipe.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES),
+                        help=f"learning rates the sweep tries (default: {' '.join(f'{lr:g}' for lr in LEARNING_RATES)})")
+    recipe.add_argument("--sweep-steps", type=positive_int, default=FINETUNE_SWEEP_STEPS,
+                        help=f"the sweep's fine-tuning steps per rate (default: {FINETUNE_SWEEP_STEPS})")
+    recipe.add_argument("--runs", help="where the runs go (default: runs/classifier-<pre-trained run>)")
+    recipe.add_argument("--records", default="report/runs", help="the sweep's and the classifier's records (default: report/runs)")
+    recipe.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
+    recipe.add_argument("--reserve-minutes", type=float, default=10.0,
+                        help="the test classification starts only with this much of the budget left (default: 10)")
+    recipe.set_defaults(run=run_classifier)
 
     bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

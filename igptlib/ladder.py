@@ -119,14 +119,14 @@ def training(name: str, config, run_dir: Path, label: str = "ladder") -> Stage:
     return Stage(name, lambda: finished(run_dir, config.train.steps), run, trains=True)
 
 
-def evaluation(name: str, checkpoint: Path, out: Path, **options) -> Stage:
+def evaluation(name: str, checkpoint: Path, out: Path, label: str = "ladder", **options) -> Stage:
     """Evaluate one checkpoint into `out` (a JSON), with its figures in the folder beside it."""
 
     def run(seconds_left: float | None) -> bool:
         from igptlib.config import RunConfig
         from igptlib.evaluate import evaluate_checkpoint, summary
 
-        print(f"ladder: {name}", flush=True)
+        print(f"{label}: {name}", flush=True)
         trained_on = RunConfig.load_yaml(checkpoint.parent.parent / "config.yaml").data
         limit_val = min(trained_on.limit_val or EVALUATION_DATA["limit_val"], EVALUATION_DATA["limit_val"])
         results = evaluate_checkpoint(checkpoint, out, data_changes=dict(EVALUATION_DATA, limit_val=limit_val),
