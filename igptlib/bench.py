@@ -16,7 +16,8 @@ for AR (the masked half is work a kernel may skip, so it is not counted). Embedd
 norms, GELU and the optimizer are not counted: they are real time but no FLOPs by this measure.
 
 One more step of each model runs under torch.profiler, to show where its time goes: matrix
-products, the fused attention kernel, softmax, and everything else. From that split the benchmark
+products, the fused attention kernel, softmax, everything else, and (on the CPU) the time between
+operators, which is Python and dispatch. From that split the benchmark
 also prints a ceiling for the speed-up: our step could take no less than its attention kernel's
 measured time plus its matmul FLOPs at the measured matmul peak.
 """
@@ -76,21 +77,29 @@ KERNELS = {
 }
 
 
-def time_breakdown(step, device: torch.device = CPU) -> dict[str, float]:
-    """Seconds of one call of `step` per kernel family (KERNELS), from torch.profiler's self times:
-    the CPU's on the CPU, the GPU kernels' on a GPU."""
+BETWEEN = "between operators (Python, dispatch, allocation)"
+
+
+def time_breakdown(step, device: torch.device = CPU, kernels: dict[str, tuple] = KERNELS) -> dict[str, float]:
+    """Seconds of one call of `step` per kernel family (`kernels`, by ATen operator name), from
+    torch.profiler's self times: the CPU's on the CPU, the GPU kernels' on a GPU. On the CPU the
+    wall time no operator accounts for is BETWEEN: the Python and dispatch around the kernels."""
     gpu = device.type == "cuda"
     # This CUDA build's profiler logs an error when it finds no GPU; a CPU benchmark has none to find.
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
     with profile(activities=activities) as profiler:
+        started = time.perf_counter()
         step()
-    seconds = dict.fromkeys([*KERNELS, "everything else"], 0.0)
+        wall = time.perf_counter() - started
+    seconds = dict.fromkeys([*kernels, "everything else"], 0.0)
     for event in profiler.key_averages():
         if event.device_type != DeviceType.CPU:
             continue  # a GPU kernel's own row: its time is counted on the operator that launched it
-        family = next((name for name, keys in KERNELS.items() if any(k in event.key for k in keys)), "everything else")
+        family = next((name for name, keys in kernels.items() if any(k in event.key for k in keys)), "everything else")
         seconds[family] += (event.self_device_time_total if gpu else event.self_cpu_time_total) / 1e6
+    if not gpu:  # on a GPU the kernels overlap the host's work, so no wall time is theirs alone
+        seconds[BETWEEN] = max(0.0, wall - sum(seconds.values()))
     return seconds
 
 

@@ -4,7 +4,9 @@ The naive sampler is what common re-implementations do: for every new pixel, run
 the whole sequence so far and keep only the last row of logits. It is carried here as the baseline
 (and the tests check that both samplers agree under greedy decoding). When transformers is
 installed, its generate() on the same model (converted by igptlib.hf) is a second baseline; the
-model uses OpenAI iGPT's RMS norm so that transformers can hold it.
+model uses OpenAI iGPT's RMS norm so that transformers can hold it. One more cached completion
+runs under torch.profiler, to split its time per drawn pixel: weight matmuls, attention over the
+cache, softmax, the draw, everything else, and the Python and dispatch between operators.
 """
 from __future__ import annotations
 
@@ -13,10 +15,20 @@ import time
 
 import torch
 
-from igptlib.bench import CPU, synchronize
+from igptlib.bench import CPU, synchronize, time_breakdown
 from igptlib.config import DataConfig, model_config
 from igptlib.model import GPT
 from igptlib.sampling import _check_sampling, complete, sample_next, tokens_in_rows
+
+
+# Where a cached completion's time goes, by ATen operator (bench.time_breakdown); the rest is
+# "everything else" (norms, GELU, the copies into the cache) and, on the CPU, the time between operators.
+SAMPLING_KERNELS = {
+    "weight matmuls": ("aten::addmm", "aten::mm", "aten::linear"),
+    "attention over the cache": ("aten::baddbmm", "aten::bmm", "scaled_dot_product"),
+    "softmax (attention and the draw)": ("softmax",),
+    "the draw (exponential race, argmax)": ("exponential", "argmax", "aten::div"),
+}
 
 
 @torch.inference_mode()
@@ -80,11 +92,13 @@ def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: i
     # One untimed completion first: on a GPU, the first kernels of each shape are chosen and loaded then.
     complete(model, tokens, keep, samples=samples, seed=0)
     cached = _seconds(lambda: complete(model, tokens, keep, samples=samples, seed=0), repeats, device)
+    profiled = time_breakdown(lambda: complete(model, tokens, keep, samples=samples, seed=0), device, SAMPLING_KERNELS)
     naive = _seconds(lambda: complete_naive(model, tokens, keep, samples=samples, seed=0), 1, device)
     result = {
         "preset": preset, "images": images, "samples": samples, "pixels_sampled": data.n_px ** 2 - keep,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "cached_s": cached, "naive_s": naive, "speedup": naive / cached,
+        "cached_profiled_seconds": profiled,
     }
     if importlib.util.find_spec("transformers") is not None:
         from igptlib.hf import to_transformers
@@ -106,6 +120,12 @@ def print_report(result: dict) -> None:
         f"  naive sampler     {result['naive_s']:8.3f} s  (re-runs the whole sequence for every pixel)\n"
         f"  speedup           {result['speedup']:8.1f}x"
     )
+    split = result["cached_profiled_seconds"]
+    total = sum(split.values())
+    print(f"  where the KV-cache sampler's time goes (one more completion under torch.profiler, which slows it: "
+          f"{1000 * total / result['pixels_sampled']:.2f} ms per drawn pixel):")
+    for family, seconds in split.items():
+        print(f"    {family:52s} {100 * seconds / total:5.1f}%  {1000 * seconds / result['pixels_sampled']:6.3f} ms/pixel")
     if "transformers_s" in result:
         print(f"  transformers      {result['transformers_s']:8.3f} s  (generate() on the same model, converted)\n"
               f"  speedup           {result['speedup_vs_transformers']:8.1f}x")

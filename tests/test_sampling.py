@@ -124,3 +124,17 @@ def test_bad_arguments_are_clear(model, images):
     bert = GPT(model_config("xs", vocab_size=16, n_px=8, objective="bert"))
     with pytest.raises(ValueError, match="needs a model trained with objective 'ar'"):
         complete(bert, images, 10)
+
+
+def test_the_sampling_benchmark_times_both_samplers_and_splits_a_pixels_time(capsys):
+    from igptlib.bench import BETWEEN
+    from igptlib.bench_sampling import bench_sample, print_report
+
+    result = bench_sample("xs", samples=2, rows=26, repeats=1)  # the bottom 2 rows: 56 pixels drawn
+    assert result["pixels_sampled"] == 56 and result["cached_s"] > 0 and result["naive_s"] > 0
+    split = result["cached_profiled_seconds"]
+    for family in ("weight matmuls", "attention over the cache", "the draw (exponential race, argmax)", BETWEEN):
+        assert split[family] > 0, family
+    print_report(result)
+    printed = capsys.readouterr().out
+    assert "ms per drawn pixel" in printed and "attention over the cache" in printed
