@@ -188,6 +188,36 @@ def comparison_curves(runs: dict[str, str | Path], metric: str, title: str | Non
     return fig
 
 
+def robustness_plot(models: dict[str, list[dict]], title: str | None = None):
+    """Completion class agreement and classifier accuracy per transform, handling off and on, a line
+    per model: the rows of `igpt robustness` tables measured on the same images.
+
+    models: {label: rows}, each row with transform, handling, class_agreement and classification_accuracy.
+    """
+    if not models:
+        raise ValueError("no robustness tables to plot")
+    transforms = list(dict.fromkeys(row["transform"] for rows in models.values() for row in rows))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True, sharey=True)
+    for column, handling in enumerate((False, True)):
+        for row_index, (metric, label) in enumerate((("class_agreement", "completion class agreement"),
+                                                     ("classification_accuracy", "classifier accuracy"))):
+            ax = axes[row_index][column]
+            for index, (name, rows) in enumerate(models.items()):
+                by_transform = {row["transform"]: row[metric] for row in rows if row["handling"] == handling}
+                ax.plot(range(len(transforms)), [by_transform.get(t, np.nan) for t in transforms], label=name,
+                        **_line_style(index, len(transforms)))
+            ax.set_title(f"{label}, handling {'on' if handling else 'off'}", fontsize=10)
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xticks(range(len(transforms)), transforms, rotation=30, ha="right")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def _square_matrix(matrix) -> np.ndarray:
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:

@@ -377,9 +377,9 @@ def comparisons(records: list[dict], figures: Path) -> list[tuple[str, str]]:
     return shown
 
 
-def robustness_section(records: Path) -> list[str]:
+def robustness_section(records: Path, figures: Path) -> list[str]:
     """The inverted and rotated digits (`igpt robustness`), a table per measured model, then the
-    models measured on the same images side by side."""
+    models measured on the same images side by side, as a table and a figure saved into `figures`."""
     lines = []
     tables = [read_json(path) for path in sorted(records.glob("robustness-*/robustness.json"))]
     tables = [table for table in tables if table.get("complete", True)]  # a table still being measured waits
@@ -395,7 +395,7 @@ def robustness_section(records: Path) -> list[str]:
                   f"known transform is undone; `{table['command']}` ({table['seconds'] / 60:.0f} min).", ""]
         lines += _table(["transform", "handling", "completion class agreement", "pixel agreement", "classifier accuracy",
                          "handling undid the inversion", "handling undid the rotation"], rows) + [""]
-    lines += robustness_side_by_side(tables)
+    lines += robustness_side_by_side(tables, figures)
     if lines:
         lines = ["## Inverted and rotated digits", "",
                  "The seed asks that inverted or rotated half images still complete like the training digits. With "
@@ -405,10 +405,10 @@ def robustness_section(records: Path) -> list[str]:
     return lines
 
 
-def robustness_side_by_side(tables: list[dict]) -> list[str]:
+def robustness_side_by_side(tables: list[dict], figures: Path) -> list[str]:
     """Completion class agreement and classifier accuracy of every model measured on the same images
     (dataset, image count and samples), a column pair per model: for instance a model pre-trained
-    with turns beside its twin pre-trained without."""
+    with turns beside its twin pre-trained without. The same as a figure, saved into `figures`."""
     groups: dict[tuple, list[dict]] = {}
     for table in tables:
         first = table["rows"][0]
@@ -430,6 +430,11 @@ def robustness_side_by_side(tables: list[dict]) -> list[str]:
         lines += [f"### Side by side: {names}", ""]
         lines += [f"The same first {images} {dataset} test images and {samples} completions each, from the tables above.", ""]
         lines += _table(header, rows) + [""]
+        fig = plots.robustness_plot({table["model"]: table["rows"] for table in group},
+                                    title=f"the first {images} {dataset} test images, {samples} completions each")
+        path = plots.save_figure(fig, f"robustness_{dataset}_{images}x{samples}", figures, close=True)
+        caption = "completion class agreement and classifier accuracy per transform"
+        lines += [f"**{caption}**", "", f"![{caption}](figures/{path.name})", ""]
     return lines
 
 
@@ -507,7 +512,7 @@ def build_report(runs: str | Path | None = "runs", out: str | Path = "report", m
         ladder = comparison_section(records, figures)
         if ladder:
             lines += ["", *ladder]
-        robust = robustness_section(records)
+        robust = robustness_section(records, figures)
         if robust:
             lines += ["", *robust]
         learning_rates = finetune_sweep_section(records)

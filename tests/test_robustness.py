@@ -79,7 +79,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     assert main([*command, "--budget-minutes", "0"]) == 0
     partial = json.loads(out.read_text())
     assert len(partial["rows"]) == 1 and not partial["complete"] and "the same command measures the rest" in capsys.readouterr().out
-    assert robustness_section(tmp_path) == []
+    assert robustness_section(tmp_path, tmp_path / "figures") == []
     # The same command goes on from there, keeping the row measured; other settings never touch the record.
     assert main(command) == 0
     printed = capsys.readouterr().out
@@ -94,7 +94,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     assert main(["robustness", "--model", "no-such-model", "--out", str(out)]) == 2
 
     # The report's table is read from the record the command wrote.
-    lines = robustness_section(tmp_path)
+    lines = robustness_section(tmp_path, tmp_path / "figures")
     assert lines[0] == "## Inverted and rotated digits" and "### `mnist` completing, `mnist-classifier` classifying" in lines
     assert sum(line.startswith("| turned 90° |") for line in lines) == 2
     assert not any(line.startswith("### Side by side") for line in lines)  # one model: nothing to set beside it
@@ -108,7 +108,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
         folder = tmp_path / f"robustness-{record['model']}"
         folder.mkdir()
         (folder / "robustness.json").write_text(json.dumps(record))
-    lines = robustness_section(tmp_path)
+    lines = robustness_section(tmp_path, tmp_path / "figures")
     side = lines[lines.index("### Side by side: `mnist`, `twin`"):]
     assert "`other`" not in " ".join(side)
     turned = next(line for line in side if line.startswith("| turned 90° | on |")).strip("|").split("|")
@@ -116,3 +116,6 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     assert [cell.strip() for cell in turned[2:]] == [
         f"{measured['class_agreement']:.3f}", f"{measured['classification_accuracy']:.3f}",
         f"{1 - measured['class_agreement']:.3f}", f"{measured['classification_accuracy']:.3f}"]
+    # and drawn: one figure for the group measured on the same images.
+    assert "![completion class agreement and classifier accuracy per transform](figures/robustness_mnist_2x1.png)" in side
+    assert [path.name for path in (tmp_path / "figures").iterdir()] == ["robustness_mnist_2x1.png"]
