@@ -1,6 +1,7 @@
 """A classifier at the seed's level (issue 16): the fine-tuning recipe as one resumable command.
 
-`igpt classifier --from CHECKPOINT` fine-tunes a pre-trained run with L_GEN + L_CLF in three stages:
+`igpt classifier --from CHECKPOINT` fine-tunes a pre-trained run (or a model file, a shipped one by
+its name) with L_GEN + L_CLF in three stages:
 
     sweep      `igpt finetune-sweep`: one short fine-tuning per learning rate, the rate chosen by
                validation accuracy (its record: <records>/finetune-sweep-<pre-trained run>)
@@ -23,7 +24,7 @@ from igptlib.config import RunConfig, read_json
 from igptlib.finetune_sweep import LEARNING_RATES, STEPS as SWEEP_STEPS, finetune_sweep, sweep_configs
 from igptlib.ladder import Stage, evaluation, finished, run_stages, training
 from igptlib.records import record_run
-from igptlib.train import find_run_folder
+from igptlib.shipped import model_name
 
 PASSES = 4.0  # over the training split; the shipped classifier had seen less than a third of one
 VAL_EVERY = 500
@@ -51,9 +52,9 @@ def classifier(checkpoint: str | Path, runs: str | Path, records: str | Path, pa
                lrs=LEARNING_RATES, sweep_steps: int = SWEEP_STEPS, budget_minutes: float | None = None,
                reserve_minutes: float = 10.0, command: list[str] | None = None) -> bool:
     """Run every stage not yet done, within the budget; True once the classifier is tested and recorded."""
-    checkpoint, runs, records = Path(checkpoint), Path(runs), Path(records)
+    runs, records = Path(runs), Path(records)
     base = next(iter(sweep_configs(checkpoint, lrs, sweep_steps).values()))  # refuses a bad checkpoint or rates first
-    pretrained = find_run_folder(checkpoint).name
+    pretrained = model_name(checkpoint)
     sweep_record, tuned = records / f"finetune-sweep-{pretrained}" / "finetune_sweep.json", runs / "finetune"
 
     def sweep(seconds_left: float | None) -> bool:

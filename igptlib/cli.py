@@ -435,8 +435,9 @@ def run_ladder(args) -> None:
 
 def run_finetune_sweep(args) -> None:
     from igptlib.finetune_sweep import finetune_sweep
+    from igptlib.shipped import model_name
 
-    pretrained = Path(args.checkpoint).resolve().parent.parent.name  # <run>/checkpoints/<name>.ckpt
+    pretrained = model_name(args.checkpoint)
     finetune_sweep(args.checkpoint, runs=Path(args.runs or f"runs/finetune-sweep-{pretrained}"),
                    out=Path(args.out or f"report/runs/finetune-sweep-{pretrained}"), lrs=args.lr, steps=args.steps,
                    budget_minutes=args.budget_minutes, command=args.invocation)
@@ -444,8 +445,9 @@ def run_finetune_sweep(args) -> None:
 
 def run_classifier(args) -> None:
     from igptlib.classifier_recipe import classifier
+    from igptlib.shipped import model_name
 
-    pretrained = Path(args.checkpoint).resolve().parent.parent.name  # <run>/checkpoints/<name>.ckpt
+    pretrained = model_name(args.checkpoint)
     classifier(args.checkpoint, runs=Path(args.runs or f"runs/classifier-{pretrained}"), records=Path(args.records),
                passes=args.passes, lrs=args.lr, sweep_steps=args.sweep_steps, budget_minutes=args.budget_minutes,
                reserve_minutes=args.reserve_minutes, command=args.invocation)
@@ -680,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.set_defaults(run=run_ladder)
 
     sweep_lr = commands.add_parser("finetune-sweep", help="choose the fine-tuning learning rate on the validation split, resumably")
-    sweep_lr.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint, e.g. runs/ladder-cpu-l/checkpoints/last.ckpt")
+    sweep_lr.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint (e.g. runs/ladder-cpu-l/checkpoints/last.ckpt), "
+                               "a .safetensors model or a shipped model's name (e.g. mnist)")
     sweep_lr.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES),
                           help=f"learning rates to try (default: {' '.join(f'{lr:g}' for lr in LEARNING_RATES)})")
     sweep_lr.add_argument("--steps", type=positive_int, default=FINETUNE_SWEEP_STEPS,
@@ -692,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = commands.add_parser("classifier", help="fine-tune a classifier by the recipe: the rate chosen on validation, "
                                                      "several passes, early stopping, then the test split; resumably")
-    recipe.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint, e.g. runs/ladder-cpu-m/checkpoints/last.ckpt")
+    recipe.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint (e.g. runs/ladder-cpu-m/checkpoints/last.ckpt), "
+                             "a .safetensors model or a shipped model's name (e.g. mnist)")
     recipe.add_argument("--passes", type=positive_float, default=CLASSIFIER_PASSES,
                         help=f"passes over the training split at most; validation stops it sooner (default: {CLASSIFIER_PASSES:g})")
     recipe.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES),

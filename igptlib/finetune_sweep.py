@@ -12,6 +12,7 @@ rate into `out`, a record to commit under report/runs/.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -19,24 +20,20 @@ from igptlib import plots
 from igptlib.config import RunConfig, read_json
 from igptlib.ladder import finetune_config, run_stages, training
 from igptlib.records import training_seconds
-from igptlib.train import find_run_folder
+from igptlib.shipped import training_config
 
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 STEPS = 300
 LABEL = "finetune-sweep"
 
 
-def sweep_configs(checkpoint: str | Path, lrs=LEARNING_RATES, steps: int = STEPS) -> dict[float, RunConfig]:
-    """The fine-tuning config of each learning rate, from the pre-trained run that holds `checkpoint`."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint (expected a pre-trained run's .ckpt)")
-    run_dir = find_run_folder(checkpoint)
-    if run_dir is None:
-        raise ValueError(f"{checkpoint}: not in a run folder (expected a config.yaml beside it or one folder up)")
+def sweep_configs(source: str | os.PathLike, lrs=LEARNING_RATES, steps: int = STEPS) -> dict[float, RunConfig]:
+    """The fine-tuning config of each learning rate, from a pre-trained run's checkpoint or a model file
+    (igptlib.shipped.training_config)."""
     if not lrs or any(lr <= 0 for lr in lrs):
         raise ValueError(f"expected one or more positive learning rates, got {list(lrs)}")
-    base = finetune_config(RunConfig.load_yaml(run_dir / "config.yaml"), checkpoint, steps)
+    pretrained, weights = training_config(source)
+    base = finetune_config(pretrained, weights, steps)
     return {lr: base.replace(optim=base.optim.replace(lr=lr).to_dict()) for lr in sorted(set(lrs))}
 
 

@@ -26,7 +26,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from igptlib.config import ModelConfig, OptimConfig
 from igptlib.model import GPT, ar_loss
 from igptlib.model_files import (CheckpointError, check_palette_fits, check_same_palette, check_same_shapes, check_weights,
-                                 compare_checkpoint, read_checkpoint)
+                                 compare_checkpoint, read_checkpoint, read_model_file)
 
 
 def decay_start(warmup_steps: int, total_steps: int, decay_fraction: float) -> int:
@@ -177,20 +177,26 @@ class ImageGPT(L.LightningModule):
     def from_pretrained(cls, path: str | os.PathLike, optim: OptimConfig | dict | None = None,
                         palette: np.ndarray | None = None, seed: int | None = None,
                         model: ModelConfig | None = None) -> "ImageGPT":
-        """A module for fine-tuning (or further training) that starts from a checkpoint's weights.
+        """A module for fine-tuning (or further training) that starts from a checkpoint's weights,
+        or a .safetensors model file's.
 
         `optim` is the new stage's (fine-tuning: finetune=True). The model is the checkpoint's, or
         `model` if given (which may change dropout, say, but not the shape); a `palette` given
         must be the checkpoint's. Raises CheckpointError saying what differs.
         """
-        checkpoint = read_checkpoint(path)
-        hparams = checkpoint["hyper_parameters"]
+        if os.fspath(path).endswith(".safetensors"):
+            found = read_model_file(path)
+            hparams = {"model": found.config.to_dict(), "palette": found.palette}
+            weights = {f"model.{name}": tensor for name, tensor in found.weights.items()}
+        else:
+            checkpoint = read_checkpoint(path)
+            hparams, weights = checkpoint["hyper_parameters"], checkpoint["state_dict"]
         model = model or ModelConfig.from_dict(hparams["model"])
         compare_checkpoint(hparams, model, palette, path)
         module = cls(model, optim, palette if palette is not None else hparams.get("palette"),
                      hparams.get("seed", 0) if seed is None else seed)
-        check_same_shapes(module.state_dict(), checkpoint["state_dict"], path)
-        module.load_state_dict(checkpoint["state_dict"])
+        check_same_shapes(module.state_dict(), weights, path)
+        module.load_state_dict(weights)
         return module
 
 

@@ -10,6 +10,7 @@ models as package data (igptlib/models/); IGPT_MODELS_DIR names another folder (
     save_model(module, out, notes)         the same for a module in memory (igptlib.hf's imports)
     load_model(source)                     an ImageGPT module in eval mode, on the CPU
     model_dataset(source)                  the dataset it was trained on, where known
+    training_config(source)                how it was trained, and its weights' file, to train on from it
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from igptlib.config import RunConfig
+from igptlib.config import PRESETS, RunConfig, run_config
 from igptlib.lightning_module import ImageGPT, load_checkpoint
 from igptlib.model_files import CheckpointError, check_same_shapes, read_dataset, read_model_file, write_model_file
 from igptlib.train import find_run_folder
@@ -119,3 +120,26 @@ def load_model(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS
         return load_checkpoint(path)
     raise CheckpointError(f"{source!r} is neither a shipped model ({', '.join(shipped_models(models_dir)) or 'none yet'}) "
                           "nor a .safetensors or .ckpt file")
+
+
+def training_config(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> tuple[RunConfig, Path]:
+    """How a model was trained, and the file holding its weights, for a stage that trains on from it
+    (fine-tuning): a checkpoint's run folder's config.yaml; for a model file (a shipped name or a
+    .safetensors file), which keeps no run config, the first preset of its shape on its dataset."""
+    path = Path(models_dir) / f"{source}.safetensors" if str(source) in shipped_models(models_dir) else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no such checkpoint (expected a pre-trained run's .ckpt, a .safetensors "
+                                f"model or a shipped model's name: {', '.join(shipped_models(models_dir)) or 'none yet'})")
+    if path.suffix != ".safetensors":
+        run_dir = find_run_folder(path)
+        if run_dir is None:
+            raise ValueError(f"{path}: not in a run folder (expected a config.yaml beside it or one folder up)")
+        return RunConfig.load_yaml(run_dir / "config.yaml"), path
+    found = read_model_file(path)
+    shape = {name: getattr(found.config, name) for name in ("n_embd", "n_layer", "n_head")}
+    size = next((size for size, preset in PRESETS.items() if preset == shape), None)
+    if size is None or found.dataset is None:
+        raise CheckpointError(f"{path}: how it was trained is unknown (its shape {shape} is no preset's, or it does not "
+                              "say its dataset); train on from its run's .ckpt instead")
+    config = run_config(size, found.dataset, found.config.objective, n_px=found.config.n_px, clusters=found.config.vocab_size)
+    return config.replace(model=found.config.to_dict()), path
