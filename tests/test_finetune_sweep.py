@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from igptlib.config import RunConfig
+from igptlib.config import RunConfig, model_config
 from igptlib.finetune_sweep import finetune_sweep, sweep_configs
 from igptlib.report import finetune_sweep_section
 
@@ -51,3 +51,34 @@ def test_the_sweep_refuses_what_it_cannot_sweep(tiny_checkpoint, tmp_path):
     lone.write_bytes(tiny_checkpoint.read_bytes())
     with pytest.raises(ValueError, match="not in a run folder"):
         sweep_configs(lone)
+
+
+def test_a_model_file_fine_tunes_from_its_weights_with_its_presets_recipe(tiny_checkpoint, tmp_path):
+    from igptlib.config import run_config
+    from igptlib.lightning_module import ImageGPT
+    from igptlib.shipped import export_model
+
+    model_file = export_model(tiny_checkpoint, tmp_path / "tiny.safetensors")
+    configs = sweep_configs(model_file, lrs=[1e-3], steps=5)
+    config = configs[1e-3]
+    xs = run_config("xs", "mnist")
+    # A model file keeps no run config: its shape names the preset (xs) whose batch and data it gets.
+    assert config.train.init_from == str(model_file) and config.data.batch_size == xs.data.batch_size
+    assert config.model == RunConfig.load_yaml(tiny_checkpoint.parent.parent / "config.yaml").model
+    assert config.optim.finetune and config.optim.lr == 1e-3 and config.train.steps == 5
+
+    from_file, from_checkpoint = (ImageGPT.from_pretrained(path, config.optim) for path in (model_file, tiny_checkpoint))
+    assert from_file.state_dict().keys() == from_checkpoint.state_dict().keys()
+    assert all(torch.equal(from_file.state_dict()[name], tensor) for name, tensor in from_checkpoint.state_dict().items())
+    assert (from_file.palette == from_checkpoint.palette).all()
+
+
+def test_a_model_file_of_no_presets_shape_is_refused(tmp_path):
+    from igptlib.model import GPT
+    from igptlib.model_files import write_model_file
+
+    odd = model_config("xs", n_embd=32, n_head=1, vocab_size=16, n_px=28)
+    path = write_model_file(tmp_path / "odd.safetensors", odd, GPT(odd).state_dict(), torch.rand(16, 1).numpy(),
+                            dataset="mnist")
+    with pytest.raises(ValueError, match=r"how it was trained is unknown .*'n_embd': 32.*train on from its run's .ckpt"):
+        sweep_configs(path)
