@@ -17,7 +17,9 @@ It records the run for the report (--records) after each stage it finishes, so t
 session loses none, and goes on from wherever it stopped: a finished stage is skipped, a training
 stage resumes from its last checkpoint, and with --budget-minutes the running training stage stops
 at a checkpoint before the budget runs out (an evaluation starts only when the reserve it needs is
-left). The runs take hours: keep their folder (--runs) where it outlives a session.
+left). The runs take hours: keep their folder (--runs) where it outlives a session. A run whose
+record holds its classification is finished: it is skipped even where its run folder is gone (a
+fresh machine); any other run starts again from what its run folder holds.
 """
 from __future__ import annotations
 
@@ -172,11 +174,22 @@ def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: flo
     """
     from igptlib.records import record_run
 
+    def run_name(stage: Stage) -> str:
+        return stage.name.split()[1]
+
+    def recorded(name: str) -> bool:  # classified and recorded: not trained again where its run folder is gone
+        return records is not None and (Path(records) / name / "finetune" / "evaluation.json").exists()
+
     def record(stage: Stage) -> None:  # after every stage, so that a session's end loses no finished stage
         if records is not None:
-            print(f"ladder: recorded {record_run(Path(runs) / stage.name.split()[1], records=records)}", flush=True)
+            print(f"ladder: recorded {record_run(Path(runs) / run_name(stage), records=records)}", flush=True)
 
-    return run_stages(stages(runs, **plan), budget_minutes, reserve_minutes, after=record)
+    todo = stages(runs, **plan)
+    finished_runs = sorted({run_name(stage) for stage in todo if recorded(run_name(stage))})
+    if finished_runs:
+        print(f"ladder: finished and recorded in {records}, so skipped: {', '.join(finished_runs)}", flush=True)
+    todo = [stage for stage in todo if run_name(stage) not in finished_runs]
+    return run_stages(todo, budget_minutes, reserve_minutes, after=record)
 
 
 def run_stages(todo: list[Stage], budget_minutes: float | None = None, reserve_minutes: float = 20.0,

@@ -9,6 +9,7 @@ import torch
 from igptlib.comparison import checkpoints, comparison_section
 from igptlib.config import RunConfig
 from igptlib.ladder import ladder, stages
+from igptlib.records import record_run
 
 
 def tiny_plan(root: Path) -> dict:
@@ -64,6 +65,15 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     capsys.readouterr()
     assert ladder(runs, records=records, **plan)  # nothing left to do
     assert "every stage is done" in capsys.readouterr().out
+
+    # On a fresh machine, without the run folders, what the records show finished is not trained again;
+    # a run whose record stops short of its classification starts again.
+    shutil.rmtree(records / "ladder-xs-rotate" / "finetune")
+    fresh = tmp_path / "fresh-runs"
+    assert not ladder(fresh, budget_minutes=0.001, records=records, **plan)
+    assert "so skipped: ladder-xs, ladder-xs-bert, ladder-xs-noaug" in capsys.readouterr().out
+    assert [folder.name for folder in fresh.iterdir()] == ["ladder-xs-rotate"]
+    record_run(runs / "ladder-xs-rotate", records=records)
 
     # The report's model comparison, from the records alone (the tiny run stands in for each size).
     section = tmp_path / "section"
