@@ -96,8 +96,9 @@ def finetune_config(pretrained, init_from: Path, steps: int = FINETUNE["steps"])
         data=pretrained.data.replace(augment=FINETUNE["augment"]).to_dict(),
         optim=pretrained.optim.replace(finetune=True, lr=FINETUNE["lr"], warmup_steps=FINETUNE["warmup_steps"],
                                        schedule="cosine").to_dict(),
+        # test=False: the test split is read once, by the classify stage, never while choosing
         train=pretrained.train.replace(steps=steps, checkpoint_steps=[], val_every=min(FINETUNE["val_every"], steps),
-                                       init_from=str(init_from)).to_dict(),
+                                       init_from=str(init_from), test=False).to_dict(),
     )
 
 

@@ -66,6 +66,7 @@ def test_a_model_file_fine_tunes_from_its_weights_with_its_presets_recipe(tiny_c
     assert config.train.init_from == str(model_file) and config.data.batch_size == xs.data.batch_size
     assert config.model == RunConfig.load_yaml(tiny_checkpoint.parent.parent / "config.yaml").model
     assert config.optim.finetune and config.optim.lr == 1e-3 and config.train.steps == 5
+    assert xs.train.test and not config.train.test  # the sweep never reads the test split, whatever the preset says
 
     from_file, from_checkpoint = (ImageGPT.from_pretrained(path, config.optim) for path in (model_file, tiny_checkpoint))
     assert from_file.state_dict().keys() == from_checkpoint.state_dict().keys()
