@@ -11,6 +11,7 @@ cache, softmax, the draw, everything else, and the Python and dispatch between o
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from igptlib.bench import CPU, synchronize, time_breakdown
 from igptlib.config import DataConfig, model_config
 from igptlib.model import GPT
+from igptlib.records import describe_hardware
 from igptlib.sampling import _check_sampling, complete, sample_next, tokens_in_rows
 
 
@@ -84,6 +86,7 @@ def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: i
                  device: torch.device = CPU) -> dict:
     """Seconds to complete the bottom (n_px - rows) rows of `images` MNIST-shaped images (the default
     DataConfig's side and palette): cached, naive and, when transformers is installed, transformers' generate()."""
+    load_before = os.getloadavg()[0]  # other work on the cores shows here: a timing to discard
     torch.manual_seed(0)
     data = DataConfig()
     model = GPT(model_config(preset, vocab_size=data.clusters, n_px=data.n_px, norm="rms")).eval().to(device)
@@ -98,7 +101,7 @@ def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: i
         "preset": preset, "images": images, "samples": samples, "pixels_sampled": data.n_px ** 2 - keep,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "cached_s": cached, "naive_s": naive, "speedup": naive / cached,
-        "cached_profiled_seconds": profiled,
+        "cached_profiled_seconds": profiled, "hardware": describe_hardware(), "load_average_before": load_before,
     }
     if importlib.util.find_spec("transformers") is not None:
         from igptlib.hf import to_transformers
@@ -108,6 +111,7 @@ def bench_sample(preset: str = "xs", images: int = 1, samples: int = 16, rows: i
         result["transformers_s"] = _seconds(lambda: complete_transformers(theirs, tokens, keep, samples=samples),
                                             repeats, device)
         result["speedup_vs_transformers"] = result["transformers_s"] / cached
+    result["load_average_after"] = os.getloadavg()[0]
     return result
 
 
@@ -115,7 +119,8 @@ def print_report(result: dict) -> None:
     """bench_sample's figures, for the terminal."""
     print(
         f"complete {result['pixels_sampled']} pixels x {result['samples']} samples x {result['images']} image(s), "
-        f"preset {result['preset']}, on {result['device']}, {result['threads']} threads:\n"
+        f"preset {result['preset']}, on {result['hardware']} (load average {result['load_average_before']:.1f} before, "
+        f"{result['load_average_after']:.1f} after):\n"
         f"  KV-cache sampler  {result['cached_s']:8.3f} s\n"
         f"  naive sampler     {result['naive_s']:8.3f} s  (re-runs the whole sequence for every pixel)\n"
         f"  speedup           {result['speedup']:8.1f}x"

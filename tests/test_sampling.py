@@ -138,3 +138,5 @@ def test_the_sampling_benchmark_times_both_samplers_and_splits_a_pixels_time(cap
     print_report(result)
     printed = capsys.readouterr().out
     assert "ms per drawn pixel" in printed and "attention over the cache" in printed
+    # The machine and its load go with the figures: a timing beside other work is one to discard.
+    assert result["hardware"] in printed and result["load_average_before"] >= 0 and result["load_average_after"] >= 0
