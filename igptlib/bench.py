@@ -35,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from igptlib.config import ModelConfig, model_config
 from igptlib.model import GPT, ar_loss
+from igptlib.records import describe_hardware
 
 CPU = torch.device("cpu")
 
@@ -180,7 +181,7 @@ def bench_train(size: str, batch_size: int, steps: int, precision: str, referenc
         "size": size, "parameters": ours.num_parameters(), "batch_size": batch_size, "seq_len": config.seq_len,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "flops_per_step": flops_per_step, "matmul_flops_per_step": matmul_flops,
-        "attention_flops_per_step": attention_flops,
+        "attention_flops_per_step": attention_flops, "hardware": describe_hardware(),
         "load_average_before": os.getloadavg()[0],
     }
     runs = {f"ours ({precision}, SDPA)": training_step(ours, tokens, precision == "bf16")}

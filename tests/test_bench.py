@@ -48,6 +48,7 @@ def test_flops_split_into_weight_matmuls_and_attention():
 def test_bench_reports_where_each_models_time_goes(capsys):
     result = bench_train("xs", batch_size=2, steps=1, precision="bf16", reference=True, n_px=8, vocab_size=16, warmup=1)
     result["malloc"] = "default"
+    assert "torch threads" in result["hardware"] or " x " in result["hardware"]  # the CPU and threads, or the GPUs
     ours, reference = result["ours (bf16, SDPA)"], result["reference (float32, MHA + float mask)"]
     for row in (ours, reference):
         assert row["seconds_per_step"] > 0 and sum(row["profiled_seconds"].values()) > 0
