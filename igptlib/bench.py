@@ -34,33 +34,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from igptlib.config import ModelConfig, model_config
+from igptlib.device import CPU, matmul_gflops, synchronize
 from igptlib.model import GPT, ar_loss
 from igptlib.records import describe_hardware
-
-CPU = torch.device("cpu")
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the GPU's queued kernels, so that a wall-clock timer measures them (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_gflops(dtype: torch.dtype, n: int | None = None, repeats: int = 5, device: torch.device = CPU) -> float:
-    """Best-of-`repeats` GFLOP/s of an n x n matmul in `dtype` (2 n^3 FLOPs each); n defaults to
-    2048 on the CPU and 8192 on a GPU, whose peak a smaller product does not reach."""
-    n = n or (8192 if device.type == "cuda" else 2048)
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b  # warm-up: thread pool, kernel selection
-    synchronize(device)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * n**3 / best / 1e9
-
 
 def train_flops_per_token(config: ModelConfig) -> tuple[float, float]:
     """FLOPs of one training step per token, (weight matmuls, attention), by the module docstring's formula."""

@@ -115,7 +115,7 @@ def prepare_branch(parent: dict, parent_run_dir: Path, at_step: int, run_dir: Pa
 
 def _train_and_test(record: dict, config, run_dir: Path, threads: int | None, started: float, resume: bool) -> dict:
     """Train until the budget (counted from `started`) or the last step, then test the final weights."""
-    from igptlib.bench import matmul_gflops
+    from igptlib.device import matmul_gflops
     from igptlib.data import PixelDataModule
     from igptlib.metrics import likelihood
     from igptlib.lightning_module import load_checkpoint

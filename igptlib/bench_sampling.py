@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from igptlib.bench import CPU, synchronize, time_breakdown
+from igptlib.bench import time_breakdown
 from igptlib.config import DataConfig, model_config
+from igptlib.device import CPU, synchronize
 from igptlib.model import GPT
 from igptlib.records import describe_hardware
 from igptlib.sampling import _check_sampling, complete, sample_next, tokens_in_rows

@@ -356,7 +356,7 @@ class TrainConfig(Config):
     save_every: int = 1000  # steps between refreshes of checkpoints/last.ckpt
     checkpoint_steps: list[int] = dataclasses.field(default_factory=lambda: list(PAPER_CHECKPOINT_STEPS))  # kept as step-N.ckpt
     test: bool = True  # evaluate the best checkpoint on the test split at the end
-    precision: str = "bf16-mixed"  # Lightning's precision; bf16 autocast is also the fast path on CPUs
+    precision: str = "bf16-mixed"  # Lightning's precision; bf16 autocast where it is faster (train() falls back where it is not)
     accelerator: str = "auto"  # the device: auto (the GPU when there is one), cpu or cuda
     devices: int | str = "auto"  # per node; with strategy "ddp", one process each
     strategy: str = "auto"  # auto, ddp, ...

@@ -142,6 +142,7 @@ def result(record: dict, model: dict | None = None) -> dict:
         "batch_size": config.data.batch_size if config else None,
         "steps": metrics.get("global_step"),
         "training_minutes": _minutes(record["folder"]),
+        "training_precision": metrics.get("precision"),  # recorded since train() chooses it per CPU
         "finetune_steps": (record["finetune_metrics"] or {}).get("global_step"),
         "finetune_minutes": _minutes(record["folder"] / "finetune") if record["finetune_metrics"] else None,
         "hardware": record["about"].get("hardware") or metrics.get("hardware") or notes.get("hardware"),
@@ -192,10 +193,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+TRAINING_PRECISIONS = {"bf16-mixed": "bfloat16 autocast", "32-true": "float32", "16-mixed": "float16 autocast"}
+
+
 def _trained(entry: dict) -> str:
     if not entry["training_record"]:
         return "training record not preserved"
     text = f"{entry['steps']} steps, {_number(entry['training_minutes'], 1)} min"
+    if entry["training_precision"]:
+        text += f" ({TRAINING_PRECISIONS.get(entry['training_precision'], entry['training_precision'])})"
     if entry["finetune_steps"] is not None:
         text += f"; fine-tuned {entry['finetune_steps']} steps, {_number(entry['finetune_minutes'], 1)} min"
     return text

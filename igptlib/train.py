@@ -32,7 +32,7 @@ import yaml
 from torch.utils.data import default_collate
 
 from igptlib.config import RunConfig
-from igptlib.device import bf16_on_gpu, lightning_accelerator
+from igptlib.device import bf16_faster_on_cpu, bf16_on_gpu, lightning_accelerator
 from igptlib.records import describe_hardware
 from igptlib.model_files import check_checkpoint
 from igptlib.lightning_module import ImageGPT, decay_start
@@ -310,6 +310,9 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     if accelerator == "gpu" and precision == "bf16-mixed" and not bf16_on_gpu(torch.device("cuda")):
         precision = "16-mixed"  # a GPU without bfloat16 units (a T4) only emulates it, slowly
         print("this GPU computes bfloat16 only by emulation: training in float16 autocast (16-mixed) instead")
+    if accelerator == "cpu" and precision == "bf16-mixed" and not bf16_faster_on_cpu():
+        precision = "32-true"  # autocast would only add conversions around slower kernels
+        print("this CPU multiplies bfloat16 more slowly than float32: training in float32 (32-true) instead")
     ckpt_path, step = None, 0
     if first_process():
         _check_folder(run_dir, resume)
@@ -371,6 +374,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             "stopped_early": bool(early and early.wait_count >= early.patience),
             "parameters": module.model.num_parameters(),
             "hardware": describe_hardware(),  # the run's record says what it trained on
+            "precision": precision,  # the one it trained in, which the config's may not be
             "best_checkpoint": best.best_model_path or None,
             f"best_{monitor.replace('/', '_')}": None if best.best_model_score is None else float(best.best_model_score),
             "final": {k: float(v) for k, v in trainer.callback_metrics.items()},

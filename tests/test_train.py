@@ -132,6 +132,18 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes_as_if_never_sto
     assert (tmp_path / "straight/checkpoints/step-3.ckpt").exists()
 
 
+@pytest.mark.parametrize("bf16_faster", [True, False])
+def test_bf16_autocast_on_a_cpu_only_where_it_is_the_faster_and_the_run_records_which(
+        data_root, tmp_path, monkeypatch, capsys, bf16_faster):
+    # Which a CPU is cannot be chosen here: the measurement's answer is, so that both branches run.
+    monkeypatch.setattr(sys.modules["igptlib.train"], "bf16_faster_on_cpu", lambda: bf16_faster)
+    metrics = train(smoke_config(data_root, steps=2, precision="bf16-mixed"), tmp_path / "run")
+    expected = "bf16-mixed" if bf16_faster else "32-true"
+    assert metrics["precision"] == expected
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["precision"] == expected
+    assert ("training in float32 (32-true) instead" in capsys.readouterr().out) is not bf16_faster
+
+
 def test_the_convergence_curve_records_every_validation_against_wall_minutes(data_root, tmp_path):
     import time
 
