@@ -8,6 +8,7 @@ import torch
 
 from igptlib.comparison import checkpoints, comparison_section
 from igptlib.config import RunConfig
+from igptlib.device import bf16_faster_on_cpu
 from igptlib.ladder import ladder, stages
 from igptlib.records import record_run
 
@@ -45,6 +46,7 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
         assert early["checkpoint"].endswith("step-2.ckpt") and "completion" not in early
         assert final["likelihood"]["nats_per_pixel"] > 0 and final["completion"]["images"] == 8
         assert set(final["probes"]["test_accuracy"]) == {"0", "1"}  # the embeddings and the one block
+        assert final["precision"] == ("bf16" if bf16_faster_on_cpu() else "32")  # this CPU's faster one
         tuned = json.loads((folder / "finetune/evaluation.json").read_text())
         assert 0 <= tuned["classification"]["accuracy"] <= 1
         assert (records / name / "finetune" / "evaluation.json").exists()
