@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from igptlib.config import ConfigError, RunConfig, apply_overrides, read_json, run_config
+from igptlib.config import PRECISION_WORDS, ConfigError, RunConfig, apply_overrides, read_json, run_config
 from igptlib.lightning_module import decay_start
 
 TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
@@ -134,7 +134,8 @@ def _train_and_test(record: dict, config, run_dir: Path, threads: int | None, st
     budget = record["budget_minutes"] * 60 - (time.perf_counter() - started)
     metrics = train(config, run_dir, resume=resume, callbacks=[curve], budget_seconds=budget)
     record["training"] = {"minutes": round((time.perf_counter() - started) / 60, 2), "steps": metrics["global_step"],
-                          "stopped_by_budget": metrics["stopped_by_budget"], "parameters": metrics["parameters"]}
+                          "stopped_by_budget": metrics["stopped_by_budget"], "parameters": metrics["parameters"],
+                          "precision": metrics["precision"]}
     record["machine"]["load_average_after_training"] = os.getloadavg()
     record["curve"] = curve.points
     record["checkpoint_minutes"] = curve.kept_minutes
@@ -180,12 +181,20 @@ def _minutes(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.1f}"
 
 
+def _machine(record: dict) -> str:
+    """The CPU and the precision a record trained in (records from before train() chose the precision
+    per CPU, and before the hardware was named so, trained in their config's on an AMD EPYC)."""
+    hardware = record["machine"].get("hardware") or record["machine"]["cpu"]
+    precision = record["training"].get("precision") or record["config"]["train"]["precision"]
+    return f"{hardware.split(',')[0]}, {PRECISION_WORDS[precision]}"
+
+
 def converge_table(records: list[dict]) -> str:
     """A Markdown table of the recorded recipes: shape, batch, steps, minutes to the targets, test value."""
     lines = [
         "| recipe | width/layers/heads | parameters | batch | schedule | steps | training min | "
-        + " | ".join(f"min to {t} (validation)" for t in TARGETS) + " | test nats/px (final model) | load average before |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(TARGETS) + "---|---|",
+        + " | ".join(f"min to {t} (validation)" for t in TARGETS) + " | test nats/px (final model) | machine, training precision | load average before |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(TARGETS) + "---|---|---|",
     ]
     for r in records:
         m, d, o = r["config"]["model"], r["config"]["data"], r["config"]["optim"]
@@ -195,7 +204,7 @@ def converge_table(records: list[dict]) -> str:
             f"{m['n_embd']}/{m['n_layer']}/{m['n_head']}", f"{r['training']['parameters'] / 1e6:.2f}M",
             str(d["batch_size"]), f"{o['schedule']}, lr {o['lr']:g}", str(r["training"]["steps"]),
             f"{r['training']['minutes']:.1f}", *(_minutes(r["minutes_to"][str(t)]) for t in TARGETS),
-            f"{r['test']['nats_per_pixel']:.4f}", f"{r['machine']['load_average_before'][0]:.1f} |",
+            f"{r['test']['nats_per_pixel']:.4f}", _machine(r), f"{r['machine']['load_average_before'][0]:.1f} |",
         ]))
     return "\n".join(lines)
 

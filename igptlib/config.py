@@ -343,6 +343,8 @@ class OptimConfig(Config):
 
 DEVICES = ("auto", "cpu", "cuda")  # where a model runs: igptlib.device resolves the choice
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+PRECISION_WORDS = {"32-true": "float32", "bf16-mixed": "bfloat16 autocast", "16-mixed": "float16 autocast",
+                   "bf16-true": "bfloat16", "64-true": "float64"}
 PAPER_CHECKPOINT_STEPS = [131000, 262000, 524000]
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from igptlib import plots
 from igptlib.comparison import comparison_section
-from igptlib.config import PRESETS, RunConfig, read_json
+from igptlib.config import PRECISION_WORDS, PRESETS, RunConfig, read_json
 from igptlib.records import RECORDS, SHIPPED_PREFIX, made_by_finetuning, record_run, shipped_record, training_seconds
 
 RESULTS_BEGIN = "<!-- results: written by `igpt report` from report/results.json; do not edit by hand -->"
@@ -193,15 +193,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in rows)]
 
 
-TRAINING_PRECISIONS = {"bf16-mixed": "bfloat16 autocast", "32-true": "float32", "16-mixed": "float16 autocast"}
-
-
 def _trained(entry: dict) -> str:
     if not entry["training_record"]:
         return "training record not preserved"
     text = f"{entry['steps']} steps, {_number(entry['training_minutes'], 1)} min"
     if entry["training_precision"]:
-        text += f" ({TRAINING_PRECISIONS.get(entry['training_precision'], entry['training_precision'])})"
+        text += f" ({PRECISION_WORDS[entry['training_precision']]})"
     if entry["finetune_steps"] is not None:
         text += f"; fine-tuned {entry['finetune_steps']} steps, {_number(entry['finetune_minutes'], 1)} min"
     return text

@@ -162,14 +162,16 @@ def test_the_convergence_curve_records_every_validation_against_wall_minutes(dat
 
     config = smoke_config(data_root)
     record = {"name": "tiny", "config": config.to_dict(), "curve": curve.points, "minutes_to": {"0.32": None, "0.31": None},
-              "training": {"parameters": 1000, "steps": 6, "minutes": 0.1},
-              "test": {"nats_per_pixel": curve.points[-1]["val_nats_per_pixel"]}, "machine": {"load_average_before": [0.5]}}
+              "training": {"parameters": 1000, "steps": 6, "minutes": 0.1, "precision": "32-true"},
+              "test": {"nats_per_pixel": curve.points[-1]["val_nats_per_pixel"]},
+              "machine": {"hardware": "Some CPU, 2 cores", "load_average_before": [0.5]}}
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{README_START}\nold table\n{README_END}\nafter\n")
     assert write_readme_section([record], readme)
     text = readme.read_text()
     assert text.startswith(f"before\n{README_START}\n| recipe |") and text.endswith(f"{README_END}\nafter\n")
     assert "old table" not in text and "| `tiny` | 32/1/2 |" in text and "not reached" in text
+    assert "| Some CPU, float32 |" in text
     (tmp_path / "other.md").write_text("no markers\n")
     assert not write_readme_section([record], tmp_path / "other.md")
 
