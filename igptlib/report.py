@@ -336,12 +336,20 @@ def _logged(folder: Path) -> bool:
     return any(folder.glob("logs/csv/version_*/metrics.csv"))
 
 
+def _stage_folder(record: dict, stage: str) -> Path | None:
+    """The folder of a record's pre-training ("") or fine-tuning ("finetune") run: a record of a
+    fine-tuning run alone (`igpt classifier`) holds its fine-tuning at the top and no pre-training."""
+    if record["config"] is not None and record["config"].optim.finetune:
+        return record["folder"] if stage == "finetune" else None
+    return record["folder"] / stage
+
+
 def _curves(record: dict, figures: Path, prefix: str) -> list[tuple[str, str]]:
     """Loss curves of a record's pre-training and fine-tuning, drawn from its CSV logs."""
     shown = []
     for stage, caption in (("", "pre-training loss"), ("finetune", "fine-tuning loss (L_GEN + L_CLF)")):
-        folder = record["folder"] / stage
-        if _logged(folder):
+        folder = _stage_folder(record, stage)
+        if folder is not None and _logged(folder):
             fig = plots.loss_curves(folder, title=f"{record['name']}: {caption}")
             name = f"{record['name']}_{'finetuning' if stage else 'pretraining'}_loss"
             shown.append((caption, prefix + plots.save_figure(fig, name, figures, close=True).name))
@@ -370,8 +378,9 @@ def comparisons(records: list[dict], figures: Path) -> list[tuple[str, str]]:
             ("classification validation loss (fine-tuning)", "finetune", "val/clf_loss", False),
             ("classification validation accuracy (fine-tuning)", "finetune", "val/acc", False),
         ]:
-            runs = {r["name"]: r["folder"] / stage for r in mine if not (ar_only and r["config"].model.objective != "ar")
-                    and _logged(r["folder"] / stage) and metric in plots.read_metrics_csv(r["folder"] / stage)}
+            folders = {r["name"]: _stage_folder(r, stage) for r in mine if not (ar_only and r["config"].model.objective != "ar")}
+            runs = {name: folder for name, folder in folders.items()
+                    if folder is not None and _logged(folder) and metric in plots.read_metrics_csv(folder)}
             if len(runs) < 2:  # a comparison needs two curves
                 continue
             fig = plots.comparison_curves(runs, metric, title=f"{dataset}: {caption}")

@@ -162,7 +162,7 @@ def test_the_committed_report_is_rebuilt_byte_for_byte_without_run_folders(tmp_p
     assert shipped == {f"models/{p.name}" for p in (REPO / "models").glob("*.safetensors")}, "every shipped model has a row"
 
 
-def test_the_likelihood_comparison_leaves_out_bert_runs(tmp_path, monkeypatch):
+def test_the_likelihood_comparison_leaves_out_bert_runs_and_fine_tuning_runs(tmp_path, monkeypatch):
     # A BERT run logs val/nats_per_pixel over its masked pixels only, which is no likelihood.
     from igptlib import plots, report
 
@@ -173,11 +173,15 @@ def test_the_likelihood_comparison_leaves_out_bert_runs(tmp_path, monkeypatch):
         return draw(runs, metric, **options)
 
     monkeypatch.setattr(plots, "comparison_curves", drawing)
-    records = [report.read_record(REPO / "report" / "runs" / name) for name in ("ladder-cpu-s", "ladder-cpu-s-noaug", "ladder-cpu-s-bert")]
+    names = ("ladder-cpu-s", "ladder-cpu-s-noaug", "ladder-cpu-s-bert", "classifier-mnist")
+    records = [report.read_record(REPO / "report" / "runs" / name) for name in names]
     assert records[2]["config"].model.objective == "bert"
     report.comparisons(records, tmp_path)
+    # Nor does a fine-tuning run recorded alone (`igpt classifier`), whose logs are its fine-tuning's.
+    assert records[3]["config"].optim.finetune
     assert set(drawn["val/nats_per_pixel"]) == {"ladder-cpu-s", "ladder-cpu-s-noaug"}
-    assert set(drawn["val/acc"]) == {"ladder-cpu-s", "ladder-cpu-s-noaug", "ladder-cpu-s-bert"}
+    assert set(drawn["val/acc"]) == set(names)
+    assert drawn["val/acc"]["classifier-mnist"] == records[3]["folder"]
 
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
