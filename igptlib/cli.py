@@ -501,7 +501,7 @@ def run_bench_converge(args) -> None:
     print(f"{args.name}: {record['training']['steps']} steps in {record['training']['minutes']:.1f} min; "
           f"test {test:.4f} nats/px ({record['test']['images']} images, float32)")
     for target, minutes in record["minutes_to"].items():
-        print(f"  validation reached {target} nats/px: {'never' if minutes is None else f'after {minutes:.1f} min'}")
+        print(f"  reached {target} nats/px (validation, else the final test): {'never' if minutes is None else f'after {minutes:.1f} min'}")
     print(f"  record: {path}\n  plot: {figure}")
 
 

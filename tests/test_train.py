@@ -156,6 +156,11 @@ def test_the_convergence_curve_records_every_validation_against_wall_minutes(dat
     assert all(0 < p["val_nats_per_pixel"] < 3 for p in curve.points)
     best = min(p["val_nats_per_pixel"] for p in curve.points)
     assert minutes_to(curve.points, best) is not None and minutes_to(curve.points, best / 2) is None
+    # Failing every validation, the final model's test value at the end of training counts.
+    end = curve.points[-1]["minutes"] + 0.1
+    assert minutes_to(curve.points, best / 2, final=(end, best / 3)) == end
+    assert minutes_to(curve.points, best / 2, final=(end, best)) is None
+    assert minutes_to(curve.points, best, final=(end, 0.0)) == minutes_to(curve.points, best)
 
     # The README's table is rewritten between its markers, and nothing around them changes.
     from igptlib.bench_converge import README_END, README_START, write_readme_section
