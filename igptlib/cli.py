@@ -307,14 +307,16 @@ def run_complete(args) -> None:
 def run_robustness(args) -> None:
     from igptlib.datasets import load_split
     from igptlib.judge import digit_classifier
-    from igptlib.robustness import measure_into
+    from igptlib.robustness import measure_into, weights_digest
     from igptlib.shipped import load_model, model_dataset, model_name
 
     generator, classifier = load_model(args.model), load_model(args.classifier)
     dataset = model_dataset(args.model) or "mnist"
     images, labels = load_split(dataset, args.root, train=False)
     judge, judge_info = digit_classifier(args.root, dataset, progress=True)
-    record = {"model": model_name(args.model), "classifier": model_name(args.classifier), "dataset": dataset,
+    record = {"model": model_name(args.model), "classifier": model_name(args.classifier),
+              "model_weights": weights_digest(generator.model), "classifier_weights": weights_digest(classifier.model),
+              "dataset": dataset,
               "images": min(args.images, len(images)), "samples": args.samples, "seed": args.seed, "judge": judge_info,
               "command": " ".join(args.invocation)}
     out = Path(args.out or f"report/runs/robustness-{record['model']}/robustness.json")

@@ -17,6 +17,7 @@ the inversion and the turn that undo the transform?) is counted beside them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -38,8 +39,9 @@ TRANSFORMS = {  # name: (inverted, degrees anticlockwise)
 }
 # The table's rows: every transform with the handling off, then on.
 PLAN = [(name, handling) for name in TRANSFORMS for handling in (False, True)]
-# What a table was measured with: a record of other settings is never extended.
-SETTINGS = ("model", "classifier", "dataset", "images", "samples", "seed")
+# What a table was measured with: a record of other settings is never extended. A shipped model's
+# name stays when a better one replaces it: the weights' digests tell the two apart.
+SETTINGS = ("model", "classifier", "model_weights", "classifier_weights", "dataset", "images", "samples", "seed")
 # Quarter turns anticlockwise (torch.rot90's k) as `igpt complete --turn` and the explorer name them.
 QUARTER_TURNS = {0: "none", 1: "90° anticlockwise", 2: "180°", 3: "90° clockwise"}
 # The rotations the orientation handling may undo: every quarter turn, each with small corrections.
@@ -133,6 +135,15 @@ def measure(generator, classifier, judge, images: torch.Tensor, labels: torch.Te
                             for chunk in encode(shown, classifier.palette).split(256)])
     row["classification_accuracy"] = float((logits.argmax(dim=-1) == labels).float().mean())
     return row
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """The SHA-256 of a model's weights, names and values: the same for every file that holds them."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def measure_into(out: Path, record: dict, generator, classifier, judge, images: torch.Tensor, labels: torch.Tensor,

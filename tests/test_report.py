@@ -173,7 +173,7 @@ def test_the_likelihood_comparison_leaves_out_bert_runs_and_fine_tuning_runs(tmp
         return draw(runs, metric, **options)
 
     monkeypatch.setattr(plots, "comparison_curves", drawing)
-    names = ("ladder-cpu-s", "ladder-cpu-s-noaug", "ladder-cpu-s-bert", "classifier-mnist")
+    names = ("ladder-cpu-s", "ladder-cpu-s-noaug", "ladder-cpu-s-bert", "shipped-mnist-classifier")
     records = [report.read_record(REPO / "report" / "runs" / name) for name in names]
     assert records[2]["config"].model.objective == "bert"
     report.comparisons(records, tmp_path)
@@ -181,7 +181,7 @@ def test_the_likelihood_comparison_leaves_out_bert_runs_and_fine_tuning_runs(tmp
     assert records[3]["config"].optim.finetune
     assert set(drawn["val/nats_per_pixel"]) == {"ladder-cpu-s", "ladder-cpu-s-noaug"}
     assert set(drawn["val/acc"]) == set(names)
-    assert drawn["val/acc"]["classifier-mnist"] == records[3]["folder"]
+    assert drawn["val/acc"]["shipped-mnist-classifier"] == records[3]["folder"]
 
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")

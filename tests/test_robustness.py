@@ -1,11 +1,13 @@
 """Inverted and rotated digits, on real MNIST test images and the shipped models."""
+import shutil
+
 import pytest
 import torch
 
 from igptlib.datasets import load_split
 from igptlib.judge import digit_classifier
 from igptlib.robustness import ORIENTATIONS, TRANSFORMS, detect_inversion, handle, measure, rotation_nats, transform, turn_upright
-from igptlib.shipped import load_model
+from igptlib.shipped import load_model, shipped_path
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,12 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     table = json.loads(out.read_text())
     assert table["complete"] and table["rows"][0] == partial["rows"][0]
     assert main([*command[:-2], "--samples", "2", "--out", str(out)]) == 2
+    assert "holds a table of other settings" in capsys.readouterr().err and json.loads(out.read_text()) == table
+    # Nor does a classifier of the same name with other weights (a shipped model replaced by a better one).
+    impostor = tmp_path / "elsewhere" / "mnist-classifier.safetensors"
+    impostor.parent.mkdir()
+    shutil.copyfile(shipped_path("mnist"), impostor)
+    assert main([*command, "--classifier", str(impostor)]) == 2
     assert "holds a table of other settings" in capsys.readouterr().err and json.loads(out.read_text()) == table
     assert [(row["transform"], row["handling"]) for row in table["rows"]] == [
         (name, handling) for name in TRANSFORMS for handling in (False, True)]
