@@ -214,7 +214,7 @@ def converge_table(records: list[dict]) -> str:
                                   if "branch" in r else ""),
             f"{m['n_embd']}/{m['n_layer']}/{m['n_head']}", f"{r['training']['parameters'] / 1e6:.2f}M",
             str(d["batch_size"]), f"{o['schedule']}, lr {o['lr']:g}", str(r["training"]["steps"]),
-            f"{r['training']['minutes']:.1f}", *(_minutes(minutes_to_targets(r)[str(t)]) for t in TARGETS),
+            f"{r['training']['minutes']:.1f}", *map(_minutes, minutes_to_targets(r).values()),
             f"{r['test']['nats_per_pixel']:.4f}", _machine(r), f"{r['machine']['load_average_before'][0]:.1f} |",
         ]))
     return "\n".join(lines)
