@@ -411,6 +411,7 @@ def robustness_section(records: Path, figures: Path) -> list[str]:
                   f"known transform is undone; `{table['command']}` ({table['seconds'] / 60:.0f} min).", ""]
         lines += _table(["transform", "handling", "completion class agreement", "pixel agreement", "classifier accuracy",
                          "handling undid the inversion", "handling undid the rotation"], rows) + [""]
+        lines += wrong_turns(table)
     lines += robustness_side_by_side(tables, figures)
     if lines:
         lines = ["## Inverted and rotated digits", "",
@@ -419,6 +420,19 @@ def robustness_section(records: Path, figures: Path) -> list[str]:
                  "most likely (a quarter turn and a correction of up to 30 degrees) before completing; off, it sees "
                  "the image as it is.", "", *lines]
     return lines
+
+
+def wrong_turns(table: dict) -> list[str]:
+    """How many images the orientation handling turned wrongly, per transform and true digit (tables
+    measured before this was counted have none)."""
+    handled = [row for row in table["rows"] if row["handling"] and "turned_wrongly_by_digit" in row]
+    if not handled:
+        return []
+    rows = [[row["transform"], *map(str, row["turned_wrongly_by_digit"]), str(sum(row["turned_wrongly_by_digit"]))]
+            for row in handled]
+    digits = [str(digit) for digit in range(len(handled[0]["turned_wrongly_by_digit"]))]
+    return [f"Images the handling turned wrongly, by true digit (of {handled[0]['images']} per transform):", "",
+            *_table(["transform", *digits, "all"], rows), ""]
 
 
 def robustness_side_by_side(tables: list[dict], figures: Path) -> list[str]:

@@ -115,7 +115,11 @@ def measure(generator, classifier, judge, images: torch.Tensor, labels: torch.Te
     if handling:
         shown, undo_inversion, undo_degrees = handle(model, palette, shown)
         row["inversion_detected_right"] = float((undo_inversion == inverted).float().mean())
-        row["rotation_chosen_right"] = float(((undo_degrees - degrees) % 360 == 0).float().mean())
+        turned_wrongly = (undo_degrees - degrees) % 360 != 0
+        row["rotation_chosen_right"] = float((~turned_wrongly).float().mean())
+        # Which digits it turns wrongly says whether a wrong turn matters: a 0, 1 or 8 turned half
+        # round is still itself, a 6 is a 9.
+        row["turned_wrongly_by_digit"] = torch.bincount(labels[turned_wrongly], minlength=10).tolist()
         # What is left of the transform after the handling: undone below, before the judge reads a completion.
         undo_inversion = undo_inversion != inverted
         undo_degrees = degrees - undo_degrees

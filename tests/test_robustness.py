@@ -61,6 +61,10 @@ def test_a_row_of_the_table_measures_completion_and_classification(mnist_root, t
     on = measure(generator, classifier, judge, images, labels, "inverted", handling=True, samples=1)
     assert set(TRANSFORMS) >= {off["transform"]} and off["images"] == 6 and "inversion_detected_right" not in off
     assert on["inversion_detected_right"] == 1.0  # MNIST's black border turns white: the rule cannot miss it
+    # Its wrong turns are counted per true digit, and are exactly the images it did not turn right.
+    wrong = on["turned_wrongly_by_digit"]
+    assert len(wrong) == 10 and sum(wrong) == round((1 - on["rotation_chosen_right"]) * len(images))
+    assert all(count <= int((labels == digit).sum()) for digit, count in enumerate(wrong))
     for row in (off, on):
         assert all(0 <= row[key] <= 1 for key in ("class_agreement", "pixel_agreement", "classification_accuracy"))
     # Undoing a detected inversion gives the classifier back the digits it was trained on.
@@ -104,7 +108,12 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     # The report's table is read from the record the command wrote.
     lines = robustness_section(tmp_path, tmp_path / "figures")
     assert lines[0] == "## Inverted and rotated digits" and "### `mnist` completing, `mnist-classifier` classifying" in lines
-    assert sum(line.startswith("| turned 90° |") for line in lines) == 2
+    assert sum(line.startswith("| turned 90° |") for line in lines) == 3  # off, on, and its wrong turns
+    wrong_turns = lines[lines.index("Images the handling turned wrongly, by true digit (of 2 per transform):"):]
+    assert wrong_turns[2] == "| transform | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | all |"
+    counted = next(line for line in wrong_turns if line.startswith("| turned 90° |")).strip("| ").split(" | ")
+    on_90 = next(row for row in table["rows"] if row["transform"] == "turned 90°" and row["handling"])
+    assert [int(n) for n in counted[1:]] == [*on_90["turned_wrongly_by_digit"], sum(on_90["turned_wrongly_by_digit"])]
     assert not any(line.startswith("### Side by side") for line in lines)  # one model: nothing to set beside it
 
     # A twin measured on the same images is set beside it, column by column; one measured on other
