@@ -146,7 +146,7 @@ def conclusions(runs: dict[str, dict]) -> list[str]:
     if not said:
         return ["- No ladder run is finished yet.", *pending]
     if len(finished) < len(SIZES):
-        return said + pending + [f"- Only {', '.join(SIZES[n] for n in finished)} finished so far: no conclusion about size yet."]
+        return said + pending + [f"- Only {' and '.join(SIZES[n] for n in finished)} finished so far: no conclusion about size yet."]
     led_by_l = leaders.count("ladder-cpu-l")
     verdict = ("agrees with" if led_by_l == len(leaders) else "differs in part from" if led_by_l else "differs from")
     return said + [f"- The seed concluded that {SEED_CONCLUSION}. Here L leads on {led_by_l} of {len(leaders)} "

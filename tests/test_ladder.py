@@ -109,5 +109,5 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     shutil.rmtree(section / "runs/ladder-cpu-l/finetune")
     text = "\n".join(comparison_section(section / "runs", section / "figures"))
     assert "- L is not finished (evaluated to step 2, not yet fine-tuned): it joins these comparisons once it is." in text
-    assert "- Only S, M finished so far: no conclusion about size yet." in text and "Here L leads" not in text
+    assert "- Only S and M finished so far: no conclusion about size yet." in text and "Here L leads" not in text
     assert "against M " in text and "against L " not in text
