@@ -487,13 +487,16 @@ def finetune_sweep_section(records: Path) -> list[str]:
     return lines
 
 
-def _config_summary(config: RunConfig) -> str:
+def _config_summary(config: RunConfig, trained_in: str | None = None) -> str:
+    """The config in four lines; `trained_in`, the precision train() chose, is said where it differs
+    from the config's (bfloat16 asked on a CPU where it is the slower)."""
     d, m, o, t = config.data, config.model, config.optim, config.train
+    precision = t.precision if trained_in in (None, t.precision) else f"{t.precision} asked, trained in {trained_in} (the faster there)"
     return "\n".join([
         f"data: {d.dataset}, {d.n_px}x{d.n_px}, {d.clusters} colours, augment {d.augment}, batch {d.batch_size}, seed {d.seed}",
         f"model: width {m.n_embd}, {m.n_layer} layers, {m.n_head} heads, objective {m.objective}",
         f"optim: lr {o.lr}, warm-up {o.warmup_steps}, {o.schedule} decay",
-        f"train: {t.steps} steps, precision {t.precision}",
+        f"train: {t.steps} steps, precision {precision}",
     ])
 
 
@@ -556,7 +559,7 @@ def build_report(runs: str | Path | None = "runs", out: str | Path = "report", m
             if model is not None:
                 lines += [f"The shipped model `{entry['model_file']}`; its card: [models/{_model_name(entry)}.md](models/{_model_name(entry)}.md).", ""]
             if record["config"]:
-                lines += ["```yaml", _config_summary(record["config"]), "```", ""]
+                lines += ["```yaml", _config_summary(record["config"], entry["training_precision"]), "```", ""]
             lines += _figure_lines(_curves(record, figures, "figures/") + _record_figures(record, f"runs/{record['name']}"))
     cards = write_model_cards(entries, pairs, out)
     if cards:
@@ -650,7 +653,7 @@ def model_card(entry: dict, record: dict, model: dict, figures: list[tuple[str, 
            "what follows about its training is what the model file's metadata says."),
     ]
     if record["config"]:
-        lines += ["", "```yaml", _config_summary(record["config"]), "```"]
+        lines += ["", "```yaml", _config_summary(record["config"], entry["training_precision"]), "```"]
     lines += ["", "## How it was made", "", "```sh", *(entry["commands"] or ["not recorded"]), "```", "",
               "## Test results", "", *_measures(entry), "",
               "Re-measure it from the committed model file (this rewrites its record, then the report and this card):", "",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from igptlib.cli import main
+from igptlib.config import RunConfig
 from igptlib.records import training_seconds
 from igptlib.report import build_report
 from igptlib.shipped import export_model
@@ -71,6 +72,10 @@ def test_a_run_is_recorded_and_the_report_reads_only_the_record(evaluated_run, t
     assert f"| `tiny` | mnist | 32 | float32 | {evaluation['likelihood']['nats_per_pixel']:.4f} |" in text
     assert f"| {finetuned['classification']['kappa']:.4f} |" in text
     assert "![linear probe accuracy per layer](runs/tiny/figures/linear_probes.png)" in text
+    # The config block says the precision train() chose where it is not the config's (bfloat16 on a CPU where it is slower).
+    asked = RunConfig.load_yaml(evaluated_run / "config.yaml").train.precision
+    said = asked if metrics["precision"] == asked else f"{asked} asked, trained in {metrics['precision']} (the faster there)"
+    assert f"train: {metrics['global_step']} steps, precision {said}\n" in text
 
     # Without the run folder, the records alone give the same report, byte for byte.
     built = files(report)
