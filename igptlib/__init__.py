@@ -42,6 +42,6 @@ from igptlib.quantize import (
 )
 from igptlib.sampling import complete, complete_masked, generate, keep_from_mask, tokens_in_rows
 from igptlib.shipped import export_model, load_model, shipped_models
-from igptlib.train import TrainBatches, reuse_freed_memory, train
+from igptlib.train import TrainBatches, freed_memory_reused, train
 
 __version__ = "0.1.0"

@@ -7,6 +7,7 @@ field's type, choices, default and help are written once, in igptlib/config.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -459,15 +460,15 @@ def run_bench_train(args) -> None:
     import torch
 
     from igptlib.bench import bench_train, print_report
-    from igptlib.train import reuse_freed_memory
+    from igptlib.train import freed_memory_reused
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.malloc == "reuse":
-        reuse_freed_memory()  # process-wide: the reference profits as much as ours
-    result = bench_train(size=args.size, batch_size=args.batch_size, steps=args.steps, precision=args.precision,
-                         reference=args.reference, n_px=args.n_px, vocab_size=args.vocab_size, warmup=args.warmup,
-                         device=resolve_device(args.device))
+    # process-wide: the reference profits as much as ours
+    with freed_memory_reused() if args.malloc == "reuse" else contextlib.nullcontext():
+        result = bench_train(size=args.size, batch_size=args.batch_size, steps=args.steps, precision=args.precision,
+                             reference=args.reference, n_px=args.n_px, vocab_size=args.vocab_size, warmup=args.warmup,
+                             device=resolve_device(args.device))
     result["malloc"] = args.malloc
     print_report(result, args.precision)
     if args.json:

@@ -16,6 +16,7 @@ Lightning's DDP, chosen with --devices, --strategy ddp and --num-nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -184,23 +185,38 @@ def validation_score(config: RunConfig) -> tuple[str, str]:
     return ("val/acc", "max") if config.optim.finetune else ("val/nats_per_pixel", "min")
 
 
-def reuse_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+# mallopt's parameter numbers and glibc's defaults for them (malloc.h, mallopt(3))
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
 
-    On a CPU every activation is a malloc. glibc serves blocks over 32 MiB with mmap and unmaps
-    them when freed, so each training step faults its gigabytes of activations in anew, and the
-    threads queue on the kernel's memory lock: at batch 64 here a step took 2.3x as long. With mmap
-    and trimming off, freed blocks are reused. The process keeps its peak memory until it ends,
-    which suits a training process. Returns False where the C library is not glibc.
+
+@contextlib.contextmanager
+def freed_memory_reused():
+    """While inside, make glibc's malloc keep freed memory for reuse instead of handing it back to
+    the kernel; on leaving, hand it back and restore glibc's defaults. Yields False where the C
+    library is not glibc (nothing is changed then).
+
+    On a CPU every activation is a malloc. glibc serves large blocks with mmap and unmaps them when
+    freed, so each training step faults its gigabytes of activations in anew, and the threads queue
+    on the kernel's memory lock: at batch 64 here a step took 2.3x as long. With mmap and trimming
+    off, freed blocks are reused. But only while training: the ladder's process went on to
+    evaluate ladder-cpu-m at batch 64 with the settings left on, its heap grew by some 250 MB a
+    batch, never given back, and the kernel killed it at 24 GB.
     """
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+        yield False
+        return
+    reusing = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    try:
+        yield reusing
+    finally:
+        for parameter, value in GLIBC_DEFAULTS.items():
+            libc.mallopt(parameter, value)
+        libc.malloc_trim(0)
 
 
 def first_process() -> bool:
@@ -361,31 +377,31 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         if resume and ckpt_path is None:
             print(f"{run_dir}: no checkpoint saved yet; starting from step 0")
     try:
-        if isinstance(trainer.accelerator, CPUAccelerator):
-            reuse_freed_memory()
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-        wall = time.perf_counter() - started
-        metrics = {
-            "global_step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            "wall_seconds": round(wall, 1),
-            "stopped_by_budget": bool(stop and stop.stopped),
-            "stopped_early": bool(early and early.wait_count >= early.patience),
-            "parameters": module.model.num_parameters(),
-            "hardware": describe_hardware(),  # the run's record says what it trained on
-            "precision": precision,  # the one it trained in, which the config's may not be
-            "best_checkpoint": best.best_model_path or None,
-            f"best_{monitor.replace('/', '_')}": None if best.best_model_score is None else float(best.best_model_score),
-            "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        }
-        if t.test:
-            results = trainer.test(module, datamodule=data, ckpt_path=best.best_model_path or None,
-                                   weights_only=True, verbose=t.progress_bar)
-            metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
-        if trainer.is_global_zero:
-            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        return metrics
+        # glibc keeps freed memory for reuse while training on the CPU, and only then (see freed_memory_reused)
+        with freed_memory_reused() if isinstance(trainer.accelerator, CPUAccelerator) else contextlib.nullcontext():
+            started = time.perf_counter()
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+            wall = time.perf_counter() - started
+            metrics = {
+                "global_step": trainer.global_step,
+                "epoch": trainer.current_epoch,
+                "wall_seconds": round(wall, 1),
+                "stopped_by_budget": bool(stop and stop.stopped),
+                "stopped_early": bool(early and early.wait_count >= early.patience),
+                "parameters": module.model.num_parameters(),
+                "hardware": describe_hardware(),  # the run's record says what it trained on
+                "precision": precision,  # the one it trained in, which the config's may not be
+                "best_checkpoint": best.best_model_path or None,
+                f"best_{monitor.replace('/', '_')}": None if best.best_model_score is None else float(best.best_model_score),
+                "final": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            }
+            if t.test:
+                results = trainer.test(module, datamodule=data, ckpt_path=best.best_model_path or None,
+                                       weights_only=True, verbose=t.progress_bar)
+                metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
+            if trainer.is_global_zero:
+                (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            return metrics
     except BaseException:
         if lock is not None and not resume and not any(checkpoints.glob("*.ckpt")):
             (run_dir / "config.yaml").unlink(missing_ok=True)  # nothing to resume: the folder can take a new run

@@ -295,3 +295,38 @@ def test_two_process_ddp_on_the_cpu_trains_a_few_steps(data_root, tmp_path):
     metrics = json.loads((tmp_path / "ddp/metrics.json").read_text())
     assert metrics["global_step"] == 3
     assert (tmp_path / "ddp/checkpoints/last.ckpt").exists()
+
+
+MEMORY_PROBE = """
+import torch
+from igptlib.train import freed_memory_reused
+
+def resident_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+
+def allocate_and_free():
+    block = torch.ones(16 << 20)  # 64 MiB, every page written
+    del block
+
+base = resident_mib()
+with freed_memory_reused() as reusing:
+    allocate_and_free()
+    inside = resident_mib() - base
+after = resident_mib() - base
+allocate_and_free()
+print(reusing, inside, after, resident_mib() - base)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident memory from Linux's /proc")
+def test_freed_memory_is_kept_for_reuse_while_training_and_handed_back_after():
+    # A fresh process: glibc's settings are process-wide. The ladder trains, then evaluates at a
+    # larger batch in the same process, which must not go on with a heap that never shrinks.
+    found = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True).stdout.split()
+    if found[0] == "False":
+        pytest.skip("the C library is not glibc: nothing to keep or hand back")
+    inside, after, later = map(float, found[1:])
+    assert inside > 48, f"inside, the freed 64 MiB block stays for reuse (resident +{inside:.0f} MiB)"
+    assert after < 16, f"on leaving, it is handed back (resident +{after:.0f} MiB)"
+    assert later < 16, f"and a large block freed afterwards goes back at once (resident +{later:.0f} MiB)"
