@@ -7,7 +7,9 @@ A run folder holds everything a run produces:
     checkpoints/step-N.ckpt    at the chosen steps (the paper names checkpoints by iterations: 131000, ...)
     logs/csv/version_*/        metrics.csv and hparams.yaml, one version per (re)start
     logs/tensorboard/version_*/
-    metrics.json               final metrics, test metrics, step, wall time
+    metrics.json               final metrics, test metrics, step, and the wall time of the last
+                               (re)start only: a resumed run's whole time is summed from its
+                               TensorBoard logs (igptlib.records, timing.json)
 
 `igpt train` resumes with --resume: the Trainer restores weights, optimiser, schedule and step
 from last.ckpt, and TrainBatches replays the data from the same place with the same order and
