@@ -7,7 +7,8 @@ its name) with L_GEN + L_CLF in three stages:
                validation accuracy (its record: <records>/finetune-sweep-<pre-trained run>)
     fine-tune  at the chosen rate for several passes over the training split, with the ladder's
                crops, warm-up and cosine schedule (igptlib.ladder.finetune_config); validated every
-               VAL_EVERY steps on VAL_IMAGES validation images and stopped early after PATIENCE
+               VAL_EVERY steps on VAL_IMAGES validation images and, in the schedule's second half
+               (once the rate has fallen below half its peak), stopped early after PATIENCE
                validations without a better accuracy; best.ckpt keeps the best
     classify   best.ckpt's test accuracy and kappa: the test split is read once, at the very end
 
@@ -35,7 +36,8 @@ LABEL = "classifier"
 
 def recipe_config(sweep_base: RunConfig, lr: float, passes: float = PASSES) -> RunConfig:
     """The long fine-tuning: the sweep's config at the chosen rate, trained for `passes` passes over
-    the training split, validated every VAL_EVERY steps on VAL_IMAGES images, stopped early."""
+    the training split, validated every VAL_EVERY steps on VAL_IMAGES images, stopped early in the
+    second half of its schedule."""
     from igptlib.data import training_split
 
     train_images = len(training_split(sweep_base.data)[0])
@@ -45,7 +47,7 @@ def recipe_config(sweep_base: RunConfig, lr: float, passes: float = PASSES) -> R
     return sweep_base.replace(
         optim=sweep_base.optim.replace(lr=lr).to_dict(),
         train=sweep_base.train.replace(steps=steps, val_every=val_every, val_batches=math.ceil(VAL_IMAGES / batch),
-                                       save_every=val_every, early_stop=PATIENCE).to_dict())
+                                       save_every=val_every, early_stop=PATIENCE, early_stop_from=steps // 2).to_dict())
 
 
 def classifier(checkpoint: str | Path, runs: str | Path, records: str | Path, passes: float = PASSES,
@@ -67,7 +69,7 @@ def classifier(checkpoint: str | Path, runs: str | Path, records: str | Path, pa
     def fine_tune(seconds_left: float | None) -> bool:
         config = chosen()
         print(f"{LABEL}: fine-tuning at lr {config.optim.lr:g} for {config.train.steps} steps ({passes:g} passes), "
-              f"stopping early after {PATIENCE} validations without a better accuracy", flush=True)
+              f"stopping early after {PATIENCE} validations without a better accuracy from step {config.train.early_stop_from}", flush=True)
         return training("fine-tune", config, tuned, label=LABEL).run(seconds_left)
 
     stages = [

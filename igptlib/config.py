@@ -368,6 +368,7 @@ class TrainConfig(Config):
     init_from: str | None = None  # a checkpoint whose weights start this run (fine-tuning)
     # The score is validation accuracy when fine-tuning, else validation nats per pixel; it picks best.ckpt too.
     early_stop: int | None = None  # stop after this many validations without a better score (None: never)
+    early_stop_from: int = 0  # the step from which those validations count (a high learning rate's wandering does not)
 
     def validate(self):
         for name in ("steps", "val_every", "save_every", "num_nodes", "log_every"):
@@ -375,6 +376,8 @@ class TrainConfig(Config):
                 raise ConfigError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
         if self.early_stop is not None and self.early_stop < 1:
             raise ConfigError(f"TrainConfig.early_stop: expected a positive number of validations or null, got {self.early_stop}")
+        if self.early_stop_from < 0:
+            raise ConfigError(f"TrainConfig.early_stop_from: expected a step number, 0 or more, got {self.early_stop_from}")
         if self.val_batches is not None and self.val_batches < 1:
             raise ConfigError(f"TrainConfig.val_batches: expected a positive integer or null, got {self.val_batches}")
         if any(step < 1 for step in self.checkpoint_steps):

@@ -285,6 +285,7 @@ TRAIN = [
     (["--lr", "nan"], "optim.lr: expected a finite number, got nan"),
     (["--lr", "0"], "OptimConfig.lr: expected a positive number, got 0.0"),
     (["--steps", "0"], "TrainConfig.steps: expected a positive integer, got 0"),
+    (["--set", "train.early_stop_from=-1"], "TrainConfig.early_stop_from: expected a step number, 0 or more, got -1"),
     (["--strategy", "bogus"], "invalid strategy name: `strategy='bogus'`"),
     (["--precision", "8-bit"], "argument --precision: invalid choice"),
     (["--clusters", "1"], "expected 2..4096, got 1"),

@@ -27,6 +27,7 @@ def test_the_recipe_sweeps_fine_tunes_tests_and_records_resumably(tiny_checkpoin
     # 0.5 passes over the tiny run's 64 training images at batch 16: 2 steps.
     assert tuned.optim.lr == sweep["chosen_lr"] and tuned.optim.finetune and tuned.train.steps == math.ceil(0.5 * 64 / 16)
     assert tuned.train.early_stop == PATIENCE and tuned.train.init_from == str(tiny_checkpoint)
+    assert tuned.train.early_stop_from == tuned.train.steps // 2  # not while the rate is at its peak
     assert "stopping before classify" in capsys.readouterr().out and not (runs / "finetune/evaluation.json").exists()
 
     assert classifier(tiny_checkpoint, runs, records, **recipe)

@@ -281,6 +281,16 @@ def test_finetuning_keeps_its_best_accuracy_and_stops_early_when_validation_stal
     assert train(config, tmp_path / "ft", resume=True)["global_step"] == 8
 
 
+def test_early_stopping_counts_only_the_validations_from_its_first_step(data_root, tmp_path):
+    train(smoke_config(data_root, steps=2, checkpoint_steps=[]), tmp_path / "pre")
+    config = smoke_config(data_root, steps=20, val_every=2, checkpoint_steps=[], early_stop=2, early_stop_from=10)
+    config = config.replace(optim=config.optim.replace(finetune=True, lr=1e-12).to_dict(),
+                            train=config.train.replace(init_from=str(tmp_path / "pre/checkpoints/last.ckpt")).to_dict())
+    metrics = train(config, tmp_path / "ft")
+    # Validations at steps 2 to 8 do not count; 10 is the first (the best), 12 and 14 no better.
+    assert metrics["stopped_early"] and metrics["global_step"] == 14
+
+
 def test_two_process_ddp_on_the_cpu_trains_a_few_steps(data_root, tmp_path):
     command = [
         sys.executable, "-m", "igptlib.cli", "train", "--size", "xs", "--root", str(data_root), "--clusters", "8",
