@@ -8,7 +8,7 @@ its name) with L_GEN + L_CLF in three stages:
     fine-tune  at the chosen rate for several passes over the training split, with the ladder's
                crops, warm-up and cosine schedule (igptlib.ladder.finetune_config); validated every
                VAL_EVERY steps on VAL_IMAGES validation images and, in the schedule's second half
-               (once the rate has fallen below half its peak), stopped early after PATIENCE
+               (once the cosine rate is down to about half its peak), stopped early after PATIENCE
                validations without a better accuracy; best.ckpt keeps the best
     classify   best.ckpt's test accuracy and kappa: the test split is read once, at the very end
 
@@ -69,7 +69,8 @@ def classifier(checkpoint: str | Path, runs: str | Path, records: str | Path, pa
     def fine_tune(seconds_left: float | None) -> bool:
         config = chosen()
         print(f"{LABEL}: fine-tuning at lr {config.optim.lr:g} for {config.train.steps} steps ({passes:g} passes), "
-              f"stopping early after {PATIENCE} validations without a better accuracy from step {config.train.early_stop_from}", flush=True)
+              f"stopping early after {PATIENCE} validations without a better accuracy "
+              f"from step {config.train.early_stop_from}", flush=True)
         return training("fine-tune", config, tuned, label=LABEL).run(seconds_left)
 
     stages = [
