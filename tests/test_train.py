@@ -264,12 +264,17 @@ def test_finetuning_from_a_pretrained_run_adds_the_classifier(data_root, tmp_pat
     assert 0.0 <= metrics["final"]["val/acc"] <= 1.0 and "val/clf_loss" in metrics["final"]
 
 
-def test_finetuning_keeps_its_best_accuracy_and_stops_early_when_validation_stalls(data_root, tmp_path):
+def stalled_finetuning(data_root, tmp_path, **train_fields) -> RunConfig:
+    """Fine-tuning a 2-step run, validated every 2 of 20 steps, at a learning rate too small to change
+    any prediction: validation accuracy stays where it starts."""
     train(smoke_config(data_root, steps=2, checkpoint_steps=[]), tmp_path / "pre")
-    config = smoke_config(data_root, steps=20, val_every=2, checkpoint_steps=[], early_stop=2)
-    # A learning rate too small to change any prediction: validation accuracy stays where it starts.
-    config = config.replace(optim=config.optim.replace(finetune=True, lr=1e-12).to_dict(),
-                            train=config.train.replace(init_from=str(tmp_path / "pre/checkpoints/last.ckpt")).to_dict())
+    config = smoke_config(data_root, steps=20, val_every=2, checkpoint_steps=[], **train_fields)
+    return config.replace(optim=config.optim.replace(finetune=True, lr=1e-12).to_dict(),
+                          train=config.train.replace(init_from=str(tmp_path / "pre/checkpoints/last.ckpt")).to_dict())
+
+
+def test_finetuning_keeps_its_best_accuracy_and_stops_early_when_validation_stalls(data_root, tmp_path):
+    config = stalled_finetuning(data_root, tmp_path, early_stop=2)
     metrics = train(config, tmp_path / "ft")
     # Validations at steps 2 (the best), 4 and 6 (no better: the patience of 2 is spent).
     assert metrics["stopped_early"] and metrics["global_step"] == 6
@@ -282,10 +287,7 @@ def test_finetuning_keeps_its_best_accuracy_and_stops_early_when_validation_stal
 
 
 def test_early_stopping_counts_only_the_validations_from_its_first_step(data_root, tmp_path):
-    train(smoke_config(data_root, steps=2, checkpoint_steps=[]), tmp_path / "pre")
-    config = smoke_config(data_root, steps=20, val_every=2, checkpoint_steps=[], early_stop=2, early_stop_from=10)
-    config = config.replace(optim=config.optim.replace(finetune=True, lr=1e-12).to_dict(),
-                            train=config.train.replace(init_from=str(tmp_path / "pre/checkpoints/last.ckpt")).to_dict())
+    config = stalled_finetuning(data_root, tmp_path, early_stop=2, early_stop_from=10)
     metrics = train(config, tmp_path / "ft")
     # Validations at steps 2 to 8 do not count; 10 is the first (the best), 12 and 14 no better.
     assert metrics["stopped_early"] and metrics["global_step"] == 14
