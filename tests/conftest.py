@@ -38,3 +38,15 @@ def tiny_checkpoint(mnist_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     train(config, run)
     return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def upload():
+    """What the browser's file dialog does to the completion explorer: its FileUpload's value becomes the chosen file."""
+    import datetime
+
+    def choose(explorer, name: str, content: bytes) -> None:
+        explorer.upload.value = ({"name": name, "type": "image/png", "size": len(content),
+                                  "content": memoryview(content), "last_modified": datetime.datetime.now()},)
+
+    return choose

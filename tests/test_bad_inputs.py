@@ -428,11 +428,6 @@ def explorer(tiny_checkpoint, mnist_root, tmp_path, monkeypatch):
     return Explorer(tiny_checkpoint, data_root=mnist_root, samples=1, rows=27, models_dir=tmp_path / "no-models")
 
 
-def upload(explorer, name: str, content: bytes) -> None:
-    explorer.upload.value = ({"name": name, "type": "image/png", "size": len(content),
-                              "content": memoryview(content), "last_modified": datetime.datetime.now()},)
-
-
 UPLOADS = [
     ("strip.png", lambda: strip_png(40000), "strip.png: a 1x40000 image is too large"),
     ("strip.png", lambda: strip_png(170000), "28,900,000,000 pixels"),
@@ -444,7 +439,7 @@ UPLOADS = [
 
 
 @pytest.mark.parametrize("name, content, expected", UPLOADS, ids=[case[2][:30] for case in UPLOADS])
-def test_the_explorer_shows_a_bad_upload_in_the_widget(explorer, name, content, expected):
+def test_the_explorer_shows_a_bad_upload_in_the_widget(explorer, upload, name, content, expected):
     upload(explorer, name, content())
     assert explorer.complete() is None
     assert expected in explorer.error
@@ -452,7 +447,7 @@ def test_the_explorer_shows_a_bad_upload_in_the_widget(explorer, name, content, 
     assert "/tmp" not in explorer.error  # the upload's temporary path means nothing to the user
 
 
-def test_the_explorer_takes_a_16_bit_upload(explorer, digit):
+def test_the_explorer_takes_a_16_bit_upload(explorer, upload, digit):
     buffer = io.BytesIO()
     Image.fromarray((255 - digit).astype(np.uint16) * 257).save(buffer, format="PNG")
     upload(explorer, "deep.png", buffer.getvalue())

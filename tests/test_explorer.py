@@ -1,6 +1,5 @@
 """The completion explorer driven as a user would, without a browser: real widgets, a real trained
 checkpoint, real MNIST test images and uploads; set the controls, press Complete, read the outputs."""
-import datetime
 import io
 
 import numpy as np
@@ -34,12 +33,6 @@ def test_images(mnist_root):
 def explorer(tiny_checkpoint, mnist_root, tmp_path, monkeypatch):
     monkeypatch.delenv("IGPT_EXPLORER_MODEL", raising=False)
     return Explorer(tiny_checkpoint, data_root=mnist_root, samples=2, rows=24, models_dir=tmp_path / "no-models")
-
-
-def upload(explorer, name: str, content: bytes) -> None:
-    """What the browser's file dialog does: FileUpload's value becomes the chosen file."""
-    explorer.upload.value = ({"name": name, "type": "image/png", "size": len(content),
-                              "content": memoryview(content), "last_modified": datetime.datetime.now()},)
 
 
 def png_bytes(pixels: np.ndarray, format: str = "PNG") -> bytes:
@@ -138,7 +131,7 @@ def test_random_picks_a_test_image_and_shows_its_index(explorer, test_images):
     assert explorer.index.value != index
 
 
-def test_inverted_and_turned_upload_is_made_upright(explorer, tiny, test_images):
+def test_inverted_and_turned_upload_is_made_upright(explorer, upload, tiny, test_images):
     digit = test_images[0][7, 0].numpy()
     paper = 255 - np.rot90(digit, -1)  # dark ink on white, lying on its side (turned clockwise)
     upload(explorer, "side.png", png_bytes(np.ascontiguousarray(paper)))
@@ -157,7 +150,7 @@ def test_inverted_and_turned_upload_is_made_upright(explorer, tiny, test_images)
     assert torch.equal(explorer.complete().image, torch.rot90(torch.from_numpy(paper.copy())[None], 1, (-2, -1)))
 
 
-def test_auto_turn_takes_the_orientation_the_model_finds_most_likely(explorer, tiny, test_images):
+def test_auto_turn_takes_the_orientation_the_model_finds_most_likely(explorer, upload, tiny, test_images):
     digit = test_images[0][11]
     upload(explorer, "digit.png", png_bytes(digit[0].numpy()))
     explorer.turn.value = "auto (the model's guess)"
@@ -168,7 +161,7 @@ def test_auto_turn_takes_the_orientation_the_model_finds_most_likely(explorer, t
     assert any("the model finds it most likely that way" in note and f"{min(nats):.3f}" in note for note in result.notes)
 
 
-def test_a_bad_upload_shows_a_message_and_the_explorer_keeps_working(explorer, test_images):
+def test_a_bad_upload_shows_a_message_and_the_explorer_keeps_working(explorer, upload, test_images):
     digit = test_images[0][0, 0].numpy()
     bad = [
         ("notes.png", b"these are notes, not a picture", "notes.png: not an image (expected a PNG, JPG or JPEG file)"),
