@@ -86,6 +86,7 @@ def _shipped(models_dir) -> dict[str, dict]:
     from safetensors import safe_open
 
     from igptlib.model_files import read_notes
+    from igptlib.robustness import weights_digest
     from igptlib.shipped import MODELS_DIR, load_model, shipped_models
 
     models_dir = Path(models_dir or MODELS_DIR)
@@ -96,7 +97,8 @@ def _shipped(models_dir) -> dict[str, dict]:
             dataset = (handle.metadata() or {}).get("dataset")
         model = load_model(path).model
         found[name] = {"file": path, "dataset": dataset, "config": model.config, "notes": read_notes(path),
-                       "parameters": model.num_parameters(), "megabytes": path.stat().st_size / 1e6}
+                       "parameters": model.num_parameters(), "megabytes": path.stat().st_size / 1e6,
+                       "weights": weights_digest(model)}
     return found
 
 
@@ -393,9 +395,12 @@ def comparisons(records: list[dict], figures: Path) -> list[tuple[str, str]]:
     return shown
 
 
-def robustness_section(records: Path, figures: Path) -> list[str]:
+def robustness_section(records: Path, figures: Path, shipped_weights: dict[str, str] | None = None) -> list[str]:
     """The inverted and rotated digits (`igpt robustness`), a table per measured model, then the
-    models measured on the same images side by side, as a table and a figure saved into `figures`."""
+    models measured on the same images side by side, as a table and a figure saved into `figures`.
+
+    shipped_weights: {shipped model name: its weights' digest}, to say which tables were measured
+    with an earlier model of a name that is shipped now."""
     lines = []
     tables = [read_json(path) for path in sorted(records.glob("robustness-*/robustness.json"))]
     tables = [table for table in tables if table.get("complete", True)]  # a table still being measured waits
@@ -409,6 +414,7 @@ def robustness_section(records: Path, figures: Path) -> list[str]:
                   f"The first {first['images']} {table['dataset']} test images, {first['samples']} completions of the "
                   f"bottom half each, judged by a CNN (test accuracy {table['judge']['test_accuracy']:.4f}) after the "
                   f"known transform is undone; `{table['command']}` ({table['seconds'] / 60:.0f} min).", ""]
+        lines += replaced_since(table, shipped_weights or {})
         lines += _table(["transform", "handling", "completion class agreement", "pixel agreement", "classifier accuracy",
                          "handling undid the inversion", "handling undid the rotation"], rows) + [""]
         lines += wrong_turns(table)
@@ -419,6 +425,19 @@ def robustness_section(records: Path, figures: Path) -> list[str]:
                  "the handling on, a white background is inverted back and the model picks the orientation it finds "
                  "most likely (a quarter turn and a correction of up to 30 degrees) before completing; off, it sees "
                  "the image as it is.", "", *lines]
+    return lines
+
+
+def replaced_since(table: dict, shipped_weights: dict[str, str]) -> list[str]:
+    """A warning for each shipped model the table names that has been replaced since it was measured:
+    the name stays when a better model is shipped, the weights' digests tell the two apart."""
+    lines = []
+    for role in ("model", "classifier"):
+        name, measured = table[role], table.get(f"{role}_weights")
+        if measured and name in shipped_weights and shipped_weights[name] != measured:
+            lines += [f"Measured with an earlier `{name}` (weights {measured[:12]}), not the one shipped now "
+                      f"({shipped_weights[name][:12]}): move this record away and run `{table['command']}` "
+                      "to measure the shipped one.", ""]
     return lines
 
 
@@ -545,7 +564,7 @@ def build_report(runs: str | Path | None = "runs", out: str | Path = "report", m
         ladder = comparison_section(records, figures)
         if ladder:
             lines += ["", *ladder]
-        robust = robustness_section(records, figures)
+        robust = robustness_section(records, figures, {name: model["weights"] for name, model in models.items()})
         if robust:
             lines += ["", *robust]
         learning_rates = finetune_sweep_section(records)

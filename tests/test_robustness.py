@@ -115,6 +115,14 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     on_90 = next(row for row in table["rows"] if row["transform"] == "turned 90°" and row["handling"])
     assert [int(n) for n in counted[1:]] == [*on_90["turned_wrongly_by_digit"], sum(on_90["turned_wrongly_by_digit"])]
     assert not any(line.startswith("### Side by side") for line in lines)  # one model: nothing to set beside it
+    # Once a better classifier is shipped under the same name, the table says it measured the earlier one.
+    shipped = {"mnist": table["model_weights"], "mnist-classifier": table["classifier_weights"]}
+    assert robustness_section(tmp_path, tmp_path / "figures", shipped) == lines
+    replaced = robustness_section(tmp_path, tmp_path / "figures", {**shipped, "mnist-classifier": "f" * 64})
+    warning = [line for line in replaced if line not in lines]
+    assert warning == [f"Measured with an earlier `mnist-classifier` (weights {table['classifier_weights'][:12]}), not the "
+                       f"one shipped now (ffffffffffff): move this record away and run `{table['command']}` to measure "
+                       "the shipped one."]
 
     # A twin measured on the same images is set beside it, column by column; one measured on other
     # images is not.
