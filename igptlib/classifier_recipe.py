@@ -27,7 +27,7 @@ from igptlib.ladder import Stage, evaluation, finished, run_stages, training
 from igptlib.records import record_run
 from igptlib.shipped import model_name
 
-PASSES = 4.0  # over the training split; the shipped classifier (1.5 passes) was still improving when it ended
+PASSES = 4.0  # over the training split: the shipped classifier's; 1.5 passes were still improving at their end
 VAL_EVERY = 500
 VAL_IMAGES = 2_000  # enough to tell 99.0% from 99.3% by more than one image in a thousand
 PATIENCE = 5  # validations without a better accuracy before the run stops
