@@ -169,8 +169,8 @@ def test_igpt_complete_reads_an_rgb_png_with_an_imported_rgb_model(rgb_model, tm
     assert figure.stat().st_size > 0
 
 
-def test_the_explorer_completes_an_rgb_upload_with_an_imported_model(rgb_model, tmp_path, monkeypatch):
-    from test_explorer import png_bytes, upload
+def test_the_explorer_completes_an_rgb_upload_with_an_imported_model(rgb_model, upload, tmp_path, monkeypatch):
+    from test_explorer import png_bytes
 
     from igptlib.explorer import Explorer
 
