@@ -194,7 +194,8 @@ def comparison_section(records: Path, figures: Path) -> list[str]:
              "S, M and L (presets `cpu-s`, `cpu-m`, `cpu-l`) were pre-trained alike by `igpt ladder`: the same MNIST "
              "data, palette, augmentation, batch, steps and schedule, so that size is the only difference; each was "
              "evaluated at its three named checkpoints (the seed's 131k/262k/524k steps at 1/200 scale), then "
-             "fine-tuned with L_GEN + L_CLF by one recipe. Minutes are wall time on the machine each record names; "
+             "fine-tuned with L_GEN + L_CLF by one recipe. Minutes are wall time on the machine each record names "
+             "in the Training table (a run resumed on another machine names each machine's steps); "
              "the load average beside them is the mean logged while training (a run with two threads on two cores "
              "makes about 2 by itself; more means other work shared the cores), – for runs from before it was logged.", ""]
     lines += size_table(runs) + [""]

@@ -7,6 +7,7 @@ needs from one, in the same layout, so that a fresh clone rebuilds the same repo
         record.json                  where the record came from (the run folder) and the hardware
         commands.txt                 the igpt commands that wrote into the run folder, one a line
         config.yaml  metrics.json  evaluation.json
+        machines.json                per training process the step it began at, its hardware and precision
         evaluation-step-<N>.json     evaluations of earlier named checkpoints (the CPU ladder's)
         timing.json                  per training process its first and last logged time (training
                                      minutes), and the time each logged step was reached
@@ -30,7 +31,7 @@ from igptlib.config import read_json
 
 RECORDS = Path("report/runs")
 SHIPPED_PREFIX = "shipped-"
-FILES = ("config.yaml", "metrics.json", "evaluation.json", "commands.txt")
+FILES = ("config.yaml", "metrics.json", "evaluation.json", "commands.txt", "machines.json")
 FIGURES = ("completions.png", "linear_probes.png", "confusion_matrix.png", "actual_vs_predicted.png", "predictions.png")
 STAGES = ("", "finetune")  # pre-training in the folder itself, fine-tuning in finetune/
 
@@ -58,6 +59,24 @@ def describe_hardware() -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, no GPU"
+
+
+def machine_spans(machines: list[dict], last_step: int) -> list[dict]:
+    """Which steps (counted from 1) each machine trained, from machines.json (one entry a process:
+    the step it began at, its hardware and precision) and the run's last step: a process whose
+    steps the next one trained again (it stopped before saving a checkpoint) has none, and
+    consecutive processes on the same machine in the same precision make one span."""
+    spans: list[dict] = []
+    for entry, following in zip(machines, [*machines[1:], None]):
+        end = last_step if following is None else following["from_step"]
+        if end <= entry["from_step"]:
+            continue
+        if spans and (spans[-1]["hardware"], spans[-1]["precision"]) == (entry["hardware"], entry["precision"]):
+            spans[-1]["last_step"] = end
+        else:
+            spans.append({"hardware": entry["hardware"], "precision": entry["precision"],
+                          "first_step": entry["from_step"] + 1, "last_step": end})
+    return spans
 
 
 def _logged_events(run_dir: str | Path) -> list[list]:

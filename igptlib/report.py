@@ -23,7 +23,8 @@ from pathlib import Path
 from igptlib import plots
 from igptlib.comparison import comparison_section
 from igptlib.config import PRECISION_WORDS, PRESETS, RunConfig, read_json
-from igptlib.records import RECORDS, SHIPPED_PREFIX, made_by_finetuning, record_run, shipped_record, training_seconds
+from igptlib.records import (RECORDS, SHIPPED_PREFIX, machine_spans, made_by_finetuning, record_run, shipped_record,
+                              training_seconds)
 
 RESULTS_BEGIN = "<!-- results: written by `igpt report` from report/results.json; do not edit by hand -->"
 RESULTS_END = "<!-- end of results -->"
@@ -74,6 +75,7 @@ def read_record(folder: str | Path) -> dict:
     return {
         "name": folder.name, "folder": folder, "about": _read_json(folder / "record.json") or {},
         "config": _config(folder / "config.yaml"), "metrics": _read_json(folder / "metrics.json"),
+        "machines": _read_json(folder / "machines.json") or [],
         "evaluation": _read_json(folder / "evaluation.json") or {},
         "commands": _lines(folder / "commands.txt") + _lines(finetune / "commands.txt"),
         "finetune_metrics": _read_json(finetune / "metrics.json"),
@@ -127,6 +129,9 @@ def result(record: dict, model: dict | None = None) -> dict:
     classification = record["finetune_evaluation"].get("classification") or (
         evaluation.get("classification", {}) if evaluation.get("finetuned") else {})
     notes = model["notes"] if model else {}
+    # A run resumed on other machines: each span's hardware and precision, in the hardware column.
+    spans = machine_spans(record["machines"], metrics.get("global_step", 0))
+    mixed = len(spans) > 1
     commands = record["commands"] or _as_list(notes.get("command"))
     commands = commands + [e["command"] for e in (evaluation, record["finetune_evaluation"]) if e.get("command")]
     return {
@@ -144,10 +149,11 @@ def result(record: dict, model: dict | None = None) -> dict:
         "batch_size": config.data.batch_size if config else None,
         "steps": metrics.get("global_step"),
         "training_minutes": _minutes(record["folder"]),
-        "training_precision": metrics.get("precision"),  # recorded since train() chooses it per CPU
+        "training_precision": None if mixed else metrics.get("precision"),  # recorded since train() chooses it per CPU
         "finetune_steps": (record["finetune_metrics"] or {}).get("global_step"),
         "finetune_minutes": _minutes(record["folder"] / "finetune") if record["finetune_metrics"] else None,
-        "hardware": record["about"].get("hardware") or metrics.get("hardware") or notes.get("hardware"),
+        "hardware": "; ".join(map(_span_words, spans)) if mixed else
+                    record["about"].get("hardware") or metrics.get("hardware") or notes.get("hardware"),
         "evaluated": bool(evaluation),
         "test_images": evaluation.get("test_images"),
         "eval_precision": evaluation.get("precision"),
@@ -167,6 +173,11 @@ def result(record: dict, model: dict | None = None) -> dict:
         "classifier_model": model is not None and made_by_finetuning(model["notes"]),
         "commands": commands,
     }
+
+
+def _span_words(span: dict) -> str:
+    precision = PRECISION_WORDS.get(span["precision"], "precision not recorded")
+    return f"steps {span['first_step']}-{span['last_step']}: {span['hardware'] or 'not recorded'} ({precision})"
 
 
 def find_records(records: Path, models: dict) -> list[tuple[dict, dict | None]]:

@@ -10,6 +10,8 @@ A run folder holds everything a run produces:
     metrics.json               final metrics, test metrics, step, and the wall time of the last
                                (re)start only: a resumed run's whole time is summed from its
                                TensorBoard logs (igptlib.records, timing.json)
+    machines.json              per (re)start the step it began at, the hardware and the precision
+                               it trained in: a run resumed on another machine says which steps ran where
 
 `igpt train` resumes with --resume: the Trainer restores weights, optimiser, schedule and step
 from last.ckpt, and TrainBatches replays the data from the same place with the same order and
@@ -34,7 +36,7 @@ import torch
 import yaml
 from torch.utils.data import default_collate
 
-from igptlib.config import RunConfig
+from igptlib.config import RunConfig, read_json
 from igptlib.device import bf16_faster_on_cpu, bf16_on_gpu, lightning_accelerator
 from igptlib.records import describe_hardware
 from igptlib.model_files import check_checkpoint
@@ -316,6 +318,21 @@ def _record_config(config: RunConfig, run_dir: Path, resume: bool, step: int) ->
     config.save_yaml(saved)
 
 
+def _record_machine(run_dir: Path, step: int, precision: str) -> None:
+    """Add this process to machines.json: the step it starts from, the hardware and the precision
+    it trains in. A run started before machines.json was kept begins the list with what the last
+    earlier process wrote into metrics.json (its only trace; null where it wrote none)."""
+    path = run_dir / "machines.json"
+    machines = read_json(path) if path.exists() else []
+    if not machines and step > 0:
+        earlier = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+        machines.append({"from_step": 0, "hardware": earlier.get("hardware"), "precision": earlier.get("precision")})
+    machines.append({"from_step": step, "hardware": describe_hardware(), "precision": precision})
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(machines, indent=2) + "\n")
+    partial.replace(path)
+
+
 def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
           datamodule: L.LightningDataModule | None = None, callbacks: list[L.Callback] = (),
           budget_seconds: float | None = None) -> dict:
@@ -391,6 +408,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         lock = lock_run_folder(run_dir)
         _check_folder(run_dir, resume)  # again, under the lock: another process may have started this run
         _record_config(config, run_dir, resume, step)
+        _record_machine(run_dir, step, precision)
         if resume and ckpt_path is None:
             print(f"{run_dir}: no checkpoint saved yet; starting from step 0")
     try:

@@ -144,6 +144,33 @@ def test_bf16_autocast_on_a_cpu_only_where_it_is_the_faster_and_the_run_records_
     assert ("training in float32 (32-true) instead" in capsys.readouterr().out) is not bf16_faster
 
 
+def test_a_run_resumed_on_another_machine_records_which_steps_ran_where(data_root, tmp_path, monkeypatch):
+    from igptlib.records import record_run
+    from igptlib.report import read_record, result
+
+    def on_machine(name: str, bf16_faster: bool) -> None:
+        monkeypatch.setattr(sys.modules["igptlib.train"], "describe_hardware", lambda: name)
+        monkeypatch.setattr(sys.modules["igptlib.train"], "bf16_faster_on_cpu", lambda: bf16_faster)
+
+    config, run = smoke_config(data_root, precision="bf16-mixed"), tmp_path / "run"
+    on_machine("CPU A", bf16_faster=True)
+    train(config, run, budget_seconds=0)  # step 1 on A, in bfloat16 autocast
+    (run / "machines.json").unlink()  # as a run started before machines.json was kept: A is read from metrics.json
+    on_machine("CPU B", bf16_faster=False)
+    train(config, run, resume=True, budget_seconds=0)  # step 2 on B, in float32
+    train(config, run, resume=True)  # steps 3 to 6 on B
+    assert [(m["from_step"], m["hardware"], m["precision"]) for m in json.loads((run / "machines.json").read_text())] == [
+        (0, "CPU A", "bf16-mixed"), (1, "CPU B", "32-true"), (2, "CPU B", "32-true")]
+
+    entry = result(read_record(record_run(run, records=tmp_path / "records")))
+    assert entry["hardware"] == "steps 1-1: CPU A (bfloat16 autocast); steps 2-6: CPU B (float32)"
+    assert entry["training_precision"] is None  # no one precision to name beside the minutes
+
+    train(config, tmp_path / "alone")  # one machine: its name and precision as metrics.json gives them
+    alone = result(read_record(record_run(tmp_path / "alone", records=tmp_path / "records")))
+    assert (alone["hardware"], alone["training_precision"]) == ("CPU B", "32-true")
+
+
 def test_the_convergence_curve_records_every_validation_against_wall_minutes(data_root, tmp_path):
     import time
 
