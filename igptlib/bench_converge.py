@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from igptlib.config import PRECISION_WORDS, ConfigError, RunConfig, apply_overrides, read_json, run_config
+from igptlib.config import PRECISION_WORDS, ConfigError, RunConfig, apply_overrides, read_json, run_config, write_json
 from igptlib.lightning_module import decay_start
 
 TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
@@ -258,7 +258,4 @@ def measure(name: str, out: Path, size: str, minutes: float, overrides: list[str
         record = branch(name, parent, parent_run_dir, at_step, minutes, run_dir, threads)
     else:
         record = converge(name, size, minutes, overrides, run_dir, threads)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"converge-{name}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return record, path
+    return record, write_json(out / f"converge-{name}.json", record)

@@ -43,6 +43,22 @@ def read_json(path: str | os.PathLike):
                           "(run the step that writes it again)") from None
 
 
+def write_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a .partial file renamed over it, so that an interrupted write
+    never leaves a half-written file where a reader (or a resuming run) expects a whole one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+    return path
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """`data` as indented JSON, written atomically (see write_atomically); read back with read_json."""
+    return write_atomically(path, json.dumps(data, indent=2) + "\n")
+
+
 def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
@@ -131,12 +147,7 @@ class Config:
         return type(self).from_dict({**self.to_dict(), **changes})
 
     def save_yaml(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        partial.replace(path)
-        return path
+        return write_atomically(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load_yaml(cls, path: str | os.PathLike):

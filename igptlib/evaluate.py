@@ -13,7 +13,6 @@ From a model and a PixelDataModule, evaluate_model computes
 """
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from igptlib import plots
 from igptlib.completion import complete_tokens
-from igptlib.config import RunConfig, data_config_for
+from igptlib.config import RunConfig, data_config_for, write_json
 from igptlib.data import PixelDataModule, encode_all
 from igptlib.judge import completion_quality, digit_classifier
 from igptlib.metrics import all_layers, classification_metrics, probes_from_features, split_pass
@@ -174,11 +173,7 @@ def evaluate_and_write(module, data, out: Path, source: dict, device="cpu", comm
     results = {**source, "model": module.model_config.to_dict(), "data": data.to_dict(), **results}
     if command:  # the record keeps the command that measured it
         results["command"] = shlex.join(command)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # an interrupted write never replaces a good file
-    partial.write_text(json.dumps(results, indent=2) + "\n")
-    partial.replace(out)
+    write_json(out, results)
     return results
 
 

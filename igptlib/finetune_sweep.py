@@ -11,13 +11,12 @@ rate into `out`, a record to commit under report/runs/.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
 
 from igptlib import plots
-from igptlib.config import RunConfig, read_json
+from igptlib.config import RunConfig, read_json, write_json
 from igptlib.ladder import finetune_config, run_stages, training
 from igptlib.records import training_seconds
 from igptlib.shipped import training_config
@@ -62,8 +61,7 @@ def finetune_sweep(checkpoint: str | Path, runs: str | Path, out: str | Path, lr
               "chosen_best_val_acc": chosen["best_val_acc"], "base_config": base.to_dict(),
               "command": shlex.join(command) if command else None}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "finetune_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "finetune_sweep.json", result)
     curves = {f"lr {lr:g}": run_folder(runs, lr) for lr in configs}
     fig = plots.comparison_curves(curves, "val/acc", title=f"fine-tuning from {Path(checkpoint).name}: "
                                                           "validation accuracy per learning rate", ylabel="validation accuracy")

@@ -18,7 +18,6 @@ the inversion and the turn that undo the transform?) is counted beside them.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from igptlib.completion import complete_images
+from igptlib.config import read_json, write_json
 from igptlib.images import has_white_background
 from igptlib.judge import classify_images, pixel_agreement
 from igptlib.metrics import nats_per_image
@@ -161,7 +161,7 @@ def measure_into(out: Path, record: dict, generator, classifier, judge, images: 
 
     settings = {key: record[key] for key in SETTINGS}
     if out.exists():
-        earlier = json.loads(out.read_text())
+        earlier = read_json(out)
         if {key: earlier.get(key) for key in SETTINGS} != settings:
             raise ValueError(f"{out} holds a table of other settings ({ {key: earlier.get(key) for key in SETTINGS} }); "
                              f"move it away or give another --out to measure {settings}")
@@ -170,7 +170,6 @@ def measure_into(out: Path, record: dict, generator, classifier, judge, images: 
         record = {**record, "rows": [], "seconds": 0.0}
     done = {(row["transform"], row["handling"]) for row in record["rows"]}
     started = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
     for name, handling in tqdm([key for key in PLAN if key not in done], desc="robustness"):
         row_started = time.perf_counter()
         record["rows"].append(measure(generator, classifier, judge, images, labels, name, handling,
@@ -178,7 +177,7 @@ def measure_into(out: Path, record: dict, generator, classifier, judge, images: 
         record["seconds"] = round(record["seconds"] + time.perf_counter() - row_started, 1)
         record["rows"].sort(key=lambda row: PLAN.index((row["transform"], row["handling"])))
         record["complete"] = len(record["rows"]) == len(PLAN)
-        out.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(out, record)  # the record a stopped run resumes from
         if budget_seconds is not None and time.perf_counter() - started >= budget_seconds:
             break
     record["complete"] = len(record["rows"]) == len(PLAN)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import json
 import math
 import os
 import time
@@ -36,7 +35,7 @@ import torch
 import yaml
 from torch.utils.data import default_collate
 
-from igptlib.config import RunConfig, read_json
+from igptlib.config import RunConfig, read_json, write_atomically, write_json
 from igptlib.device import bf16_faster_on_cpu, bf16_on_gpu, lightning_accelerator
 from igptlib.records import describe_hardware
 from igptlib.model_files import check_checkpoint
@@ -312,9 +311,7 @@ def _record_config(config: RunConfig, run_dir: Path, resume: bool, step: int) ->
             history = yaml.safe_load(history_path.read_text()) if history_path.exists() else []
             history.append({"resumed_at_step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                             "changes": changes})
-            partial = history_path.with_name(history_path.name + ".partial")
-            partial.write_text(yaml.safe_dump(history, sort_keys=False))
-            partial.replace(history_path)
+            write_atomically(history_path, yaml.safe_dump(history, sort_keys=False))
     config.save_yaml(saved)
 
 
@@ -328,9 +325,7 @@ def _record_machine(run_dir: Path, step: int, precision: str) -> None:
         earlier = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
         machines.append({"from_step": 0, "hardware": earlier.get("hardware"), "precision": earlier.get("precision")})
     machines.append({"from_step": step, "hardware": describe_hardware(), "precision": precision})
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(machines, indent=2) + "\n")
-    partial.replace(path)
+    write_json(path, machines)
 
 
 def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
@@ -435,7 +430,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
                                        weights_only=True, verbose=t.progress_bar)
                 metrics["test"] = {k: float(v) for k, v in results[0].items()} if results else {}
             if trainer.is_global_zero:
-                (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+                write_json(run_dir / "metrics.json", metrics)
             return metrics
     except BaseException:
         if lock is not None and not resume and not any(checkpoints.glob("*.ckpt")):

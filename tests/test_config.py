@@ -1,7 +1,18 @@
 import pytest
 import yaml
 
-from igptlib.config import PRESETS, ConfigError, DataConfig, RunConfig, apply_overrides, data_config_for, run_config
+from igptlib.config import (
+    PRESETS,
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    apply_overrides,
+    data_config_for,
+    read_json,
+    run_config,
+    write_atomically,
+    write_json,
+)
 
 
 def test_yaml_round_trip(tmp_path):
@@ -9,6 +20,17 @@ def test_yaml_round_trip(tmp_path):
     path = config.save_yaml(tmp_path / "data.yaml")
     assert DataConfig.load_yaml(path) == config
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_write_that_fails_halfway_leaves_the_earlier_file_whole(tmp_path):
+    path = write_json(tmp_path / "runs" / "metrics.json", {"global_step": 655})
+    assert read_json(path) == {"global_step": 655}
+    # A lone surrogate cannot be encoded: the write fails after its file was opened, as a full disk would.
+    with pytest.raises(UnicodeEncodeError):
+        write_atomically(path, '{"global_step": 1310, "note": "\ud800"}')
+    assert read_json(path) == {"global_step": 655}
+    write_json(path, {"global_step": 1310})
+    assert read_json(path) == {"global_step": 1310}
 
 
 def test_unknown_key_is_rejected_with_the_known_keys(tmp_path):
