@@ -102,7 +102,7 @@ def size_table(runs: dict[str, dict]) -> list[str]:
                          "–" if row["probe_layer"] is None else f"{row['probe_layer']} of {layers}",
                          _number(row["probe_accuracy"]),
                          _number(run["finetuned_accuracy"]) if last else "", _number(run["kappa"]) if last else ""])
-    return _table(["size", "parameters", "step", "training minutes to this step (this CPU)",
+    return _table(["size", "parameters", "step", "training minutes to this step (on the machine the Training table names)",
                    "mean load average while training (the run alone: about 2)", "test nats/px",
                    "best probe layer", "probe test accuracy", "fine-tuned test accuracy", "fine-tuned kappa"], rows)
 
