@@ -13,8 +13,8 @@ its name) with L_GEN + L_CLF in three stages:
     classify   best.ckpt's test accuracy and kappa: the test split is read once, at the very end
 
 and then records the fine-tuning run as <records>/classifier-<pre-trained run>. Like the ladder, it
-goes on from wherever it stopped, and with a budget it stops at a checkpoint before the budget runs
-out (the classification starts only when its reserve is left).
+goes on from wherever it stopped, and with a budget it stops before the budget runs out (training at
+a checkpoint; the classification's pass over the test split --reserve-minutes before the end).
 """
 from __future__ import annotations
 

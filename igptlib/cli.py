@@ -308,7 +308,8 @@ def run_complete(args) -> None:
 def run_robustness(args) -> None:
     from igptlib.datasets import load_split
     from igptlib.judge import digit_classifier
-    from igptlib.robustness import measure_into, weights_digest
+    from igptlib.model_files import weights_digest
+    from igptlib.robustness import measure_into
     from igptlib.shipped import load_model, model_dataset, model_name
 
     generator, classifier = load_model(args.model), load_model(args.classifier)
@@ -379,20 +380,26 @@ def run_import_hf(args) -> None:
 
 def run_evaluate(args) -> None:
     """Evaluate a checkpoint (or a shipped model) and write its metrics and figures into its run folder (or record)."""
-    from igptlib.evaluate import evaluate_and_write, model_to_evaluate, summary
+    from igptlib.evaluate import evaluate_and_write, model_to_evaluate, passes_folder, summary
+    from igptlib.metrics import OutOfTime
 
     device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
     changes = config_flags(args).get("data", {})
     module, data, run_dir, source = model_to_evaluate(checkpoint=args.checkpoint, model=args.model,
                                                       dataset=changes.pop("dataset", "mnist"), out=args.out)
     out = Path(args.out) if args.out else run_dir / "evaluation.json"
-    results = evaluate_and_write(
-        module, data.replace(**changes), out, source, device, command=args.invocation,
-        probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
-        classification=source["finetuned"] if args.classification is None else args.classification,
-        completions=args.completions, samples=args.samples, keep_rows=args.keep_rows, temperature=args.temperature,
-        seed=args.seed, figures=run_dir / "figures" if args.figures else None, precision=args.precision,
-    )
+    try:
+        results = evaluate_and_write(
+            module, data.replace(**changes), out, source, device, command=args.invocation,
+            budget_seconds=None if args.budget_minutes is None else args.budget_minutes * 60,
+            probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
+            classification=source["finetuned"] if args.classification is None else args.classification,
+            completions=args.completions, samples=args.samples, keep_rows=args.keep_rows, temperature=args.temperature,
+            seed=args.seed, figures=run_dir / "figures" if args.figures else None, precision=args.precision,
+        )
+    except OutOfTime as stopped:
+        print(f"{stopped}; the passes finished so far are kept in {passes_folder(out)}: the same command goes on from them")
+        return
     print(summary(results))
     print(f"metrics: {out}")
 
@@ -624,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=1.0)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
+    evaluate.add_argument("--budget-minutes", type=float, metavar="MIN",
+                          help="stop between two batches once this much wall time has passed, keeping every finished "
+                               "pass over a split; the same command goes on")
     evaluate.set_defaults(run=run_evaluate)
 
     sweep = commands.add_parser("sweep", help="run the training, completion and evaluation notebooks per size (papermill)")
@@ -679,7 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.add_argument("--runs", default="runs", help="where the ladder's run folders live (default: runs)")
     ladder.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
     ladder.add_argument("--reserve-minutes", type=float, default=20.0,
-                        help="an evaluation starts only with this much of the budget left (default: 20)")
+                        help="kept for what follows an evaluation's passes over the splits (probe fits, completions, "
+                             "figures), which cannot stop part way: an evaluation starts only with more than this "
+                             "much of the budget left, and its passes stop this long before the budget ends (default: 20)")
     ladder.add_argument("--records", default="report/runs", help="record each run here after each stage it finishes (default: report/runs)")
     add_set_argument(ladder, "change every run's config alike, e.g. train.val_batches=16")
     ladder.set_defaults(run=run_ladder)
@@ -710,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--records", default="report/runs", help="the sweep's and the classifier's records (default: report/runs)")
     recipe.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
     recipe.add_argument("--reserve-minutes", type=float, default=10.0,
-                        help="the test classification starts only with this much of the budget left (default: 10)")
+                        help="kept for what follows the test classification's pass (metrics, figures): it starts "
+                             "only with more than this much of the budget left, and its pass stops this long before "
+                             "the budget ends (default: 10)")
     recipe.set_defaults(run=run_classifier)
 
     bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")

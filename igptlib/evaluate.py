@@ -10,10 +10,13 @@ From a model and a PixelDataModule, evaluate_model computes
                     how many completed pixels agree with the original's
 
 `igpt evaluate --checkpoint C` (evaluate_and_write) writes all of it as evaluation.json in the run folder.
+Given a budget, it stops between batches once the budget is spent, keeping each pass over a split
+it finished in a folder beside the JSON (evaluation.passes/): the same command goes on from there.
 """
 from __future__ import annotations
 
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -26,8 +29,8 @@ from igptlib.completion import complete_tokens
 from igptlib.config import RunConfig, data_config_for, write_json
 from igptlib.data import PixelDataModule, encode_all
 from igptlib.judge import completion_quality, digit_classifier
-from igptlib.metrics import all_layers, classification_metrics, probes_from_features, split_pass
-from igptlib.model_files import check_same_palette
+from igptlib.metrics import all_layers, classification_metrics, load_pass, probes_from_features, save_pass, split_pass
+from igptlib.model_files import check_same_palette, weights_digest
 from igptlib.lightning_module import load_checkpoint
 from igptlib.quantize import decode
 from igptlib.train import find_run_folder
@@ -57,7 +60,8 @@ def unaugmented_train_loader(datamodule, limit: int | None = None):
 def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list[int] | None = None,
                    probe_train: int | None = None, classification: bool = True, completions: int = 16,
                    samples: int = 4, keep_rows: int | None = None, temperature: float = 1.0, seed: int = 0,
-                   figures: str | Path | None = None, precision: str = "32", progress: bool = True) -> dict:
+                   figures: str | Path | None = None, precision: str = "32", progress: bool = True,
+                   passes: str | Path | None = None, deadline: float | None = None) -> dict:
     """Every metric of this module for a GPT on a PixelDataModule's test split, as a JSON-ready dict.
 
     probes: linear probes on `probe_layers` (default all), fitted on the first `probe_train`
@@ -67,6 +71,10 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     skips them. figures: a folder to save the confusion matrix, actual-vs-predicted, probe and
     completion figures into. precision: "32", or "bf16" for bfloat16 autocast in the passes over
     whole splits (likelihood, classes, probe features); completion sampling stays float32.
+    passes: a folder that keeps each finished pass over a split (test, train, validation) and
+    serves it again to an evaluation of the same weights and settings. deadline: a
+    time.perf_counter() value after which no batch of a pass starts (metrics.OutOfTime): with
+    `passes`, what an evaluation stopped so had finished is not computed again.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -83,19 +91,31 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     test_loader = datamodule.test_dataloader()
     results: dict = {"test_images": len(datamodule.test_set), "objective": config.objective, "precision": precision}
     started = time.perf_counter()
+    layers = [] if not probes else all_layers(model) if probe_layers is None else list(probe_layers)
+    weights = weights_digest(model) if passes is not None else None
+
+    def one_pass(split: str, loader, **wanted):
+        key = {"split": split, "images": len(loader.dataset), "layers": layers, "precision": precision,
+               "weights": weights, **wanted}
+        kept = None if passes is None else Path(passes) / f"{split}.npz"
+        found = None if kept is None else load_pass(kept, key)
+        if found is None:
+            found = split_pass(model, loader, layers=layers, progress=progress, desc=f"{split} split",
+                               deadline=deadline, **wanted)
+            if kept is not None:
+                save_pass(found, kept, key)
+        return found
+
     # bfloat16 autocast (as in training) speeds these passes up on CPUs with bf16 instructions;
     # logits and features are still reduced in float32. Sampling is left out: its
     # one-query decode steps run faster in float32.
     with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        layers = [] if not probes else all_layers(model) if probe_layers is None else list(probe_layers)
-        test = split_pass(model, test_loader, likelihood=ar, classes=classification, layers=layers,
-                          progress=progress, desc="test split")  # one pass serves all three
+        test = one_pass("test", test_loader, likelihood=ar, classes=classification)  # one pass serves all three
         if ar:
             results["likelihood"] = test.likelihood
         if probes:
-            train, val = (split_pass(model, loader, layers=layers, progress=progress, desc=f"{name} features")
-                          for name, loader in (("train", unaugmented_train_loader(datamodule, probe_train)),
-                                               ("validation", datamodule.val_dataloader())))
+            train = one_pass("train", unaugmented_train_loader(datamodule, probe_train))
+            val = one_pass("validation", datamodule.val_dataloader())
             results["probes"] = probes_from_features(train, val, test, seed=seed, progress=progress)
     if classification:
         results["classification"] = classification_metrics(test.labels, test.predicted, config.num_classes)
@@ -159,21 +179,32 @@ def model_to_evaluate(checkpoint=None, model: str | None = None, dataset: str = 
                                   "finetuned": made_by_finetuning(read_notes(path))}
 
 
+def passes_folder(out: Path) -> Path:
+    """Where an evaluation into `out` keeps its finished passes until it has written `out`."""
+    return out.with_name(out.stem + ".passes")
+
+
 def evaluate_and_write(module, data, out: Path, source: dict, device="cpu", command: list[str] | None = None,
-                       **options) -> dict:
+                       budget_seconds: float | None = None, **options) -> dict:
     """evaluate_model on `data`'s test split, written to `out` as evaluation.json is: what was
     evaluated (`source`), the model and data configs, the metrics, and the command that measured
-    them. Every writer of evaluation.json goes through here, so every one has this schema."""
+    them. Every writer of evaluation.json goes through here, so every one has this schema.
+
+    Resumable: the passes over the splits stop once `budget_seconds` are spent (metrics.OutOfTime),
+    and the same call goes on from the passes kept in passes_folder(out)."""
     datamodule = PixelDataModule(data)
     datamodule.prepare_data()
     datamodule.setup()
     if module.palette is not None:  # tokens of another palette would mean other colours
         check_same_palette(module.palette, datamodule.palette, source.get("checkpoint") or source.get("model_file"))
-    results = evaluate_model(module.model.to(device).eval(), datamodule, **options)
+    deadline = None if budget_seconds is None else time.perf_counter() + budget_seconds
+    results = evaluate_model(module.model.to(device).eval(), datamodule, passes=passes_folder(out), deadline=deadline,
+                             **options)
     results = {**source, "model": module.model_config.to_dict(), "data": data.to_dict(), **results}
     if command:  # the record keeps the command that measured it
         results["command"] = shlex.join(command)
     write_json(out, results)
+    shutil.rmtree(passes_folder(out))
     return results
 
 

@@ -15,11 +15,13 @@ stage, per run:
 
 It records the run for the report (--records) after each stage it finishes, so that the end of a
 session loses none, and goes on from wherever it stopped: a finished stage is skipped, a training
-stage resumes from its last checkpoint, and with --budget-minutes the running training stage stops
-at a checkpoint before the budget runs out (an evaluation starts only when the reserve it needs is
-left). The runs take hours: keep their folder (--runs) where it outlives a session. A run whose
-record holds its classification is finished: it is skipped even where its run folder is gone (a
-fresh machine); any other run starts again from what its run folder holds.
+stage resumes from its last checkpoint, an evaluation from the passes over the splits it finished,
+and with --budget-minutes the running stage stops before the budget runs out (a training stage at a
+checkpoint; an evaluation between two batches, --reserve-minutes before the end, which leaves the
+probe fits, completions and figures that follow its passes the time they need). The runs take
+hours: keep their folder (--runs) where it outlives a session. A run whose record holds its
+classification is finished: it is skipped even where its run folder is gone (a fresh machine); any
+other run starts again from what its run folder holds.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pathlib import Path
 import lightning as L
 
 from igptlib.device import bf16_faster_on_cpu
+from igptlib.metrics import OutOfTime
 
 LADDER = ("cpu-s", "cpu-m", "cpu-l")
 TWIN_SIZE = "cpu-s"  # the size trained again with one thing changed
@@ -56,8 +59,8 @@ COMPLETIONS = 8  # test images completed at the last named step (the report's fi
 class Stage:
     name: str
     done: Callable[[], bool]
-    run: Callable[[float | None], bool]  # seconds left (None: no budget) -> True when the stage finished
-    trains: bool  # a training stage can stop at a checkpoint; an evaluation cannot
+    run: Callable[[float | None], bool]  # seconds it may take (None: no budget) -> True when the stage finished
+    trains: bool  # a training stage stops at a checkpoint; an evaluation's last part (after its passes) cannot stop
 
 
 class Progress(L.Callback):
@@ -141,8 +144,13 @@ def evaluation(name: str, checkpoint: Path, out: Path, label: str = "ladder", **
         print(f"{label}: {name}", flush=True)
         trained_on = RunConfig.load_yaml(checkpoint.parent.parent / "config.yaml").data
         limit_val = min(trained_on.limit_val or EVALUATION_DATA["limit_val"], EVALUATION_DATA["limit_val"])
-        results = evaluate_checkpoint(checkpoint, out, data_changes=dict(EVALUATION_DATA, limit_val=limit_val),
-                                      precision=evaluation_precision(), **EVALUATION, **options)
+        try:
+            results = evaluate_checkpoint(checkpoint, out, data_changes=dict(EVALUATION_DATA, limit_val=limit_val),
+                                          precision=evaluation_precision(), budget_seconds=seconds_left,
+                                          **EVALUATION, **options)
+        except OutOfTime as stopped:
+            print(f"{label}: {stopped}", flush=True)
+            return False
         print(summary(results), flush=True)
         return True
 
@@ -205,19 +213,21 @@ def ladder(runs: Path, budget_minutes: float | None = None, reserve_minutes: flo
 def run_stages(todo: list[Stage], budget_minutes: float | None = None, reserve_minutes: float = 20.0,
                after: Callable[[Stage], None] | None = None, label: str = "ladder") -> bool:
     """Run every stage not yet done, in order, within the budget; after(stage) once each finishes.
-    True when all are done; False when the budget stopped them (the same call goes on from there)."""
+    True when all are done; False when the budget stopped them (the same call goes on from there).
+    An evaluation starts only with more than `reserve_minutes` left, and is given all but those."""
     print(f"{label}: " + "; ".join(f"{s.name} ({'done' if s.done() else 'to do'})" for s in todo), flush=True)
     deadline = None if budget_minutes is None else time.perf_counter() + budget_minutes * 60
     for stage in todo:
         if stage.done():
             continue
         left = None if deadline is None else deadline - time.perf_counter()
-        if left is not None and left < (0 if stage.trains else reserve_minutes * 60):
+        reserve = 0 if stage.trains else reserve_minutes * 60
+        if left is not None and left <= reserve:
             print(f"{label}: stopping before {stage.name}: {max(left, 0) / 60:.0f} min of the budget left", flush=True)
             return False
-        if not stage.run(left):
-            print(f"{label}: {stage.name} stopped at a checkpoint as the budget ran out; the same command goes on",
-                  flush=True)
+        if not stage.run(None if left is None else left - reserve):
+            kept = "at a checkpoint" if stage.trains else "keeping the passes over the splits it finished"
+            print(f"{label}: {stage.name} stopped {kept} as the budget ran out; the same command goes on", flush=True)
             return False
         if after is not None:
             after(stage)

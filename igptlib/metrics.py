@@ -1,6 +1,7 @@
 """Metrics of a model on a split: likelihood, linear probes per layer, classification.
 
-    split_pass        one forward pass over a split: likelihood, class predictions and layer features
+    split_pass        one forward pass over a split: likelihood, class predictions and layer features;
+                      save_pass/load_pass keep a finished one, so that a stopped evaluation goes on
     likelihood        mean next-pixel cross-entropy, nats and bits per pixel (AR); nats_per_image per image
     linear probes     per layer: average-pooled normed features, standardised, logistic regression;
                       fitted on the training split, the best layer chosen on validation, scored on test
@@ -11,7 +12,10 @@ igptlib.evaluate runs them all on a checkpoint; igptlib.judge measures completio
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,15 +52,20 @@ class SplitPass:
     features: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # {layer: [N, n_embd]}
 
 
+class OutOfTime(Exception):
+    """A pass over a split stopped between two batches because its deadline had passed."""
+
+
 @torch.inference_mode()
 def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False, layers=(),
-               progress: bool = False, desc: str = "pass") -> SplitPass:
+               progress: bool = False, desc: str = "pass", deadline: float | None = None) -> SplitPass:
     """Likelihood, class predictions and layer features (GPT.forward_all) of every image the loader
     yields, from one forward pass per batch: an evaluation that wants all three of the test split
     pays for one pass.
 
     likelihood: mean next-pixel cross-entropy over every pixel, and over each image's pixels; the
-    model must be autoregressive.
+    model must be autoregressive. deadline: a time.perf_counter() value; a batch due to start after
+    it raises OutOfTime instead.
     """
     if likelihood and model.config.objective != "ar":
         raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
@@ -66,6 +75,8 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
     labels, predicted, nats, pixels = [], [], [], 0
     features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for tokens, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise OutOfTime(f"{desc}: stopped after {len(labels)} of {len(loader)} batches as the budget ran out")
         tokens = tokens.to(device)
         logits, class_logits, pooled = model.forward_all(tokens, layers)
         if likelihood:  # reduced in float32 even if the model runs in lower precision
@@ -87,6 +98,35 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
     if classes:
         result.predicted = torch.cat(predicted).numpy()
     return result
+
+
+def save_pass(found: SplitPass, path: Path, key: dict) -> None:
+    """Keep a finished pass as an .npz (arrays and JSON, no pickles) with `key`, what it was a pass of."""
+    arrays = {"labels": found.labels, "meta": np.array(json.dumps({"key": key, "likelihood": found.likelihood}))}
+    if found.predicted is not None:
+        arrays["predicted"] = found.predicted
+    if found.image_nats is not None:
+        arrays["image_nats"] = found.image_nats.numpy()
+    arrays.update({f"layer_{layer}": values for layer, values in found.features.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")  # np.savez insists on the .npz suffix
+    np.savez(partial, **arrays)
+    partial.replace(path)
+
+
+def load_pass(path: Path, key: dict) -> SplitPass | None:
+    """The pass save_pass kept at `path`; None where there is none, or it was a pass of something else."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        meta = json.loads(str(saved["meta"]))
+        if meta["key"] != key:
+            return None
+        return SplitPass(labels=saved["labels"], likelihood=meta["likelihood"],
+                         image_nats=torch.from_numpy(saved["image_nats"]) if "image_nats" in saved.files else None,
+                         predicted=saved["predicted"] if "predicted" in saved.files else None,
+                         features={int(name.removeprefix("layer_")): saved[name]
+                                   for name in saved.files if name.startswith("layer_")})
 
 
 def nats_per_image(model, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

@@ -12,6 +12,7 @@ Two kinds, both plain data besides tensors, so that loading one never runs code:
     read_model_file(path)                  a ModelFile: config, weights, palette, notes, dataset
     write_model_file(out, ...)             the same, written whole or not at all
     check_weights(config, weights, where)  the config fits the weights, and they are finite
+    weights_digest(model)                  which weights these are, whatever file they came from
 
 Building a module from either kind is igptlib.lightning_module's (load_checkpoint) and igptlib.shipped's
 (load_model, by a shipped model's name too).
@@ -19,6 +20,7 @@ Building a module from either kind is igptlib.lightning_module's (load_checkpoin
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -143,6 +145,15 @@ def check_same_shapes(wanted: dict, weights: dict, where) -> None:
     if wrong or missing or unexpected:
         details = wrong[:3] + [f"missing {missing[:3]}"] * bool(missing) + [f"unexpected {unexpected[:3]}"] * bool(unexpected)
         raise CheckpointError(f"{where}: weights of another shape than the model's: " + "; ".join(details))
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """The SHA-256 of a model's weights, names and values: the same for every file that holds them."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # -- safetensors model files ------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def _shipped(models_dir) -> dict[str, dict]:
     from safetensors import safe_open
 
     from igptlib.model_files import read_notes
-    from igptlib.robustness import weights_digest
+    from igptlib.model_files import weights_digest
     from igptlib.shipped import MODELS_DIR, load_model, shipped_models
 
     models_dir = Path(models_dir or MODELS_DIR)

@@ -17,7 +17,6 @@ the inversion and the turn that undo the transform?) is counted beside them.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -139,15 +138,6 @@ def measure(generator, classifier, judge, images: torch.Tensor, labels: torch.Te
                             for chunk in encode(shown, classifier.palette).split(256)])
     row["classification_accuracy"] = float((logits.argmax(dim=-1) == labels).float().mean())
     return row
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """The SHA-256 of a model's weights, names and values: the same for every file that holds them."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def measure_into(out: Path, record: dict, generator, classifier, judge, images: torch.Tensor, labels: torch.Tensor,

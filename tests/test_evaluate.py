@@ -1,6 +1,7 @@
 """Evaluation: likelihood, probes, classification metrics, completion quality, the `igpt evaluate` path."""
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from igptlib.datasets import load_split
 from igptlib.evaluate import evaluate_model, first_and_mistakes, unaugmented_train_loader
 from igptlib.judge import classify_images, completion_quality, digit_classifier, pixel_agreement, train_digit_classifier
 from igptlib.metrics import (
+    OutOfTime,
     classification_metrics,
     layer_features,
     likelihood,
@@ -314,6 +316,48 @@ def test_evaluate_model_refuses_data_of_another_shape(datamodule):
         evaluate_model(GPT(model_config("xs", vocab_size=16, n_px=14)), datamodule, progress=False)
     with pytest.raises(ValueError, match=r"keep_rows must lie in 0\.\.27"):
         evaluate_model(GPT(model_config("xs", vocab_size=16, n_px=28)), datamodule, keep_rows=28, progress=False)
+
+
+def test_an_evaluation_stopped_by_its_deadline_goes_on_from_the_passes_it_kept(datamodule, tmp_path):
+    torch.manual_seed(0)
+    model = GPT(model_config("xs", vocab_size=16, n_px=28))
+    options = dict(probe_layers=[0, 4], probe_train=100, completions=0, progress=False)
+
+    def measures(results: dict) -> dict:
+        return {key: value for key, value in results.items() if key != "seconds"}
+
+    whole = measures(evaluate_model(model, datamodule, **options))
+    passes = tmp_path / "evaluation.passes"
+    assert measures(evaluate_model(model, datamodule, passes=passes, **options)) == whole
+    assert sorted(path.name for path in passes.iterdir()) == ["test.npz", "train.npz", "validation.npz"]
+
+    # As if stopped after the test split: that pass is served again, the next one meets the deadline.
+    (passes / "train.npz").unlink()
+    (passes / "validation.npz").unlink()
+    with pytest.raises(OutOfTime, match="train split: stopped after 0 of 1 batches"):
+        evaluate_model(model, datamodule, passes=passes, deadline=time.perf_counter(), **options)
+    assert measures(evaluate_model(model, datamodule, passes=passes, **options)) == whole
+
+    # Passes kept for other weights, or another precision, are measured again, not served.
+    with pytest.raises(OutOfTime, match="test split: stopped after 0 of 1 batches"):
+        evaluate_model(model, datamodule, passes=passes, deadline=time.perf_counter(), **{**options, "precision": "bf16"})
+    torch.manual_seed(1)
+    other = GPT(model_config("xs", vocab_size=16, n_px=28))
+    with pytest.raises(OutOfTime, match="test split: stopped after 0 of 1 batches"):
+        evaluate_model(other, datamodule, passes=passes, deadline=time.perf_counter(), **options)
+
+
+def test_igpt_evaluate_with_a_budget_stops_and_the_same_command_goes_on(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "evaluation.json"
+    command = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--probe-layers", "0", "1",
+               "--probe-train", "32", "--completions", "0", "--no-figures"]
+    assert main([*command, "--budget-minutes", "0"]) == 0
+    said = capsys.readouterr().out
+    assert "test split: stopped after 0 of 2 batches as the budget ran out" in said and "the same command goes on" in said
+    assert not out.exists()
+    assert main(command) == 0
+    assert json.loads(out.read_text())["probes"]["train_examples"] == 32
+    assert not (tmp_path / "evaluation.passes").exists()  # kept only until the evaluation is written
 
 
 def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, classifier):

@@ -37,6 +37,11 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     assert json.loads((records / "ladder-xs/metrics.json").read_text())["global_step"] == 4
     assert not list((records / "ladder-xs").glob("evaluation*.json"))
 
+    # An evaluation given a moment of the budget stops between batches, to go on next time.
+    assert not ladder(runs, budget_minutes=1, reserve_minutes=1 - 0.01 / 60, records=records, **plan)
+    assert "evaluate ladder-xs at step 2 stopped keeping the passes over the splits it finished" in capsys.readouterr().out
+    assert not (runs / "ladder-xs" / "evaluation-step-2.json").exists()
+
     assert ladder(runs, records=records, **plan)
     for name in ("ladder-xs", "ladder-xs-noaug", "ladder-xs-rotate"):
         folder = runs / name
