@@ -276,9 +276,17 @@ def _best(entries: list[dict], key: str, dataset: str) -> dict | None:
     return max(scored, key=lambda e: e[key]) if scored else None
 
 
-def _compute(entry: dict) -> str:
-    minutes = [m for m in (entry["training_minutes"], entry["finetune_minutes"]) if m is not None]
-    time = f"{sum(minutes):.0f} min of training" if minutes else "training time not preserved"
+def _compute(entry: dict, key: str) -> str:
+    """The training a measure took: a probe only its model's pre-training; a fine-tuned measure a
+    run's pre-training and fine-tuning, or a shipped classifier's own fine-tuning."""
+    if key == "probe_accuracy":
+        minutes, what = [entry["training_minutes"]], "pre-training"
+    elif entry["classifier_model"]:
+        minutes, what = [entry["training_minutes"]], "fine-tuning (the model it started from not counted)"
+    else:
+        minutes, what = [entry["training_minutes"], entry["finetune_minutes"]], "training"
+    minutes = [m for m in minutes if m is not None]
+    time = f"{sum(minutes):.0f} min of {what}" if minutes else "training time not preserved"
     return f"{time} on {entry['hardware'] or 'unrecorded hardware'}"
 
 
@@ -289,7 +297,7 @@ def literature_section(entries: list[dict]) -> list[str]:
     for item in LITERATURE:
         best = _best(entries, item["key"], item["dataset"])
         ours = "not measured yet" if best is None else f"{best[item['key']]:.4f} ({_label(best)}, {best['dataset']})"
-        rows.append([item["measure"], item["seed"], item["paper"], ours, "–" if best is None else _compute(best)])
+        rows.append([item["measure"], item["seed"], item["paper"], ours, "–" if best is None else _compute(best, item["key"])])
     probed = [e for e in entries if e["probe_layer"] is not None]
     layers = "; ".join(f"{_label(e)}: layer {e['probe_layer']} of {e['probe_layers']}" for e in probed) or "no probes measured yet"
     rows.append(["best linear-probe layer", "not measured", PAPER_PROBE_FINDING, layers, "–"])

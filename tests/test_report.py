@@ -189,6 +189,25 @@ def test_the_likelihood_comparison_leaves_out_bert_runs_and_fine_tuning_runs(tmp
     assert drawn["val/acc"]["shipped-mnist-classifier"] == records[3]["folder"]
 
 
+def test_each_headline_number_is_charged_the_training_it_took():
+    # A probe needs only the pre-training; a run's fine-tuned classifier both; a shipped classifier
+    # records its own fine-tuning (the model it started from has its own record).
+    from igptlib.report import literature_section
+
+    run = {"name": "l", "dataset": "mnist", "training_minutes": 159.2, "finetune_minutes": 28.6, "hardware": "a CPU",
+           "classifier_model": False, "probe_accuracy": 0.95, "probe_layer": 6, "probe_layers": 6,
+           "kappa": None, "finetuned_accuracy": None}
+    classifier = {**run, "name": "c", "training_minutes": 240.9, "finetune_minutes": None, "classifier_model": True,
+                  "probe_accuracy": None, "probe_layer": None, "kappa": 0.99, "finetuned_accuracy": 0.99}
+    rows = {line.split(" | ")[0]: line for line in literature_section([run, classifier]) if line.startswith("| ")}
+    assert rows["| linear probe, best layer, test accuracy"].endswith("| 159 min of pre-training on a CPU |")
+    assert rows["| fine-tuned classifier, Cohen's kappa"].endswith(
+        "| 241 min of fine-tuning (the model it started from not counted) on a CPU |")
+    run["kappa"] = 0.999
+    rows = {line.split(" | ")[0]: line for line in literature_section([run, classifier]) if line.startswith("| ")}
+    assert rows["| fine-tuned classifier, Cohen's kappa"].endswith("| 188 min of training on a CPU |")
+
+
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
