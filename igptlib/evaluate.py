@@ -2,7 +2,7 @@
 
 From a model and a PixelDataModule, evaluate_model computes
   likelihood        mean next-pixel cross-entropy on the test set, nats and bits per pixel (AR)
-  linear probes     per layer, fitted on the training split, best layer chosen on validation (igptlib.metrics)
+  linear probes     per layer, fitted on the training split, L2 strength and best layer chosen on validation (igptlib.metrics)
   classification    the fine-tuned head's accuracy, confusion matrix, Cohen's kappa, and
                     precision/recall/F1 per class (a generative checkpoint's head is untrained: chance)
   completion        keep the top half of test images, sample the rest; then the share of
@@ -226,7 +226,8 @@ def summary(results: dict) -> str:
         lines.append(f"  likelihood: {nll['nats_per_pixel']:.4f} nats/pixel, {nll['bits_per_pixel']:.4f} bits/pixel")
     if "probes" in results:
         probes = results["probes"]
-        lines.append(f"  linear probe: {probes['best_test_accuracy']:.4f} test accuracy at layer {probes['best_layer']}")
+        lines.append(f"  linear probe: {probes['best_test_accuracy']:.4f} test accuracy at layer {probes['best_layer']} "
+                     f"(C = {probes['inverse_l2'][probes['best_layer']]:g}, chosen on validation)")
     if "classification" in results:
         clf = results["classification"]
         lines.append(f"  classification: accuracy {clf['accuracy']:.4f}, kappa {clf['kappa']:.4f}")

@@ -4,7 +4,8 @@
                       save_pass/load_pass keep a finished one, so that a stopped evaluation goes on
     likelihood        mean next-pixel cross-entropy, nats and bits per pixel (AR); nats_per_image per image
     linear probes     per layer: average-pooled normed features, standardised, logistic regression;
-                      fitted on the training split, the best layer chosen on validation, scored on test
+                      fitted on the training split, its L2 strength and the best layer chosen on
+                      validation, scored on test
     classification    accuracy, confusion matrix, Cohen's kappa, precision/recall/F1 per class
 
 igptlib.evaluate runs them all on a checkpoint; igptlib.judge measures completions.
@@ -15,11 +16,13 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
 from sklearn.pipeline import make_pipeline
@@ -165,7 +168,13 @@ def layer_features(model, loader, layers: list[int] | None = None, progress: boo
     return found.features, found.labels
 
 
-def fit_linear_probe(features, labels, max_iter: int = 1000, seed: int = 0):
+# The inverse L2 strengths (scikit-learn's C) a probe tries per layer. scikit-learn's default of 1
+# over-regularises: on the shipped mnist's features of 54,000 images C = 100 probed 0.9740 against
+# 0.9617 at C = 1 (layer 3), so each layer's strength is chosen on validation.
+PROBE_STRENGTHS = (0.1, 1.0, 10.0, 100.0)
+
+
+def fit_linear_probe(features, labels, max_iter: int = 1000, seed: int = 0, inverse_l2: float = 1.0):
     """A logistic regression on standardised features (a scikit-learn pipeline; .score gives accuracy).
 
     Standardising with the training set's mean and spread first lets the probe converge in a few
@@ -174,7 +183,12 @@ def fit_linear_probe(features, labels, max_iter: int = 1000, seed: int = 0):
     _check_examples("train", features, labels)
     if len(np.unique(labels)) < 2:
         raise ValueError("the training labels hold a single class: a probe needs at least two")
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed)).fit(features, labels)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=inverse_l2, max_iter=max_iter, random_state=seed))
+    with warnings.catch_warnings():
+        # A weakly regularised fit may stop before L-BFGS converges; it is still a probe, and
+        # validation judges it against the others.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return probe.fit(features, labels)
 
 
 def _check_examples(split: str, features, labels) -> None:
@@ -196,21 +210,29 @@ def linear_probe(train_features, train_labels, test_features, test_labels, max_i
 
 
 def probes_from_features(train: SplitPass, val: SplitPass, test: SplitPass, max_iter: int = 1000, seed: int = 0,
-                         progress: bool = False) -> dict:
-    """A linear probe per layer, fitted once on train; the best layer is picked on validation and
-    reported on test. Picking on validation keeps the test accuracy an honest estimate (picking the
-    best of several test scores would flatter it)."""
+                         progress: bool = False, strengths=PROBE_STRENGTHS) -> dict:
+    """A linear probe per layer and inverse L2 strength, fitted on train; each layer keeps the
+    strength that does best on validation, the best layer is picked on validation too, and only
+    then is each kept probe scored on test. Choosing on validation keeps the test accuracy an honest
+    estimate (picking the best of several test scores would flatter it)."""
     if not train.features:
         raise ValueError("no layer's features to probe")
-    val_accuracy, test_accuracy = {}, {}
-    for layer in tqdm(train.features, desc="probes", unit="layer", leave=False, disable=not progress):
-        probe = fit_linear_probe(train.features[layer], train.labels, max_iter, seed)
-        val_accuracy[layer] = probe_accuracy(probe, val.features[layer], val.labels, "validation")
-        test_accuracy[layer] = probe_accuracy(probe, test.features[layer], test.labels)
+    if not strengths:
+        raise ValueError("strengths must name at least one inverse L2 strength")
+    val_accuracy, test_accuracy, inverse_l2 = {}, {}, {}
+    fits = [(layer, c) for layer in train.features for c in strengths]
+    for layer, c in tqdm(fits, desc="probes", unit="fit", leave=False, disable=not progress):
+        probe = fit_linear_probe(train.features[layer], train.labels, max_iter, seed, inverse_l2=c)
+        accuracy = probe_accuracy(probe, val.features[layer], val.labels, "validation")
+        if accuracy > val_accuracy.get(layer, -1.0):
+            val_accuracy[layer], inverse_l2[layer] = accuracy, c
+            test_accuracy[layer] = probe_accuracy(probe, test.features[layer], test.labels)
     best = max(val_accuracy, key=val_accuracy.get)
     return {
         "val_accuracy": val_accuracy,
         "test_accuracy": test_accuracy,
+        "inverse_l2": inverse_l2,
+        "inverse_l2_tried": list(strengths),
         "best_layer": best,
         "best_test_accuracy": test_accuracy[best],
         "train_examples": len(train.labels),

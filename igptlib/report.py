@@ -163,6 +163,9 @@ def result(record: dict, model: dict | None = None) -> dict:
         "probe_layers": model_config.n_layer if probes else None,
         "probe_accuracy": probes.get("best_test_accuracy"),
         "probe_train": probes.get("train_examples"),
+        # Records from before the strength was chosen on validation fitted every probe at C = 1.
+        "probe_inverse_l2": probes.get("inverse_l2", {}).get(str(probes.get("best_layer")), 1.0) if probes else None,
+        "probe_inverse_l2_chosen": "inverse_l2" in probes,
         "finetuned_accuracy": classification.get("accuracy"),
         "kappa": classification.get("kappa"),
         "completion_images": completion.get("images"),
@@ -217,6 +220,14 @@ def _trained(entry: dict) -> str:
     return text
 
 
+def _probe_fit(entry: dict) -> str:
+    """The images a record's best probe was fitted on, and its inverse L2 strength."""
+    if entry["probe_train"] is None:
+        return "–"
+    chosen = " (chosen on validation)" if entry["probe_inverse_l2_chosen"] else ""
+    return f"{entry['probe_train']} images, C = {entry['probe_inverse_l2']:g}{chosen}"
+
+
 def remeasure_command(name: str, finetuned: bool) -> str:
     """The command that re-measures a shipped model into its record (its card names it).
 
@@ -250,7 +261,7 @@ def result_tables(entries: list[dict]) -> list[str]:
                      "probe fitted on", "fine-tuned test accuracy", "fine-tuned Cohen's kappa"],
                     [[_label(e), e["dataset"],
                       "–" if e["probe_layer"] is None else f"{e['probe_layer']} of {e['probe_layers']}",
-                      _number(e["probe_accuracy"]), "–" if e["probe_train"] is None else f"{e['probe_train']} images",
+                      _number(e["probe_accuracy"]), _probe_fit(e),
                       _number(e["finetuned_accuracy"]), _number(e["kappa"])] for e in measured])
     lines += ["", "### Completion: the bottom half of test images", ""]
     lines += _table(["record", "dataset", "images x samples", "classifier agrees with the original's class",
@@ -657,7 +668,7 @@ def _measures(entry: dict) -> list[str]:
         lines += [f"| test likelihood, nats per pixel | {_number(entry['nats_per_pixel'])} |",
                   f"| test likelihood, bits per pixel | {_number(entry['bits_per_pixel'])} |"]
     if entry["probe_accuracy"] is not None:
-        lines.append(f"| linear probe, best layer (picked on validation; fitted on {entry['probe_train']} training images) | "
+        lines.append(f"| linear probe, best layer (picked on validation; fitted on {_probe_fit(entry)}) | "
                      f"{_number(entry['probe_accuracy'])} (layer {entry['probe_layer']} of {entry['probe_layers']}) |")
     if entry["kappa"] is not None:
         lines += [f"| fine-tuned test accuracy | {_number(entry['finetuned_accuracy'])} |",

@@ -16,8 +16,11 @@ from igptlib.datasets import load_split
 from igptlib.evaluate import evaluate_model, first_and_mistakes, unaugmented_train_loader
 from igptlib.judge import classify_images, completion_quality, digit_classifier, pixel_agreement, train_digit_classifier
 from igptlib.metrics import (
+    PROBE_STRENGTHS,
     OutOfTime,
+    SplitPass,
     classification_metrics,
+    fit_linear_probe,
     layer_features,
     likelihood,
     linear_probe,
@@ -25,6 +28,8 @@ from igptlib.metrics import (
     nats_per_image,
     nats_to_bits,
     predict_classes,
+    probe_accuracy,
+    probes_from_features,
 )
 from igptlib.model import GPT, ar_loss
 
@@ -182,6 +187,36 @@ def test_linear_probe_rejects_mismatched_lengths():
         linear_probe(features, [0, 1, 0], features, [0, 1, 0, 1])
     with pytest.raises(ValueError, match="single class"):
         linear_probe(features, [1, 1, 1, 1], features, [0, 1, 0, 1])
+
+
+def test_each_layer_keeps_the_probe_strength_that_does_best_on_validation():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 200))
+
+    def split(n):
+        labels = rng.integers(0, 3, n)
+        noisy = 0.15 * centres[labels] + rng.normal(size=(n, 200))  # a weak signal in many dimensions
+        clean = np.eye(3)[labels] * 3 + 0.5 * rng.normal(size=(n, 3))  # a strong one in few
+        return SplitPass(labels=labels, features={0: noisy, 1: clean})
+
+    train, val, test = split(60), split(400), split(400)
+    probes = probes_from_features(train, val, test)
+    assert probes["inverse_l2_tried"] == list(PROBE_STRENGTHS)
+    for layer in (0, 1):
+        fitted = {c: fit_linear_probe(train.features[layer], train.labels, inverse_l2=c) for c in PROBE_STRENGTHS}
+        on_val = {c: probe_accuracy(probe, val.features[layer], val.labels) for c, probe in fitted.items()}
+        chosen = max(PROBE_STRENGTHS, key=on_val.get)  # the first of equals: the most regularised
+        assert probes["inverse_l2"][layer] == chosen and probes["val_accuracy"][layer] == on_val[chosen]
+        assert probes["test_accuracy"][layer] == probe_accuracy(fitted[chosen], test.features[layer], test.labels)
+    # Layer 1 (the last checked) separates at every strength: the tie goes to the most regularised.
+    assert len(set(on_val.values())) == 1 and probes["inverse_l2"][1] == PROBE_STRENGTHS[0]
+    fitted = {c: fit_linear_probe(train.features[0], train.labels, inverse_l2=c) for c in PROBE_STRENGTHS}
+    assert len({probe_accuracy(p, val.features[0], val.labels) for p in fitted.values()}) > 1, "layer 0's strength matters"
+    # One strength alone is the plain probe at that strength.
+    plain = probes_from_features(train, val, test, strengths=(1.0,))
+    assert plain["test_accuracy"][0] == probe_accuracy(fitted[1.0], test.features[0], test.labels)
+    with pytest.raises(ValueError, match="at least one inverse L2 strength"):
+        probes_from_features(train, val, test, strengths=())
 
 
 def test_linear_probes_on_an_untrained_xs_model_beat_chance(datamodule):
