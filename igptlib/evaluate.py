@@ -93,17 +93,21 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     started = time.perf_counter()
     layers = [] if not probes else all_layers(model) if probe_layers is None else list(probe_layers)
     weights = weights_digest(model) if passes is not None else None
+    pass_seconds, served = {}, []  # a resumed evaluation counts the passes earlier processes measured, too
 
     def one_pass(split: str, loader, **wanted):
         key = {"split": split, "images": len(loader.dataset), "layers": layers, "precision": precision,
                "weights": weights, **wanted}
         kept = None if passes is None else Path(passes) / f"{split}.npz"
         found = None if kept is None else load_pass(kept, key)
-        if found is None:
+        if found is not None:
+            served.append(split)
+        else:
             found = split_pass(model, loader, layers=layers, progress=progress, desc=f"{split} split",
                                deadline=deadline, **wanted)
             if kept is not None:
                 save_pass(found, kept, key)
+        pass_seconds[split] = round(found.seconds, 1)
         return found
 
     # bfloat16 autocast (as in training) speeds these passes up on CPUs with bf16 instructions;
@@ -142,7 +146,8 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
                           "predictions", figures, close=True)
     if figures is not None and "probes" in results:
         plots.save_figure(plots.probe_accuracy_plot(results["probes"]), "linear_probes", figures, close=True)
-    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["pass_seconds"] = pass_seconds
+    results["seconds"] = round(time.perf_counter() - started + sum(pass_seconds[split] for split in served), 1)
     return results
 
 

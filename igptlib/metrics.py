@@ -53,6 +53,7 @@ class SplitPass:
     image_nats: torch.Tensor | None = None  # each image's mean next-pixel cross-entropy [N] (AR models)
     predicted: np.ndarray | None = None  # the classification head's labels [N]
     features: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # {layer: [N, n_embd]}
+    seconds: float = 0.0  # the wall time of the pass that measured these, kept with them
 
 
 class OutOfTime(Exception):
@@ -76,6 +77,7 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
     model.eval()
     device = _device(model)
     labels, predicted, nats, pixels = [], [], [], 0
+    started = time.perf_counter()
     features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     for tokens, batch_labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         if deadline is not None and time.perf_counter() > deadline:
@@ -93,7 +95,8 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
     if not labels:
         raise ValueError("the loader yielded no images")
     result = SplitPass(labels=torch.cat(labels).numpy(),
-                       features={layer: torch.cat(chunks).numpy() for layer, chunks in features.items()})
+                       features={layer: torch.cat(chunks).numpy() for layer, chunks in features.items()},
+                       seconds=time.perf_counter() - started)
     if likelihood:
         result.image_nats = torch.cat(nats)
         mean = result.image_nats.double().mean().item()  # every image has as many pixels
@@ -105,7 +108,8 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
 
 def save_pass(found: SplitPass, path: Path, key: dict) -> None:
     """Keep a finished pass as an .npz (arrays and JSON, no pickles) with `key`, what it was a pass of."""
-    arrays = {"labels": found.labels, "meta": np.array(json.dumps({"key": key, "likelihood": found.likelihood}))}
+    meta = {"key": key, "likelihood": found.likelihood, "seconds": found.seconds}
+    arrays = {"labels": found.labels, "meta": np.array(json.dumps(meta))}
     if found.predicted is not None:
         arrays["predicted"] = found.predicted
     if found.image_nats is not None:
@@ -129,7 +133,8 @@ def load_pass(path: Path, key: dict) -> SplitPass | None:
                          image_nats=torch.from_numpy(saved["image_nats"]) if "image_nats" in saved.files else None,
                          predicted=saved["predicted"] if "predicted" in saved.files else None,
                          features={int(name.removeprefix("layer_")): saved[name]
-                                   for name in saved.files if name.startswith("layer_")})
+                                   for name in saved.files if name.startswith("layer_")},
+                         seconds=meta.get("seconds", 0.0))  # passes kept before their time was: unknown, 0
 
 
 def nats_per_image(model, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

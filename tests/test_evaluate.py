@@ -359,12 +359,17 @@ def test_an_evaluation_stopped_by_its_deadline_goes_on_from_the_passes_it_kept(d
     options = dict(probe_layers=[0, 4], probe_train=100, completions=0, progress=False)
 
     def measures(results: dict) -> dict:
-        return {key: value for key, value in results.items() if key != "seconds"}
+        return {key: value for key, value in results.items() if key not in ("seconds", "pass_seconds")}
 
     whole = measures(evaluate_model(model, datamodule, **options))
     passes = tmp_path / "evaluation.passes"
-    assert measures(evaluate_model(model, datamodule, passes=passes, **options)) == whole
+    first = evaluate_model(model, datamodule, passes=passes, **options)
+    assert measures(first) == whole
     assert sorted(path.name for path in passes.iterdir()) == ["test.npz", "train.npz", "validation.npz"]
+    # Served again, the passes bring the time they took: the evaluation's seconds count them.
+    served = evaluate_model(model, datamodule, passes=passes, **options)
+    assert served["pass_seconds"] == first["pass_seconds"] and set(first["pass_seconds"]) == {"test", "train", "validation"}
+    assert served["seconds"] >= sum(first["pass_seconds"].values()) > 0
 
     # As if stopped after the test split: that pass is served again, the next one meets the deadline.
     (passes / "train.npz").unlink()
