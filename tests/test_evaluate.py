@@ -202,19 +202,19 @@ def test_each_layer_keeps_the_probe_strength_that_does_best_on_validation():
     train, val, test = split(60), split(400), split(400)
     probes = probes_from_features(train, val, test)
     assert probes["inverse_l2_tried"] == list(PROBE_STRENGTHS)
+    fitted, on_val = {}, {}
     for layer in (0, 1):
-        fitted = {c: fit_linear_probe(train.features[layer], train.labels, inverse_l2=c) for c in PROBE_STRENGTHS}
-        on_val = {c: probe_accuracy(probe, val.features[layer], val.labels) for c, probe in fitted.items()}
-        chosen = max(PROBE_STRENGTHS, key=on_val.get)  # the first of equals: the most regularised
-        assert probes["inverse_l2"][layer] == chosen and probes["val_accuracy"][layer] == on_val[chosen]
-        assert probes["test_accuracy"][layer] == probe_accuracy(fitted[chosen], test.features[layer], test.labels)
-    # Layer 1 (the last checked) separates at every strength: the tie goes to the most regularised.
-    assert len(set(on_val.values())) == 1 and probes["inverse_l2"][1] == PROBE_STRENGTHS[0]
-    fitted = {c: fit_linear_probe(train.features[0], train.labels, inverse_l2=c) for c in PROBE_STRENGTHS}
-    assert len({probe_accuracy(p, val.features[0], val.labels) for p in fitted.values()}) > 1, "layer 0's strength matters"
+        fitted[layer] = {c: fit_linear_probe(train.features[layer], train.labels, inverse_l2=c) for c in PROBE_STRENGTHS}
+        on_val[layer] = {c: probe_accuracy(probe, val.features[layer], val.labels) for c, probe in fitted[layer].items()}
+        chosen = max(PROBE_STRENGTHS, key=on_val[layer].get)  # the first of equals: the most regularised
+        assert probes["inverse_l2"][layer] == chosen and probes["val_accuracy"][layer] == on_val[layer][chosen]
+        assert probes["test_accuracy"][layer] == probe_accuracy(fitted[layer][chosen], test.features[layer], test.labels)
+    # Layer 1 separates at every strength: the tie goes to the most regularised.
+    assert len(set(on_val[1].values())) == 1 and probes["inverse_l2"][1] == PROBE_STRENGTHS[0]
+    assert len(set(on_val[0].values())) > 1, "layer 0's strength matters"
     # One strength alone is the plain probe at that strength.
     plain = probes_from_features(train, val, test, strengths=(1.0,))
-    assert plain["test_accuracy"][0] == probe_accuracy(fitted[1.0], test.features[0], test.labels)
+    assert plain["test_accuracy"][0] == probe_accuracy(fitted[0][1.0], test.features[0], test.labels)
     with pytest.raises(ValueError, match="at least one inverse L2 strength"):
         probes_from_features(train, val, test, strengths=())
 
