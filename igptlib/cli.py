@@ -515,6 +515,26 @@ def run_bench_converge(args) -> None:
     print(f"  record: {path}\n  plot: {figure}")
 
 
+def run_bench_classify(args) -> None:
+    from igptlib.bench_classify import classify, cnn_control, write_record
+
+    if args.cnn:
+        record = cnn_control(args.name, epochs=args.epochs)
+    else:
+        record = classify(args.name, Path(args.run_dir or f"runs/classify-{args.name}"), args.size, args.pretrain_steps,
+                          args.finetune_steps, args.overrides, args.pretrain_overrides, args.finetune_overrides,
+                          args.probe, args.budget_minutes)
+        if record is None:
+            return
+    path = write_record(record, Path(args.out))
+    test = record["test"]
+    print(f"{args.name}: {record['training']['minutes']:.1f} wall min ({record['training']['cpu_minutes']:.1f} CPU min) "
+          f"to a classifier of test accuracy {test['accuracy']:.4f}, kappa {test['kappa']:.4f}\n  record: {path}")
+    if "probe" in record:
+        print(f"  probe: {record['probe']['best_test_accuracy']:.4f} at layer {record['probe']['best_layer']} "
+              f"after {record['probe']['minutes']:.1f} min")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (the usage is a --help away); subcommands' parsers are of this class too."""
 
@@ -770,6 +790,23 @@ def build_parser() -> argparse.ArgumentParser:
     converge.add_argument("--at-step", type=int, help="with --branch-from: the parent's kept step where the decay starts")
     converge.add_argument("--parent-run-dir", help="with --branch-from: the parent's run folder (default: the one its record names)")
     converge.set_defaults(run=run_bench_converge)
+    classify = kinds.add_parser("classify", help="time to quality for classification: pre-training, fine-tuning, test")
+    classify.add_argument("--name", required=True, help="the recipe's name: report/bench/classify-NAME.json")
+    classify.add_argument("--size", default="cpu-fast", choices=list(PRESETS), help="the preset to start from (default: cpu-fast)")
+    classify.add_argument("--pretrain-steps", type=int, default=4000, help="generative pre-training steps (0: none, the labels-alone control)")
+    classify.add_argument("--finetune-steps", type=positive_int, default=12000, help="fine-tuning steps (L_GEN + L_CLF)")
+    add_set_argument(classify, "change the preset's config for both stages, e.g. data.n_px=16 model.norm=rms")
+    classify.add_argument("--pretrain-set", dest="pretrain_overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                          help="change the pre-training stage's config only")
+    classify.add_argument("--finetune-set", dest="finetune_overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                          help="change the fine-tuning stage's config only, e.g. optim.lr=1e-3 data.augment=[crop]")
+    classify.add_argument("--probe", action="store_true", help="also fit linear probes on the pre-trained model (own minutes)")
+    classify.add_argument("--budget-minutes", type=positive_float, help="stop at a checkpoint before this many minutes; run again to go on")
+    classify.add_argument("--run-dir", help="the run folder (default: runs/classify-NAME)")
+    classify.add_argument("--out", default="report/bench", help="where the JSON goes (default: report/bench)")
+    classify.add_argument("--cnn", action="store_true", help="the convolutional control instead of the transformer")
+    classify.add_argument("--epochs", type=positive_int, default=12, help="with --cnn: training epochs (default: 12)")
+    classify.set_defaults(run=run_bench_classify)
     return parser
 
 

@@ -18,10 +18,14 @@ nothing else of igptlib, so that any module may import it (ARCHITECTURE.md).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
+import reprlib
+import secrets
 import types
 import typing
 from pathlib import Path
@@ -33,25 +37,157 @@ class ConfigError(ValueError):
     """A configuration value or file is not what the dataclass expects."""
 
 
-def read_json(path: str | os.PathLike):
-    """A JSON file igpt wrote (metrics.json, evaluation.json, ...), or a ConfigError naming the file."""
+def excerpt(value, limit: int = 80) -> str:
+    """A bad value as an error message shows it: its repr, cut to about `limit` characters. A value
+    read from a file may be huge, or nested and shared so that printing it whole never ends."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxdict, shown.maxlist, shown.maxtuple, shown.maxset = 3, 4, 6, 6, 6
+    shown.maxstring = shown.maxother = limit
+    shown.maxlong = 40
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1:,} digits"  # repr() refuses 4,300 or more
+    text = shown.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_regular_file(path: str | os.PathLike, expected: str) -> Path:
+    """`path`, if it is a regular file (or a link to one); else an OSError saying what it is. Opening a
+    FIFO waits for a writer that never comes; a folder or a device is no file of ours either."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; expected {expected}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a directory; expected {expected}")
+    if not path.is_file():
+        raise OSError(f"{path}: not a regular file (a FIFO, socket or device); expected {expected}")
+    return path
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name, flag: str = "--name", what: str = "name", becomes: str = "") -> str:
+    """`name` if it is a plain file name (letters, digits, '.', '_', '-'; a letter or digit first), never a
+    path: a --name becomes one file or folder inside the command's own folder, and '..', '/x' or
+    'a/b' would put it (or the folder it replaces) elsewhere. `becomes` says what it turns into."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(f"{flag} {excerpt(name)}: expected a plain {what} of letters, digits, '.', '_' and '-', "
+                          f"starting with a letter or digit, at most 100 characters"
+                          + (f" (it becomes {becomes})" if becomes else ""))
+    return name
+
+
+def read_text(path: str | os.PathLike, expected: str) -> str:
+    """A UTF-8 text file, or an error naming the file and what was expected of it."""
+    path = check_regular_file(path, expected)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); expected {expected} "
+                          "saved as UTF-8") from None
+
+
+def read_json(path: str | os.PathLike, expected: type | None = None):
+    """A JSON file igpt wrote (metrics.json, evaluation.json, ...), or a ConfigError naming the file;
+    `expected` (dict or list) is the type the file must hold."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error}); expected the file as igpt wrote it "
+        values = json.loads(read_text(path, "a JSON file as igpt writes it"))
+    except (json.JSONDecodeError, RecursionError) as error:
+        cause = error if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+        raise ConfigError(f"{path}: not valid JSON ({cause}); expected the file as igpt wrote it "
                           "(run the step that writes it again)") from None
+    if expected is not None and not isinstance(values, expected):
+        raise ConfigError(f"{path}: holds a JSON {type(values).__name__}, {excerpt(values)}; expected a JSON "
+                          f"{'object' if expected is dict else 'array'} as igpt writes it (run the step that writes it again)")
+    return values
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a .partial file renamed over it, so that an interrupted write
-    never leaves a half-written file where a reader (or a resuming run) expects a whole one."""
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing aliases and duplicate keys.
+
+    A few hundred bytes of nested aliases stand for billions of values: whatever walks or prints
+    what they load (a config check, an error message) never ends. igpt writes YAML without them. A
+    key written twice would silently keep its last value.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"found the alias *{excerpt(event.anchor, 40)}: igpt reads YAML "
+                                              "without anchors and aliases (write each value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {excerpt(key, 40)} appears twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text as plain data (what yaml.safe_load gives, without aliases or duplicate keys), or a
+    one-line ConfigError starting with `where`."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML ({excerpt(' '.join(str(error).split()), 300)})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML (nested too deeply)") from None
+    except ValueError as error:  # int() refuses numbers of 4,300 digits or more
+        raise ConfigError(f"{where}: a value YAML cannot read ({excerpt(str(error), 120)})") from None
+
+
+def read_yaml(path: str | os.PathLike, expected: str = "a YAML file"):
+    """A YAML file as plain data (parse_yaml), or a ConfigError naming the file."""
+    return parse_yaml(read_text(path, expected), str(path))
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """A new binary file to write `path` through: renamed over `path` when the block ends, removed
+    if it raises, so that an interrupted write never leaves a half-written file where a reader (or a
+    resuming run) expects a whole one.
+
+    The temporary file is created with a random name and O_EXCL, so it is never a link or file that
+    was there before; the rename replaces a link at `path` itself, never the file it points to.
+    """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():  # checked first: the rename would fail only after the write
+        raise IsADirectoryError(f"{path}: a directory; expected the path of a file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
-    return path
+    while True:
+        partial = path.with_name(f"{path.name}.{secrets.token_hex(4)}.partial")
+        try:
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: str | os.PathLike, content: str | bytes) -> Path:
+    """Write text or bytes to `path` whole or not at all, never through a link (atomic_file)."""
+    with atomic_file(path) as file:
+        file.write(content.encode() if isinstance(content, str) else content)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, data) -> Path:
@@ -76,10 +212,10 @@ def _check_value(value, annotation, where: str):
                 return _check_value(value, option, where)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: expected {_type_name(annotation)}, got {value!r}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: expected {_type_name(annotation)}, got {excerpt(value)}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {excerpt(value)}")
         item_type = args[0] if args else typing.Any
         return [_check_value(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
     if annotation is typing.Any:
@@ -88,25 +224,27 @@ def _check_value(value, annotation, where: str):
         if isinstance(value, annotation):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping of {annotation.__name__} fields, got {excerpt(value)}")
         return annotation.from_dict(value, where=where)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {excerpt(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {excerpt(value)}")
+        if abs(value) >= 2**63:  # no count or size of ours is larger; a pickled checkpoint's may be
+            raise ConfigError(f"{where}: expected an integer of at most 64 bits, got {excerpt(value)}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {excerpt(value)}")
         if not math.isfinite(value):  # NaN passes every range check (all comparisons are False)
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {excerpt(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {excerpt(value)}")
         return value
     raise TypeError(f"{where}: config fields of type {annotation!r} are not supported")
 
@@ -133,11 +271,11 @@ class Config:
     def from_dict(cls, values: dict, where: str | None = None):
         where = where or cls.__name__
         if not isinstance(values, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {excerpt(values)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+            raise ConfigError(f"{where}: unknown key(s) {excerpt(unknown)}; known keys are {sorted(known)}")
         hints = typing.get_type_hints(cls)
         checked = {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in values.items()}
         return cls(**checked)
@@ -152,12 +290,9 @@ class Config:
     @classmethod
     def load_yaml(cls, path: str | os.PathLike):
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None  # on one line
+        if not path.exists():
+            raise ConfigError(f"{path}: no such config file")
+        values = read_yaml(path, f"a YAML mapping of {cls.__name__} fields")
         if values is None:  # an empty file would silently be every default: a full-size run
             raise ConfigError(f"{path}: empty; expected a mapping of {cls.__name__} fields")
         return cls.from_dict(values, where=str(path))
@@ -195,13 +330,13 @@ class DataConfig(Config):
 
     def validate(self):
         if self.dataset not in DATASET_NAMES:
-            raise ConfigError(f"DataConfig.dataset: unknown dataset {self.dataset!r}; choose one of {sorted(DATASET_NAMES)}")
+            raise ConfigError(f"DataConfig.dataset: unknown dataset {excerpt(self.dataset)}; choose one of {sorted(DATASET_NAMES)}")
         if not 1 <= self.n_px <= 256:
             raise ConfigError(f"DataConfig.n_px: expected 1..256, got {self.n_px}")
         if not 2 <= self.clusters <= 4096:
             raise ConfigError(f"DataConfig.clusters: expected 2..4096, got {self.clusters}")
         if self.palette_method not in PALETTE_METHODS:
-            raise ConfigError(f"DataConfig.palette_method: expected 'minibatch' or 'kmeans', got {self.palette_method!r}")
+            raise ConfigError(f"DataConfig.palette_method: expected 'minibatch' or 'kmeans', got {excerpt(self.palette_method)}")
         if self.palette_pixels < 1:
             raise ConfigError(f"DataConfig.palette_pixels: expected a positive integer, got {self.palette_pixels}")
         unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
@@ -230,6 +365,8 @@ class DataConfig(Config):
 # -- the model -------------------------------------------------------------------------------------
 
 OBJECTIVES = ("ar", "bert")
+MAX_LAYERS = 1024  # ten times the deepest GPT published
+MAX_WEIGHTS = 2**35
 NORMS = ("layer", "rms")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP's; igptlib.model has the function of each name
 
@@ -260,19 +397,32 @@ class ModelConfig(Config):
         if self.n_embd % self.n_head:
             raise ConfigError(f"ModelConfig: n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.objective not in OBJECTIVES:
-            raise ConfigError(f"ModelConfig.objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+            raise ConfigError(f"ModelConfig.objective: expected one of {list(OBJECTIVES)}, got {excerpt(self.objective)}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"ModelConfig.mask_prob: expected a probability in (0, 1), got {self.mask_prob}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"ModelConfig.dropout: expected a probability in [0, 1), got {self.dropout}")
         if self.norm not in NORMS:
-            raise ConfigError(f"ModelConfig.norm: expected one of {list(NORMS)}, got {self.norm!r}")
+            raise ConfigError(f"ModelConfig.norm: expected one of {list(NORMS)}, got {excerpt(self.norm)}")
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"ModelConfig.activation: expected one of {list(ACTIVATIONS)}, got {self.activation!r}")
+            raise ConfigError(f"ModelConfig.activation: expected one of {list(ACTIVATIONS)}, got {excerpt(self.activation)}")
+        # Checked before any model is built: `n_layer: 100000` would allocate for minutes before failing.
+        if self.n_layer > MAX_LAYERS:
+            raise ConfigError(f"ModelConfig.n_layer: expected 1..{MAX_LAYERS}, got {self.n_layer}")
+        if self.least_weights > MAX_WEIGHTS:
+            raise ConfigError(f"ModelConfig: n_layer {self.n_layer}, n_embd {self.n_embd} and n_px {self.n_px} make at least "
+                              f"{self.least_weights:,} weights, over the limit of {MAX_WEIGHTS:,} (128 GiB in float32, "
+                              "more than one GPU holds); expected a smaller model")
 
     @property
     def seq_len(self) -> int:
         return self.n_px * self.n_px
+
+    @property
+    def least_weights(self) -> int:
+        """The fewest weights a GPT of this shape holds: the attention (4 C^2) and MLP (8 C^2) matrices
+        of every layer and a position embedding per pixel. A file holding fewer is not this model."""
+        return 12 * self.n_layer * self.n_embd**2 + self.seq_len * self.n_embd
 
     @property
     def mask_token(self) -> int:
@@ -306,8 +456,8 @@ PRESETS: dict[str, dict] = {
 def model_config(preset: str = "s", **changes) -> ModelConfig:
     """The ModelConfig of a named preset, with some fields changed (e.g. vocab_size, objective)."""
     if preset not in PRESETS:
-        raise ConfigError(f"unknown model preset {preset!r}; choose one of {list(PRESETS)}")
-    return ModelConfig.from_dict({**PRESETS[preset], **changes}, where=f"preset {preset!r}")
+        raise ConfigError(f"unknown model preset {excerpt(preset)}; choose one of {list(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[preset], **changes}, where=f"preset {excerpt(preset)}")
 
 
 # -- the optimiser ---------------------------------------------------------------------------------
@@ -334,6 +484,7 @@ class OptimConfig(Config):
     grad_clip: float = 1.0  # gradient norm clipping (0: off)
     finetune: bool = False  # False: L_GEN only; True: L_GEN + L_CLF with the classification head
     clf_weight: float = 1.0  # weight of L_CLF when fine-tuning
+    gen_weight: float = 1.0  # weight of L_GEN when fine-tuning (0: trained on labels alone)
 
     def validate(self):
         if self.lr <= 0:
@@ -341,11 +492,11 @@ class OptimConfig(Config):
         if self.warmup_steps < 0:
             raise ConfigError(f"OptimConfig.warmup_steps: expected 0 or more, got {self.warmup_steps}")
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"OptimConfig.schedule: expected one of {list(SCHEDULES)}, got {self.schedule!r}")
+            raise ConfigError(f"OptimConfig.schedule: expected one of {list(SCHEDULES)}, got {excerpt(self.schedule)}")
         for name in ("beta1", "beta2", "min_lr_ratio", "decay_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"OptimConfig.{name}: expected a number in [0, 1], got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip", "clf_weight"):
+        for name in ("weight_decay", "grad_clip", "clf_weight", "gen_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"OptimConfig.{name}: expected 0 or more, got {getattr(self, name)}")
 
@@ -394,11 +545,14 @@ class TrainConfig(Config):
         if any(step < 1 for step in self.checkpoint_steps):
             raise ConfigError(f"TrainConfig.checkpoint_steps: expected positive step numbers, got {self.checkpoint_steps}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"TrainConfig.precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"TrainConfig.precision: expected one of {list(PRECISIONS)}, got {excerpt(self.precision)}")
         if self.accelerator not in DEVICES:
-            raise ConfigError(f"TrainConfig.accelerator: expected one of {list(DEVICES)}, got {self.accelerator!r}")
+            raise ConfigError(f"TrainConfig.accelerator: expected one of {list(DEVICES)}, got {excerpt(self.accelerator)}")
         if isinstance(self.devices, str) and self.devices != "auto":
-            raise ConfigError(f"TrainConfig.devices: expected a number of devices or 'auto', got {self.devices!r}")
+            raise ConfigError(f"TrainConfig.devices: expected a number of devices or 'auto', got {excerpt(self.devices)}")
+        if isinstance(self.devices, int) and not (self.devices >= 1 or self.devices == -1):
+            raise ConfigError(f"TrainConfig.devices: expected a positive number of devices, -1 (all) or 'auto', "
+                              f"got {self.devices}")
 
 
 # The model's fields that a run takes from its data: model field -> (data field, why they are equal).
@@ -501,7 +655,7 @@ TRAIN_PRESETS: dict[str, dict] = {
 def run_config(size: str = "s", dataset: str = "mnist", objective: str = "ar", **data) -> RunConfig:
     """The RunConfig of a preset size for a dataset; `data` changes DataConfig fields (root, clusters...)."""
     if size not in PRESETS:
-        raise ConfigError(f"unknown size {size!r}; choose one of {list(PRESETS)}")
+        raise ConfigError(f"unknown size {excerpt(size)}; choose one of {list(PRESETS)}")
     preset = TRAIN_PRESETS[size]
     data_config = DataConfig.from_dict({"dataset": dataset, **preset.get("data", {}), **data})
     model = {**PRESETS[size], "objective": objective}  # its vocab_size and n_px are the data's
@@ -520,13 +674,13 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         section, dot, field = key.partition(".")
         if not sep or not dot or section not in values or field not in values[section]:
             known = ", ".join(f"{s}.FIELD" for s in values)
-            raise ConfigError(f"--set {override!r}: expected SECTION.FIELD=VALUE with a known field ({known})")
-        values[section][field] = _parse(text)
+            raise ConfigError(f"--set {excerpt(override)}: expected SECTION.FIELD=VALUE with a known field ({known})")
+        values[section][field] = _parse(text, f"--set {excerpt(override)}")
     return values
 
 
-def _parse(text: str):
-    value = yaml.safe_load(text)
+def _parse(text: str, where: str):
+    value = parse_yaml(text, where)
     if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
         try:
             return float(value)

@@ -109,7 +109,7 @@ class ImageGPT(L.LightningModule):
         self.log(f"{stage}/bits_per_pixel", gen_loss / math.log(2), **log)
         if class_logits is not None:
             clf_loss = F.cross_entropy(class_logits.float(), labels)
-            loss = gen_loss + self.optim_config.clf_weight * clf_loss
+            loss = self.optim_config.gen_weight * gen_loss + self.optim_config.clf_weight * clf_loss
             self.log(f"{stage}/clf_loss", clf_loss, **log)
             accuracy = multiclass_accuracy(class_logits, labels, self.model_config.num_classes, average="micro")
             self.log(f"{stage}/acc", accuracy, prog_bar=True, **log)
