@@ -24,7 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from igptlib.classifier_recipe import PASSES as CLASSIFIER_PASSES
 from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, PRESETS, ConfigError, DataConfig, ModelConfig,
-                            RunConfig, apply_overrides)
+                            RunConfig, apply_overrides, check_name)
 from igptlib.datasets import DataError
 from igptlib.device import resolve_device
 from igptlib.finetune_sweep import LEARNING_RATES, STEPS as FINETUNE_SWEEP_STEPS
@@ -433,6 +433,7 @@ def run_report(args) -> None:
 def run_card(args) -> None:
     from igptlib.report import shipped_model_card
 
+    check_name(args.name, what="model name", becomes="models/<name>.safetensors")
     print(f"model card: {shipped_model_card(name=args.name, run_dir=args.run_dir, out=args.out)}")
 
 
@@ -503,6 +504,9 @@ def run_bench_converge(args) -> None:
         return
     if not args.name:
         raise ValueError("--name is required: the recipe's name, for report/bench/converge-NAME.json")
+    check_name(args.name, what="recipe name", becomes="converge-<name>.json and runs/converge-<name>")
+    if args.branch_from is not None:
+        check_name(args.branch_from, "--branch-from", "recipe name", "converge-<name>.json")
     record, path = measure(name=args.name, out=out, size=args.size, minutes=args.minutes, overrides=args.overrides,
                            run_dir=args.run_dir, threads=args.threads, branch_from=args.branch_from,
                            at_step=args.at_step, parent_run_dir=args.parent_run_dir)

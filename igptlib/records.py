@@ -24,10 +24,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import secrets
 import shutil
 from pathlib import Path
 
-from igptlib.config import read_json
+from igptlib.config import check_name, read_json
 
 RECORDS = Path("report/runs")
 SHIPPED_PREFIX = "shipped-"
@@ -145,7 +147,7 @@ def training_seconds(folder: str | Path) -> float | None:
 
 def _copy_stage(source: Path, target: Path) -> None:
     """The small files of one stage (pre-training or fine-tuning) of a run folder."""
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)  # the stage "" is the staging folder itself
     for name in FILES:
         if (source / name).exists():
             shutil.copyfile(source / name, target / name)
@@ -165,23 +167,46 @@ def _copy_stage(source: Path, target: Path) -> None:
 
 def record_run(run_dir: str | Path, name: str | None = None, records: str | Path = RECORDS) -> Path:
     """Copy a finished run folder's small files into records/<name> (default: the folder's name),
-    replacing an older record of that name whole, so that nothing stale survives. Returns the record."""
+    replacing an older record of that name whole, so that nothing stale survives. Returns the record.
+
+    The name is a plain name (config.check_name), so the record is a folder of `records` itself; a
+    folder there that is not a record (no record.json) is never replaced.
+    """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "metrics.json").exists():
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "metrics.json").is_file():
         raise FileNotFoundError(f"{run_dir}: not a finished run folder (expected config.yaml and metrics.json)")
-    record = Path(records) / (name or run_dir.resolve().name)
-    staging = record.with_name(record.name + ".partial")  # an interrupted copy never replaces a good record
-    if staging.exists():
-        shutil.rmtree(staging)
-    for stage in STAGES:
-        if (run_dir / stage / "metrics.json").exists():
-            _copy_stage(run_dir / stage, staging / stage)
-    metrics = read_json(run_dir / "metrics.json")
-    source = {"source": str(run_dir), "hardware": metrics.get("hardware")}
-    (staging / "record.json").write_text(json.dumps(source, indent=2) + "\n")
-    if record.exists():
-        shutil.rmtree(record)
-    staging.replace(record)
+    name = check_name(run_dir.resolve().name if name is None else name, what="record name",
+                      becomes=f"{Path(records)}/<name>")
+    records = Path(records)
+    record = records / name
+    if record.is_symlink() or (record.exists() and not (record / "record.json").is_file()):
+        raise FileExistsError(f"{record} exists and is not a run record (no record.json in it); choose another --name")
+    if (run_dir / "record.json").exists():  # recorded again, it would lose what only a record keeps (timing.json)
+        raise ValueError(f"{run_dir}: a run record, not a run folder; expected a folder that igpt train wrote")
+    metrics = read_json(run_dir / "metrics.json", expected=dict)
+    records.mkdir(parents=True, exist_ok=True)
+    for stale in records.glob(f"{name}.*.partial"):  # left by a copy that was killed
+        if re.fullmatch(re.escape(name) + r"\.[0-9a-f]{8}\.partial", stale.name) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+    # A fresh folder of a random name: an interrupted copy never replaces a good record, and no
+    # folder or link that was there before is written into.
+    staging = records / f"{name}.{secrets.token_hex(4)}.partial"
+    staging.mkdir()  # fails on anything already there, a link included
+    try:
+        for stage in STAGES:
+            if (run_dir / stage / "metrics.json").exists():
+                _copy_stage(run_dir / stage, staging / stage)
+        source = {"source": str(run_dir), "hardware": metrics.get("hardware")}
+        (staging / "record.json").write_text(json.dumps(source, indent=2) + "\n")
+        if record.exists():
+            aside = records / f"{name}.{secrets.token_hex(4)}.old"
+            record.replace(aside)  # removed once the new record is in place
+            staging.replace(record)
+            shutil.rmtree(aside)
+        else:
+            staging.replace(record)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return record
 
 

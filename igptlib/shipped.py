@@ -15,10 +15,9 @@ models as package data (igptlib/models/); IGPT_MODELS_DIR names another folder (
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-from igptlib.config import PRESETS, RunConfig, run_config
+from igptlib.config import PRESETS, RunConfig, check_name, run_config
 from igptlib.lightning_module import ImageGPT, load_checkpoint
 from igptlib.model_files import CheckpointError, check_same_shapes, read_dataset, read_model_file, write_model_file
 from igptlib.train import find_run_folder
@@ -37,7 +36,6 @@ def find_models_dir() -> Path:
 
 
 MODELS_DIR = find_models_dir()  # read once, when igptlib is imported
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a shipped model's name: a file name, never a path
 
 
 def shipped_models(models_dir: str | os.PathLike = MODELS_DIR) -> list[str]:
@@ -47,9 +45,7 @@ def shipped_models(models_dir: str | os.PathLike = MODELS_DIR) -> list[str]:
 
 def shipped_path(name: str, models_dir: str | os.PathLike = MODELS_DIR) -> Path:
     """models/<name>.safetensors, for a name that is a plain file name (it cannot point elsewhere)."""
-    if not NAME.fullmatch(name):
-        raise ValueError(f"--name {name!r}: expected a plain model name of letters, digits, '.', '_' and '-' "
-                         f"(it becomes {Path(models_dir).name}/<name>.safetensors)")
+    check_name(name, what="model name", becomes=f"{Path(models_dir).name}/<name>.safetensors")
     return Path(models_dir) / f"{name}.safetensors"
 
 

@@ -44,12 +44,12 @@ from igptlib.train import lock_run_folder, train
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def snapshot(*folders: Path) -> dict:
-    """Every file under the folders with its content's digest and mode: what must not change."""
+def snapshot(*folders: Path, exclude: Path | None = None) -> dict:
+    """Every file under the folders (but `exclude`) with its content's digest and mode: what must not change."""
     files = {}
     for folder in folders:
         for path in sorted(Path(folder).rglob("*")) if Path(folder).exists() else []:
-            if path.is_file():
+            if path.is_file() and not (exclude is not None and exclude in path.parents):
                 files[path] = (hashlib.md5(path.read_bytes()).hexdigest(), path.stat().st_mode)
     return files
 
@@ -71,6 +71,27 @@ def refused(capsys, argv: list[str], expected: str, *untouched: Path) -> str:
     assert expected in lines[0], (argv, err)
     assert snapshot(*untouched) == before, argv
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    """A copy of the repository's tracked files, and nothing else: commands whose defaults write into
+    the repository (report/runs, models/, report/bench) run in it, so that a regression harms a copy,
+    and any file they change, add or remove shows in its snapshot."""
+    source = Path(__file__).resolve().parent.parent
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=source, capture_output=True, check=True).stdout
+    copy = tmp_path_factory.mktemp("repository")
+    for name in filter(None, listed.decode().split("\0")):
+        if (source / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, copy / name)
+    return copy
+
+
+def refused_in(repository: Path, monkeypatch, capsys, argv: list[str], expected: str, *untouched: Path) -> str:
+    """refused(), run from the repository's copy: the copy's files are untouched too."""
+    monkeypatch.chdir(repository)
+    return refused(capsys, argv, expected, repository, *untouched)
 
 
 def fill(arguments: list[str], names: dict[str, str]) -> list[str]:
@@ -273,6 +294,43 @@ def test_other_commands_refuse(capsys, mnist_root, tiny_checkpoint, tmp_path, ar
     arguments = fill(arguments, names)
     refused(capsys, arguments, expected, tmp_path, mnist_root, tiny_checkpoint.parent.parent)
     assert not list(tmp_path.iterdir())
+
+
+# -- names that would be paths ------------------------------------------------------------------------
+
+NAMES = [
+    (["record", "{run}", "--name", ".."], "--name '..': expected a plain record name"),
+    (["record", "{run}", "--name", "{repository}/report"], "expected a plain record name"),
+    (["record", "{run}", "--name", "a/b/c"], "--name 'a/b/c': expected a plain record name"),
+    (["record", "{run}", "--name", ""], "--name '': expected a plain record name"),
+    (["record", "{run}", "--name", "robustness-mnist"], "robustness-mnist exists and is not a run record (no record.json"),
+    (["record", "report/runs/ladder-cpu-s"], "ladder-cpu-s: a run record, not a run folder"),
+    (["bench", "converge", "--name", "../x", "--minutes", "0.01"], "--name '../x': expected a plain recipe name"),
+    (["bench", "converge", "--name", "x", "--branch-from", "../y"], "--branch-from '../y': expected a plain recipe name"),
+    (["card", "--name", "../models/mnist", "--run", "{run}"], "--name '../models/mnist': expected a plain model name"),
+    (["export", "--checkpoint", "{checkpoint}", "--name", "../models/mnist"], "expected a plain model name"),
+]
+
+
+@pytest.mark.parametrize("arguments, expected", NAMES, ids=[" ".join(case[0][:1] + case[0][-2:]) for case in NAMES])
+def test_names_are_never_paths(capsys, monkeypatch, repository, tiny_run, tiny_checkpoint, arguments, expected):
+    names = {"run": str(tiny_run), "repository": str(repository), "checkpoint": str(tiny_checkpoint)}
+    refused_in(repository, monkeypatch, capsys, fill(arguments, names), expected, tiny_run, MODELS_DIR)
+    assert not (repository.parent / "x").exists() and not (repository / "runs").exists()
+
+
+def test_a_record_replaces_only_its_own_folder(capsys, monkeypatch, repository, tiny_run):
+    monkeypatch.chdir(repository)
+    before = snapshot(repository)
+    for _ in range(2):  # the second replaces the first whole
+        assert main(["record", str(tiny_run), "--name", "bad-input-check"]) == 0
+    record = repository / "report" / "runs" / "bad-input-check"
+    try:
+        assert (record / "record.json").is_file() and (record / "metrics.json").is_file()
+        assert snapshot(repository, exclude=record) == before
+        assert sorted(path.name for path in record.parent.iterdir() if "bad-input-check" in path.name) == ["bad-input-check"]
+    finally:
+        shutil.rmtree(record)
 
 
 # -- train: a refused run leaves its folder as it found it ------------------------------------------
