@@ -50,6 +50,12 @@ def excerpt(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def clip(text: str, limit: int = 200) -> str:
+    """Text (an error's) cut to `limit` characters, on one line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_regular_file(path: str | os.PathLike, expected: str) -> Path:
     """`path`, if it is a regular file (or a link to one); else an OSError saying what it is. Opening a
     FIFO waits for a writer that never comes; a folder or a device is no file of ours either."""
@@ -114,7 +120,7 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, f"found the alias *{excerpt(event.anchor, 40)}: igpt reads YAML "
+            raise yaml.composer.ComposerError(None, None, f"found the alias *{clip(event.anchor, 40)}: igpt reads YAML "
                                               "without anchors and aliases (write each value out)", event.start_mark)
         return super().compose_node(parent, index)
 
@@ -142,11 +148,12 @@ def parse_yaml(text: str, where: str):
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{where}: not valid YAML ({excerpt(' '.join(str(error).split()), 300)})") from None
+        cause = str(error).replace(' in "<unicode string>",', " at")  # `where` names the file
+        raise ConfigError(f"{where}: not valid YAML ({clip(cause, 300)})") from None
     except RecursionError:
         raise ConfigError(f"{where}: not valid YAML (nested too deeply)") from None
     except ValueError as error:  # int() refuses numbers of 4,300 digits or more
-        raise ConfigError(f"{where}: a value YAML cannot read ({excerpt(str(error), 120)})") from None
+        raise ConfigError(f"{where}: a value YAML cannot read ({clip(error, 160)})") from None
 
 
 def read_yaml(path: str | os.PathLike, expected: str = "a YAML file"):

@@ -36,9 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from igptlib.config import ModelConfig
 from igptlib.model import GPT
+from igptlib.model_files import FLOAT_TYPES, CheckpointError, check_weights, load_weights_only
 from igptlib.lightning_module import ImageGPT
 
 # transformers' activation names (ACT2FN) and igptlib's.
@@ -177,17 +179,59 @@ def read_hf_folder(folder: str | os.PathLike):
     if clusters is None:
         raise HFError(f"{processor}: holds no clusters, so the model's tokens have no colours")
     config = transformers.ImageGPTConfig.from_pretrained(folder, local_files_only=True)
-    model_config_from_hf(config)  # refuse what cannot be converted before loading any weights
+    # Refuse what cannot be converted, and a config far beyond its weights, before any model is built.
+    check_weight_files(folder, model_config_from_hf(config))
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # a bar per file read, on the line an error would take
     try:
         # local_files_only: nothing is downloaded; transformers reads safetensors, or .bin with weights_only.
         model, info = transformers.ImageGPTForCausalImageModeling.from_pretrained(
             folder, local_files_only=True, output_loading_info=True)
     except OSError as error:
+    finally:
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
         raise HFError(f"{folder}: no readable weights ({error})") from None
     if info["missing_keys"]:
         raise HFError(f"{folder}: weights missing for {sorted(info['missing_keys'])[:3]}; completion needs "
                       "ImageGPTForCausalImageModeling's weights (the language head included)")
     return model.float().eval(), clusters
+
+def check_weight_files(folder: Path, config: ModelConfig) -> None:
+    """The folder's weight files (safetensors, or .bin read with weights_only) hold floating-point
+    tensors, at least as many weights as `config` needs: read from their headers, before any model
+    of the config's size is built."""
+    held, files = 0, sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    for path in files:
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    shapes = {name: (handle.get_slice(name).get_dtype(), handle.get_slice(name).get_shape())
+                              for name in handle.keys()}
+            else:
+                tensors = load_weights_only(path, "transformers' weights", mmap=True, what="weights file")
+        except SafetensorError as error:
+            raise HFError(f"{path}: not a readable safetensors file ({error})") from None
+        except CheckpointError as error:
+            raise HFError(str(error)) from None
+        if path.suffix == ".safetensors":
+            wrong = {name: dtype for name, (dtype, _) in shapes.items() if dtype not in ("F16", "BF16", "F32", "F64")}
+            held += sum(math.prod(shape) for _, shape in shapes.values())
+        else:
+            if not isinstance(tensors, dict):
+                raise HFError(f"{path}: not a state dict; expected transformers' weights")
+            wrong = {name: str(tensor.dtype) for name, tensor in tensors.items()
+                     if not isinstance(tensor, torch.Tensor) or tensor.dtype not in FLOAT_TYPES}
+            held += sum(tensor.numel() for tensor in tensors.values() if isinstance(tensor, torch.Tensor))
+        if wrong:
+            name, dtype = next(iter(wrong.items()))
+            raise HFError(f"{path}: weight {name} holds {dtype} values; expected floating-point weights")
+    if not files:
+        raise HFError(f"{folder}: no weights (expected model.safetensors or pytorch_model.bin)")
+    if config.least_weights > held:
+        raise HFError(f"{folder}: its config (n_layer {config.n_layer}, n_embd {config.n_embd}, n_positions "
+                      f"{config.seq_len}) needs at least {config.least_weights:,} weights, but its files hold {held:,}")
+
 
 
 def import_hf(folder: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
@@ -202,7 +246,12 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, force: bool = F
     model, clusters = read_hf_folder(folder)
     notes = {"imported_from": str(Path(folder).resolve()), "format": "transformers ImageGPT",
              "transformers_config": model.config.to_diff_dict()}
-    return save_model(from_transformers(model, clusters), out, notes)
+    module = from_transformers(model, clusters)
+    try:  # igpt's loader refuses what is not finite: an import that wrote it would be of no use
+        check_weights(module.model_config, module.model.state_dict(), folder)
+    except CheckpointError as error:
+        raise HFError(str(error)) from None
+    return save_model(module, out, notes)
 
 
 def export_hf(source: str | os.PathLike, folder: str | os.PathLike, force: bool = False) -> Path:

@@ -32,11 +32,15 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from igptlib.config import ConfigError, ModelConfig
+from igptlib.config import (ConfigError, ModelConfig, OptimConfig, check_regular_file, clip, excerpt, parse_yaml,
+                            write_atomically)
 
 
 class CheckpointError(ValueError):
     """A model file cannot be used here: unreadable, or made for another model or palette."""
+
+
+MAX_COLOURS = 4096  # the largest palette DataConfig.clusters allows
 
 
 # -- palettes ---------------------------------------------------------------------------------------
@@ -66,29 +70,72 @@ def check_same_palette(saved: np.ndarray, palette: np.ndarray, where) -> None:
 # -- checkpoints ------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """torch.load with weights_only=True, and a clear error if it is not one of our checkpoints."""
+def load_weights_only(path: str | os.PathLike, expected: str, mmap: bool = False, what: str = "checkpoint"):
+    """torch.load(weights_only=True), its refusals as one CheckpointError line that says what was
+    expected. torch's own text runs to several lines, advising weights_only=False, which would run
+    whatever code the file names: its cause is one line of them."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except Exception as error:  # unpickling refusals and corrupt files alike
-        # torch's refusal runs to several lines of advice; its cause is one line of them
+        raise
+    except Exception as error:  # unpickling refusals and damaged files alike
         found = re.search(r"Unsupported global: GLOBAL \S+", str(error))
         if found:
             raise CheckpointError(f"{path}: refused: it holds more than weights ({found[0]}) and loading it "
-                                  "could run code; expected a checkpoint saved by igpt train") from None
+                                  f"could run code; expected {expected}") from None
         cause = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(error).__name__}: "
-                              f"{cause[1] if cause else ' '.join(str(error).split())})") from None
+        detail = cause[1] if cause else str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"{path}: not a loadable {what} ({type(error).__name__}: "
+                              f"{clip(detail, 120)}); expected {expected}") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """torch.load with weights_only=True, and a clear error if it is not one of our checkpoints."""
+    if Path(path).exists():  # opening a FIFO would wait for a writer
+        check_regular_file(path, "a checkpoint (.ckpt) saved by igpt train")
+    try:
+        checkpoint = load_weights_only(path, "a checkpoint saved by igpt train")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not an ImageGPT checkpoint (no model config or state_dict in it)")
+    state = checkpoint["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(name, str) for name in state):
+        raise CheckpointError(f"{path}: its state_dict is {excerpt(state)}; expected a mapping of weight names to tensors")
     try:
         ModelConfig.from_dict(hparams["model"], where=f"{path}: model")
+        if hparams.get("optim") is not None:
+            OptimConfig.from_dict(hparams["optim"], where=f"{path}: optim")
     except ConfigError as error:
-        raise CheckpointError(str(error)) from None
+        raise CheckpointError(_naming(path, error)) from None
+    _check_palette_data(hparams.get("palette"), path)
+    seed = hparams.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise CheckpointError(f"{path}: its seed is {excerpt(seed)}; expected an integer in 0..{2**32 - 1}")
     return checkpoint
+
+
+def _naming(path, error: Exception) -> str:
+    """An error's message, starting with the file it is about."""
+    message = str(error)
+    return message if message.startswith(str(path)) else f"{path}: {message}"
+
+
+def _check_palette_data(palette, where) -> None:
+    """A checkpoint's palette must be rows of 1 or 3 numbers (or None), checked before numpy reads it:
+    nested lists that share their items stand for more numbers than any memory holds."""
+    if palette is None:
+        return
+    if isinstance(palette, torch.Tensor):
+        good = palette.ndim == 2 and palette.shape[1] in (1, 3) and palette.is_floating_point()
+    else:
+        good = (isinstance(palette, list) and 0 < len(palette) <= MAX_COLOURS
+                and all(isinstance(row, list) and len(row) in (1, 3) for row in palette)
+                and all(isinstance(value, (int, float)) and not isinstance(value, bool) for row in palette for value in row))
+    if not good:
+        raise CheckpointError(f"{where}: its palette is {excerpt(palette)}; expected rows of 1 (grey) or 3 (RGB) numbers, "
+                              f"at most {MAX_COLOURS:,} of them")
 
 
 # What a checkpoint's weights depend on (dropout or the masking rate may change between stages).
@@ -119,22 +166,32 @@ def check_checkpoint(path: str | os.PathLike, model: ModelConfig, palette: np.nd
 # -- weights ----------------------------------------------------------------------------------------
 
 
-def check_weights(config: ModelConfig, weights: dict, where) -> None:
-    """Refuse a model file whose config asks for more weights than it holds, or whose weights are not finite.
+# What the GPT's parameters are: a file's weights of another type are copied into them, so integers,
+# booleans or complex numbers would load as garbage without a word.
+FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-    The first check comes before the model is built: a config's sizes come from the file, and
-    `n_layer: 100000` would otherwise allocate gigabytes only to fail on the shapes afterwards.
+
+def check_weights(config: ModelConfig, weights: dict, where) -> None:
+    """Refuse a model file whose weights are not floating-point tensors, whose config asks for more
+    weights than it holds, or whose weights are not finite.
+
+    The count comes before the model is built: a config's sizes come from the file, and a config
+    far beyond its weights would otherwise allocate gigabytes only to fail on the shapes afterwards.
     """
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{where}: weight {excerpt(name)} is a {type(tensor).__name__}; expected a tensor")
+        if tensor.dtype not in FLOAT_TYPES:
+            raise CheckpointError(f"{where}: weight {excerpt(name)} holds {str(tensor.dtype).removeprefix('torch.')} "
+                                  "values; expected floating-point weights (float32, float16, bfloat16 or float64)")
     held = sum(tensor.numel() for tensor in weights.values())
-    # At least the attention (4 C^2) and MLP (8 C^2) matrices of every layer and a position embedding each.
-    needed = config.n_layer * 12 * config.n_embd**2 + config.seq_len * config.n_embd
-    if needed > held:
+    if config.least_weights > held:
         raise CheckpointError(
             f"{where}: its model config (n_layer {config.n_layer}, n_embd {config.n_embd}, n_px {config.n_px}) "
-            f"needs at least {needed:,} weights, but the file holds {held:,}: expected a config that fits its weights")
+            f"needs at least {config.least_weights:,} weights, but the file holds {held:,}: expected a config that fits its weights")
     for name, tensor in weights.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{where}: weight {name} holds NaN or infinite values; expected finite weights")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{where}: weight {excerpt(name)} holds NaN or infinite values; expected finite weights")
 
 
 def check_same_shapes(wanted: dict, weights: dict, where) -> None:
@@ -183,6 +240,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model file")
+    check_regular_file(path, "a .safetensors model file")
     metadata = _metadata(path)
     try:
         tensors = load_file(str(path))
@@ -191,12 +249,14 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
     if "model" not in metadata or "palette" not in tensors:
         raise CheckpointError(f"{path}: not a shipped igpt model (no model config or palette in it)")
     try:
-        config = ModelConfig.from_dict(yaml.safe_load(metadata["model"]), where=f"{path}: model")
-    except yaml.YAMLError as error:
-        raise CheckpointError(f"{path}: its model config is not valid YAML ({' '.join(str(error).split())})") from None
+        config = ModelConfig.from_dict(parse_yaml(metadata["model"], f"{path}: its model config"), where=f"{path}: model")
     except ConfigError as error:
-        raise CheckpointError(str(error)) from None
-    palette = tensors.pop("palette").numpy()
+        raise CheckpointError(_naming(path, error)) from None
+    palette = tensors.pop("palette")
+    if palette.dtype not in FLOAT_TYPES or not torch.isfinite(palette).all():
+        raise CheckpointError(f"{path}: its palette holds {str(palette.dtype).removeprefix('torch.')} values, or values that "
+                              "are not finite; expected finite floating-point colours")
+    palette = palette.float().numpy()
     check_weights(config, tensors, path)
     check_palette_fits(palette, config, CheckpointError)
     return ModelFile(config, tensors, palette, read_notes(path), metadata.get("dataset"))
@@ -204,7 +264,13 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 
 def read_notes(path: str | os.PathLike) -> dict:
     """The provenance notes stored in a model file's metadata."""
-    return json.loads(_metadata(Path(path)).get("notes", "{}"))
+    try:
+        notes = json.loads(_metadata(Path(path)).get("notes", "{}"))
+    except (json.JSONDecodeError, RecursionError):
+        notes = None
+    if not isinstance(notes, dict):
+        raise CheckpointError(f"{path}: its notes are not a JSON object; expected the provenance igpt export writes")
+    return notes
 
 
 def read_dataset(path: str | os.PathLike) -> str | None:
@@ -221,9 +287,6 @@ def write_model_file(out: str | os.PathLike, config: ModelConfig, weights: dict,
     metadata = {"model": yaml.safe_dump(config.to_dict()), "notes": json.dumps(notes or {})}
     if dataset is not None:  # the explorer shows test images of the model's own dataset
         metadata["dataset"] = dataset
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # a crash leaves no half-written model behind
-    # Written with open() rather than save_file, which makes every file mode 0600 whatever the umask.
-    partial.write_bytes(save(tensors, metadata=metadata))
-    partial.replace(out)
-    return out
+    # Written whole or not at all, never through a link; not with save_file, which makes every file mode
+    # 0600 whatever the umask.
+    return write_atomically(out, save(tensors, metadata=metadata))

@@ -35,7 +35,7 @@ import torch
 import yaml
 from torch.utils.data import default_collate
 
-from igptlib.config import RunConfig, read_json, write_atomically, write_json
+from igptlib.config import ConfigError, RunConfig, excerpt, read_json, read_yaml, write_atomically, write_json
 from igptlib.device import bf16_faster_on_cpu, bf16_on_gpu, lightning_accelerator
 from igptlib.records import describe_hardware
 from igptlib.model_files import check_checkpoint
@@ -308,7 +308,10 @@ def _record_config(config: RunConfig, run_dir: Path, resume: bool, step: int) ->
             print(f"{run_dir}: resumed at step {step} with changed settings (recorded in history.yaml): "
                   + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items()))
             history_path = run_dir / "history.yaml"
-            history = yaml.safe_load(history_path.read_text()) if history_path.exists() else []
+            history = read_yaml(history_path, "the run's history as igpt writes it") if history_path.exists() else []
+            if not isinstance(history, list):
+                raise ConfigError(f"{history_path}: holds {excerpt(history)}; expected the list of resumptions igpt writes "
+                                  "(move it away to start a new one)")
             history.append({"resumed_at_step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                             "changes": changes})
             write_atomically(history_path, yaml.safe_dump(history, sort_keys=False))

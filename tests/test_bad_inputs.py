@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
 import shutil
 import signal
@@ -66,7 +67,7 @@ def refused(capsys, argv: list[str], expected: str, *untouched: Path) -> str:
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert status == 2, (argv, err)
-    assert len(lines) == 1, (argv, err)
+    assert len(lines) == 1 and len(lines[0]) < 600, (argv, err)  # a bad value is shown in excerpt, never whole
     assert lines[0].startswith(f"igpt {argv[0]}") and ": error: " in lines[0], (argv, err)
     assert expected in lines[0], (argv, err)
     assert snapshot(*untouched) == before, argv
@@ -125,6 +126,11 @@ def noise_png() -> bytes:
     return buffer.getvalue()
 
 
+# About 400 bytes of YAML that stand for 9**9 strings when walked or printed (a "billion laughs").
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefgh", "bcdefghi"))
+
+
 @pytest.fixture(scope="module")
 def digit(mnist_root) -> np.ndarray:
     return load_split("mnist", mnist_root, train=False)[0][0, 0].numpy()  # a 7, white on black
@@ -168,6 +174,34 @@ def files(tmp_path_factory, tiny_checkpoint, digit) -> dict[str, Path]:
     model_file("nan.safetensors", tensor_changes={"head.weight": nan})
     write("text.safetensors", b"not a safetensors file")
 
+    model_file("alias.safetensors", {"model": ALIAS_BOMB + yaml.safe_dump(model)})
+    model_file("twice.safetensors", {"model": yaml.safe_dump(model) + "n_layer: 3\n"})
+    model_file("deeper.safetensors", {"model": yaml.safe_dump({**model, "n_layer": 1000})})
+    for dtype in ("int64", "bool", "int8", "complex64", "float8_e4m3fn"):
+        model_file(f"{dtype}.safetensors", tensor_changes={"head.weight": tensors["head.weight"].to(getattr(torch, dtype))})
+    model_file("int-palette.safetensors", tensor_changes={"palette": tensors["palette"].to(torch.int32)})
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+
+    def crafted(name: str, hyper_parameters: dict | None = None, state_dict=None) -> None:
+        made[name] = folder / name
+        torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], **(hyper_parameters or {})},
+                    "state_dict": checkpoint["state_dict"] if state_dict is None else state_dict}, made[name])
+
+    shared = ["lol"] * 9
+    for _ in range(30):  # 9**31 values in a few hundred bytes: pickle keeps shared references, as YAML's aliases do
+        shared = [shared] * 9
+    crafted("shared-model.ckpt", {"model": {**checkpoint["hyper_parameters"]["model"], "n_layer": shared}})
+    crafted("shared-palette.ckpt", {"palette": shared})
+    crafted("shared-optim.ckpt", {"optim": {"lr": shared}})
+    crafted("state-list.ckpt", state_dict=[1, 2, 3])
+    crafted("int-weights.ckpt", state_dict={**checkpoint["state_dict"],
+                                           "model.head.weight": checkpoint["state_dict"]["model.head.weight"].long()})
+    crafted("complex-weights.ckpt", state_dict={**checkpoint["state_dict"],
+                                               "model.head.weight": checkpoint["state_dict"]["model.head.weight"].cfloat()})
+    os.mkfifo(folder / "fifo.ckpt")
+    made["fifo.ckpt"] = folder / "fifo.ckpt"
+
     class Payload:  # what a hostile pickle does: run code when it is loaded
         def __reduce__(self):
             return Path.touch, (folder / "pwned",)
@@ -201,11 +235,26 @@ COMPLETE = [
     ("more rows than the image", ["--rows", "99"], "rows to keep must lie in 0..28, got 99"),
     ("a zero pixel cap", ["--max-pixels", "0"], "argument --max-pixels"),
     ("an unknown model", ["--model", "no-such-model"], "is neither a shipped model"),
-    ("model metadata that is not YAML", ["--model", "{bad-yaml.safetensors}"], "its model config is not valid YAML"),
+    ("model metadata that is not YAML", ["--model", "{bad-yaml.safetensors}"], "its model config: not valid YAML"),
+    ("an alias bomb in the metadata", ["--model", "{alias.safetensors}"], "its model config: not valid YAML (found the alias *a"),
+    ("a key written twice", ["--model", "{twice.safetensors}"], "not valid YAML (the key 'n_layer' appears twice"),
     ("a list where a mapping belongs", ["--model", "{list.safetensors}"], "expected a mapping"),
-    ("n_layer: 100000", ["--model", "{deep.safetensors}"], "(n_layer 100000, n_embd"),
-    ("n_px: 100000", ["--model", "{huge-image.safetensors}"], "n_px 100000) needs at least"),
-    ("NaN weights", ["--model", "{nan.safetensors}"], "weight head.weight holds NaN or infinite values"),
+    ("n_layer: 1000", ["--model", "{deeper.safetensors}"], "(n_layer 1000, n_embd 64, n_px 28) needs at least"),
+    ("n_layer: 100000", ["--model", "{deep.safetensors}"], "deep.safetensors: ModelConfig.n_layer: expected 1..1024, got 100000"),
+    ("n_px: 100000", ["--model", "{huge-image.safetensors}"], "and n_px 100000 make at least"),
+    ("NaN weights", ["--model", "{nan.safetensors}"], "weight 'head.weight' holds NaN or infinite values"),
+    *[(f"{dtype} weights", ["--model", "{" + dtype + ".safetensors}"],
+       f"weight 'head.weight' holds {dtype} values; expected floating-point weights")
+      for dtype in ("int64", "bool", "int8", "complex64", "float8_e4m3fn")],
+    ("an integer palette", ["--model", "{int-palette.safetensors}"], "its palette holds int32 values"),
+    ("a checkpoint's model of shared references", ["--model", "{shared-model.ckpt}"],
+     "shared-model.ckpt: model.n_layer: expected an integer, got [[[[...]"),
+    ("a checkpoint's palette of shared references", ["--model", "{shared-palette.ckpt}"], "its palette is [[[[...]"),
+    ("a checkpoint's optim of shared references", ["--model", "{shared-optim.ckpt}"], "optim.lr: expected a number, got [[[[...]"),
+    ("a state dict that is a list", ["--model", "{state-list.ckpt}"], "its state_dict is [1, 2, 3]; expected a mapping"),
+    ("integer weights in a checkpoint", ["--model", "{int-weights.ckpt}"], "weight 'model.head.weight' holds int64 values"),
+    ("complex weights in a checkpoint", ["--model", "{complex-weights.ckpt}"], "holds complex64 values"),
+    ("a FIFO as the model", ["--model", "{fifo.ckpt}"], "fifo.ckpt: not a regular file (a FIFO, socket or device)"),
     ("not a safetensors file", ["--model", "{text.safetensors}"], "not a readable safetensors file"),
     ("a pickle that runs code", ["--model", "{code.ckpt}"], "refused: it holds more than weights (Unsupported global: GLOBAL"),
 ]
@@ -296,6 +345,53 @@ def test_other_commands_refuse(capsys, mnist_root, tiny_checkpoint, tmp_path, ar
     assert not list(tmp_path.iterdir())
 
 
+# -- import-hf: weights that are not finite floats, a config beyond its weights ---------------------
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random transformers ImageGPT folder, and damaged copies of it."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("hf")
+    config = transformers.ImageGPTConfig(vocab_size=17, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    transformers.ImageGPTForCausalImageModeling(config).save_pretrained(root / "good")
+    clusters = np.repeat(np.linspace(-1, 1, 16)[:, None], 3, axis=1)
+    (root / "good" / "preprocessor_config.json").write_text(f'{{"clusters": {clusters.tolist()}}}')
+    weights = load_file(str(root / "good" / "model.safetensors"))
+    folders = {}
+
+    def damaged(name: str, changes: dict | None = None, config_changes: dict | None = None) -> None:
+        folders[name] = root / name
+        shutil.copytree(root / "good", folders[name])
+        save_file({**weights, **(changes or {})}, str(folders[name] / "model.safetensors"), metadata={"format": "pt"})
+        if config_changes:
+            values = json.loads((folders[name] / "config.json").read_text())
+            (folders[name] / "config.json").write_text(json.dumps({**values, **config_changes}))
+
+    nan = weights["lm_head.weight"].clone()
+    nan[0, 0] = float("nan")
+    damaged("nan", {"lm_head.weight": nan})
+    damaged("int", {"lm_head.weight": weights["lm_head.weight"].long()})
+    damaged("bool", {"lm_head.weight": weights["lm_head.weight"] > 0})
+    damaged("deep", config_changes={"n_layer": 1000, "n_embd": 512, "n_head": 8})  # 3 billion weights, were it built
+    return folders
+
+
+IMPORT_HF = [
+    ("nan", "nan: weight 'head.weight' holds NaN or infinite values; expected finite weights"),
+    ("int", "model.safetensors: weight lm_head.weight holds I64 values; expected floating-point weights"),
+    ("bool", "weight lm_head.weight holds BOOL values"),
+    ("deep", "its config (n_layer 1000, n_embd 512, n_positions 16) needs at least 3,145,736,192 weights, but its files hold"),
+]
+
+
+@pytest.mark.parametrize("folder, expected", IMPORT_HF, ids=[case[0] for case in IMPORT_HF])
+def test_import_hf_refuses_weights_igpt_could_not_use(capsys, hf_folders, tmp_path, folder, expected):
+    refused(capsys, ["import-hf", str(hf_folders[folder]), "--out", str(tmp_path / "imported.safetensors")], expected,
+            hf_folders[folder], tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 # -- names that would be paths ------------------------------------------------------------------------
 
 NAMES = [
@@ -350,6 +446,17 @@ TRAIN = [
     (["--config", "{empty.yaml}"], "empty.yaml: empty; expected a mapping of RunConfig fields"),
     (["--config", "{list.yaml}"], "list.yaml: expected a mapping"),
     (["--config", "{broken.yaml}"], "broken.yaml: not valid YAML"),
+    (["--config", "{bomb.yaml}"], "bomb.yaml: not valid YAML (found the alias *a: igpt reads YAML without anchors"),
+    (["--set", "data.augment=[&a [crop, crop], *a]"], "--set 'data.augment=[&a [crop, crop], *a]': not valid YAML (found the alias"),
+    (["--config", "{twice.yaml}"], "twice.yaml: not valid YAML (the key 'n_px' appears twice"),
+    (["--config", "{latin1.yaml}"], "latin1.yaml: not UTF-8 text (byte 20: invalid continuation byte)"),
+    (["--config", "{digits.yaml}"], "digits.yaml: a value YAML cannot read (Exceeds the limit (4300 digits)"),
+    (["--config", "{fifo.yaml}"], "fifo.yaml: not a regular file (a FIFO, socket or device)"),
+    (["--set", "data.augment=[crop"], "--set 'data.augment=[crop': not valid YAML (while parsing a flow sequence"),
+    (["--set", "model.n_layer=" + "9" * 5000], "': a value YAML cannot read"),
+    (["--n-layer", "100000"], "ModelConfig.n_layer: expected 1..1024, got 100000"),
+    (["--n-embd", "65536", "--n-head", "1"], "n_embd 65536 and n_px 28 make at least 206,209,810,432 weights, over the limit of 34,359,738,368"),
+    (["--devices", "-3"], "TrainConfig.devices: expected a positive number of devices, -1 (all) or 'auto', got -3"),
 ]
 
 
@@ -360,6 +467,11 @@ def configs(tmp_path) -> dict[str, str]:
     (folder / "empty.yaml").write_text("")
     (folder / "list.yaml").write_text("- data\n- model\n")
     (folder / "broken.yaml").write_text("data: {n_px: [\n")
+    (folder / "bomb.yaml").write_text(ALIAS_BOMB + "data:\n  augment: *i\n")
+    (folder / "twice.yaml").write_text("data:\n  n_px: 28\n  n_px: 14\n")
+    (folder / "latin1.yaml").write_bytes("data:\n  dataset: caf\u00e9\n".encode("latin-1"))
+    (folder / "digits.yaml").write_text("data:\n  seed: " + "9" * 5000 + "\n")
+    os.mkfifo(folder / "fifo.yaml")
     return {path.name: str(path) for path in folder.iterdir()}
 
 
