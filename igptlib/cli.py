@@ -289,6 +289,8 @@ def run_complete(args) -> None:
     from igptlib.robustness import turn_upright
     from igptlib.shipped import load_model
 
+    if Path(args.out).is_dir():  # else the figure would go beside it, as DIR.png
+        raise IsADirectoryError(f"--out {args.out}: a directory; expected the path of a .png file")
     device = resolve_device(args.device)
     module = load_model(args.model)
     if module.palette is None:

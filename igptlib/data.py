@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 import lightning as L
 
-from igptlib.config import DataConfig
+from igptlib.config import DataConfig, atomic_file
 from igptlib.datasets import DataError, dataset_spec, fetch, load_split
 from igptlib.quantize import encode, fit_palette, load_palette, reduce_context, save_palette
 
@@ -59,10 +59,8 @@ def write_augmented_set(config: DataConfig, out: str | Path, copies: int = 1) ->
     images, labels = training_split(config)[:2]
     augmented = torch.cat([augment_images(images, config, config.seed + copy) for copy in range(copies)])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial.npz")  # np.savez insists on the .npz suffix
-    np.savez_compressed(partial, images=augmented.numpy(), labels=labels.repeat(copies).numpy())
-    partial.replace(out)
+    with atomic_file(out) as file:  # whole or not at all, and never through a link
+        np.savez_compressed(file, images=augmented.numpy(), labels=labels.repeat(copies).numpy())
     return out
 
 

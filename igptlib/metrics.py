@@ -31,6 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from igptlib.config import atomic_file
+
 
 def nats_to_bits(nats: float) -> float:
     """Nats per pixel to bits per pixel: divide by ln 2."""
@@ -115,10 +117,8 @@ def save_pass(found: SplitPass, path: Path, key: dict) -> None:
     if found.image_nats is not None:
         arrays["image_nats"] = found.image_nats.numpy()
     arrays.update({f"layer_{layer}": values for layer, values in found.features.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")  # np.savez insists on the .npz suffix
-    np.savez(partial, **arrays)
-    partial.replace(path)
+    with atomic_file(path) as file:  # whole or not at all, and never through a link
+        np.savez(file, **arrays)
 
 
 def load_pass(path: Path, key: dict) -> SplitPass | None:

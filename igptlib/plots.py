@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # falls back to the Agg backend by itself on machines without a screen
 import numpy as np
 import torch
 from sklearn.metrics import ConfusionMatrixDisplay
+
+from igptlib.config import write_atomically
 
 FIGURES = Path("figures")
 
@@ -18,10 +21,11 @@ def save_figure(fig, name: str, folder: str | Path = FIGURES, close: bool = Fals
     close=True also frees the figure: scripts that draw many figures otherwise keep them all open.
     """
     path = Path(folder) / (name if name.endswith(".png") else f"{name}.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # No "Software" stamp (matplotlib's version): the same figure then gives the same bytes on any
     # install, so a rebuilt report equals the committed one. PNGs carry no date unless asked.
-    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    write_atomically(path, png.getvalue())  # whole or not at all, and never through a link at `path`
     if close:
         plt.close(fig)
     return path

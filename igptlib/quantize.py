@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from igptlib.config import atomic_file, check_regular_file
+
 
 class PaletteError(ValueError):
     """A palette file or array is not a [K, C] array of colours, or does not fit the images."""
@@ -111,19 +113,25 @@ def save_palette(palette: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():  # checked first: the rename below would fail only after writing the .partial file
         raise IsADirectoryError(f"{path}: a directory; expected the path of a .npy file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npy")
-    np.save(partial, palette)
-    partial.replace(path)
+    with atomic_file(path) as file:  # whole or not at all, and never through a link
+        np.save(file, palette)
     return path
 
 
 def load_palette(path: str | Path, clusters: int | None = None, channels: int | None = None) -> np.ndarray:
     path = Path(path)
+    if not path.exists():
+        raise PaletteError(f"{path}: no such palette file; fit one with `igpt centroids`")
+    try:
+        with check_regular_file(path, "a .npy array of centroids").open("rb") as file:
+            magic = file.read(6)
+    except OSError as error:
+        raise PaletteError(str(error)) from None
+    if magic != b"\x93NUMPY":  # else numpy tries it as a pickle, and says only that pickles are not allowed
+        raise PaletteError(f"{path}: not a .npy array (the file is not in numpy's .npy format); expected the "
+                           "centroids `igpt centroids` writes")
     try:
         palette = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise PaletteError(f"{path}: no such palette file; fit one with `igpt centroids`") from None
     except (ValueError, OSError) as error:
         raise PaletteError(f"{path}: not a .npy array of centroids ({error})") from None
     return check_palette(palette, clusters, channels, where=str(path))

@@ -392,6 +392,62 @@ def test_import_hf_refuses_weights_igpt_could_not_use(capsys, hf_folders, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+# -- writes never go through a link -------------------------------------------------------------------
+
+
+def links_to_a_victim(folder: Path, out: Path) -> Path:
+    """`out` and the temporary names igpt once wrote beside it, made links to a file elsewhere (the victim)."""
+    victim = folder / "elsewhere" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("someone else's file")
+    for name in (out.name, out.name + ".partial", out.name + ".partial.npy", out.name + ".partial.npz"):
+        (out.parent / name).symlink_to(victim)
+    return victim
+
+
+def test_complete_replaces_a_link_at_out_and_never_writes_through_it(capsys, tiny_checkpoint, files, tmp_path):
+    out = tmp_path / "l.png"
+    victim = links_to_a_victim(tmp_path, out)
+    assert main(["complete", "--model", str(tiny_checkpoint), "--image", str(files["seven.png"]), "--samples", "1", "--rows", "27",
+                 "--out", str(out)]) == 0
+    assert victim.read_text() == "someone else's file"
+    assert not out.is_symlink() and Image.open(out).format == "PNG"
+    refused(capsys, ["complete", "--model", str(tiny_checkpoint), "--image", str(files["seven.png"]), "--out", str(tmp_path)],
+            "--out " + str(tmp_path) + ": a directory; expected the path of a .png file", tmp_path)
+    assert not (tmp_path.parent / f"{tmp_path.name}.png").exists()  # the figure did not go beside the folder
+
+
+def test_export_with_force_replaces_a_link_and_never_writes_through_it(capsys, tiny_checkpoint, tmp_path):
+    out = tmp_path / "model.safetensors"
+    victim = links_to_a_victim(tmp_path, out)
+    refused(capsys, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)], "exists", tmp_path)
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--force"]) == 0
+    assert victim.read_text() == "someone else's file" and not out.is_symlink()
+    load_file(str(out))
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial") and not path.is_symlink()]
+
+
+def test_palette_augmentation_and_kept_pass_writers_never_write_through_a_link(mnist_root, tmp_path):
+    from igptlib.config import DataConfig, write_atomically
+    from igptlib.data import write_augmented_set
+    from igptlib.metrics import SplitPass, load_pass, save_pass
+    from igptlib.quantize import load_palette, save_palette
+
+    victims = []
+    for name in ("palette.npy", "augmented.npz", "pass.npz", "text.json"):
+        (tmp_path / name.split(".")[0]).mkdir()
+        victims.append(links_to_a_victim(tmp_path / name.split(".")[0], tmp_path / name.split(".")[0] / name))
+    save_palette(np.array([[0.0], [255.0]], dtype=np.float32), tmp_path / "palette" / "palette.npy")
+    write_augmented_set(DataConfig(root=str(mnist_root), limit_train=16), tmp_path / "augmented" / "augmented.npz")
+    save_pass(SplitPass(labels=np.arange(3)), tmp_path / "pass" / "pass.npz", {"split": "test"})
+    write_atomically(tmp_path / "text" / "text.json", "{}")
+    assert [victim.read_text() for victim in victims] == ["someone else's file"] * 4
+    np.testing.assert_array_equal(load_palette(tmp_path / "palette" / "palette.npy")[:, 0], [0, 255])
+    assert np.load(tmp_path / "augmented" / "augmented.npz")["images"].shape[0] == 16
+    assert load_pass(tmp_path / "pass" / "pass.npz", {"split": "test"}).labels.tolist() == [0, 1, 2]
+    assert (tmp_path / "text" / "text.json").read_text() == "{}"
+
+
 # -- names that would be paths ------------------------------------------------------------------------
 
 NAMES = [
