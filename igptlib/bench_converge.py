@@ -23,7 +23,7 @@ import torch
 from igptlib.config import PRECISION_WORDS, ConfigError, RunConfig, apply_overrides, read_json, run_config, write_json
 from igptlib.lightning_module import decay_start
 
-TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set (issue 14)
+TARGETS = (0.32, 0.31)  # nats per pixel, on the MNIST test set
 
 
 class ConvergenceCurve(L.Callback):
@@ -193,8 +193,8 @@ def _minutes(value: float | None) -> str:
 
 
 def _machine(record: dict) -> str:
-    """The CPU and the precision a record trained in (records from before train() chose the precision
-    per CPU, and before the hardware was named so, trained in their config's on an AMD EPYC)."""
+    """The CPU and the precision a record trained in (older records name the CPU under "cpu" and
+    trained in their config's precision)."""
     hardware = record["machine"].get("hardware") or record["machine"]["cpu"]
     precision = record["training"].get("precision") or record["config"]["train"]["precision"]
     return f"{hardware.split(',')[0]}, {PRECISION_WORDS[precision]}"

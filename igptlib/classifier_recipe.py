@@ -1,4 +1,4 @@
-"""A classifier at the seed's level (issue 16): the fine-tuning recipe as one resumable command.
+"""A classifier at the seed's level: the fine-tuning recipe as one resumable command.
 
 `igpt classifier --from CHECKPOINT` fine-tunes a pre-trained run (or a model file, a shipped one by
 its name) with L_GEN + L_CLF in three stages:

@@ -82,9 +82,9 @@ def matmul_gflops(dtype: torch.dtype, n: int | None = None, repeats: int = 5, de
 def bf16_faster_on_cpu() -> bool:
     """Whether this CPU multiplies bfloat16 matrices faster than float32 ones: measured once per process.
 
-    A CPU's flags do not tell: the AMD EPYC this project first trained on has AVX-512 BF16 and ran a
-    bfloat16 matmul at about twice its float32 speed; an Intel Xeon with the same flag ran it at half
-    (167 against 331 GFLOP/s, and a training step 1.6x slower under bf16 autocast). 512 x 512
+    A CPU's flags do not tell: of two CPUs with the same AVX-512 BF16 flag, one has been measured
+    running a bfloat16 matmul at about twice its float32 speed, the other at half (a training step
+    1.6x slower under bf16 autocast; the records' machines.json name both). 512 x 512
     products, best of 20: each takes about a millisecond, short enough to finish between the
     scheduler's preemptions, so a busy machine gives the same answer as a quiet one.
     """

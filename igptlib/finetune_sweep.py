@@ -1,4 +1,4 @@
-"""The fine-tuning learning rate, chosen on the validation split (issue 16).
+"""The fine-tuning learning rate, chosen on the validation split.
 
 One short fine-tuning per learning rate, all from the same pre-trained checkpoint with the same
 data, steps and schedule (the ladder's fine-tuning recipe, igptlib.ladder.finetune_config, with

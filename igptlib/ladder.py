@@ -1,10 +1,10 @@
-"""The CPU ladder: three model sizes trained alike on this 2-core machine, and compared (issue 15).
+"""The CPU ladder: three model sizes trained alike on 2 CPU cores, and compared.
 
 S, M and L (the presets cpu-s, cpu-m, cpu-l) see the same data, palette, batch, steps and schedule,
 so that what differs between them is size alone. S is trained three times more, each time with one
 thing changed (TWINS): without augmentation, the ablation that says what augmentation buys; with
 BERT's objective instead of the autoregressive one, the paper's central comparison; and with
-rotations added to the augmentation, for rotated digits (issue 16). `igpt ladder` runs it stage by
+rotations added to the augmentation, for rotated digits. `igpt ladder` runs it stage by
 stage, per run:
 
     pretrain   L_AR (or L_BERT) on augmented images, a checkpoint kept at each of the named steps
@@ -160,7 +160,7 @@ def evaluation(name: str, checkpoint: Path, out: Path, label: str = "ladder", **
 def stages(runs: Path, sizes=LADDER, twin_size: str = TWIN_SIZE, twins: dict[str, dict] = TWINS, steps=NAMED_STEPS,
            overrides=(), finetune_steps: int = FINETUNE["steps"]) -> list[Stage]:
     """Every stage of the ladder, in order: the smallest size first, then the twins (cheap, and what
-    the ablation and issue 16 compare), then the larger sizes, the longest last."""
+    the ablation and the AR-against-BERT comparison use), then the larger sizes, the longest last."""
     plan = ([(f"ladder-{sizes[0]}", sizes[0], {})] + [(f"ladder-{twin_size}-{suffix}", twin_size, changes)
                                                        for suffix, changes in twins.items()]
             + [(f"ladder-{size}", size, {}) for size in sizes[1:]])
