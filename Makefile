@@ -9,31 +9,38 @@ DATASET ?= mnist
 SIZES ?= s m l
 COURSE := 01_data 02_augmentation 03_centroids 04_model 05_training 06_completion 07_evaluation
 
-.PHONY: all setup setup-page setup-test browser data centroids augment pipeline sweep report test explorer explorer-screenshot gpu-session-data clean
+.PHONY: all setup setup-page setup-test constraints browser data centroids augment pipeline sweep report test explorer explorer-screenshot gpu-session-data clean
 
 # The main job: set up, fetch the data, run every notebook on the default configuration (the xs
 # model, trained on the CPU), then rebuild figures/ and report/ from the run folder. It needs no
 # root and no browser.
 all: setup data centroids augment pipeline report
 
-# A virtual environment with the project installed (editable) and what each job needs: the main
-# job the library and notebooks alone, the explorer page Voila ([page]), the tests their tools
+# A virtual environment with the project installed (editable) and what each job needs, at the
+# versions the project is tested with (constraints.txt): the main job the library and the course's
+# notebooks ([course]), the explorer page Voila too ([page]), the tests everything: their tools
 # ([test]), the page and transformers ([hf]: the ImageGPT import and export tests).
+PIP_INSTALL := $(PY) -m pip install --quiet -c constraints.txt -e
 setup: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e .
+	$(PIP_INSTALL) '.[course]'
 	touch $(STAMP)
 
 setup-page: $(STAMP)-page
 $(STAMP)-page: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[page]'
+	$(PIP_INSTALL) '.[course,page]'
 	touch $@
 
 setup-test: $(STAMP)-test
 $(STAMP)-test: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[page,test,hf]'
+	$(PIP_INSTALL) '.[course,page,hf,test]'
 	touch $@
+
+# constraints.txt from .venv, once `make test` has passed in it (after a change of versions).
+constraints:
+	{ grep '^#' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # Debian's chromium for the explorer's browser test (Playwright's own browser download needs the
 # open web), installed where apt-get is and we are root or may sudo; anywhere else, or if the
@@ -76,8 +83,15 @@ test: setup-test browser
 HOST ?= 127.0.0.1
 PORT ?= 8866
 MODEL ?= $(IGPT_EXPLORER_MODEL)
+# Each page load starts a kernel of its own; one idle for EXPLORER_IDLE_SECONDS (its page closed, or
+# open and untouched) is shut down, so that visitors who leave do not keep their kernels (a busy
+# kernel, one still completing, is not). A visitor who comes back after that reloads the page.
+EXPLORER_IDLE_SECONDS ?= 900
+EXPLORER_CULL_INTERVAL ?= 60
 explorer: setup-page
-	IGPT_EXPLORER_MODEL='$(MODEL)' $(VENV)/bin/voila notebooks/08_explorer.ipynb --no-browser --Voila.ip=$(HOST) --port=$(PORT)
+	IGPT_EXPLORER_MODEL='$(MODEL)' $(VENV)/bin/voila notebooks/08_explorer.ipynb --no-browser --Voila.ip=$(HOST) --port=$(PORT) \
+		--MappingKernelManager.cull_idle_timeout=$(EXPLORER_IDLE_SECONDS) \
+		--MappingKernelManager.cull_interval=$(EXPLORER_CULL_INTERVAL) --MappingKernelManager.cull_connected=True
 
 # figures/explorer.png: the browser test's page after its completion, by MODEL, else the shipped
 # mnist model, else the tests' tiny checkpoint.

@@ -1,5 +1,10 @@
-"""The course on Google Colab: what every notebook's first cell calls once it has cloned the repository.
+"""The course on Google Colab: every notebook's "Open in Colab" badge and its first cell, made from
+the course's address (REPOSITORY, set here and nowhere else), and what that cell calls once it has
+cloned the course.
 
+    badge(notebook)           the notebook's "Open in Colab" badge (Markdown)
+    set_up_cell()             the notebooks' first cell: on Colab it clones REPOSITORY and calls set_up
+    write_colab_cells(path)   put both into a notebook (scripts/colab_cells.py does it for the course)
     set_up(root, drive)       install what Colab lacks, then the project; work from the clone; with
                               drive=True keep runs/ on Google Drive
     missing_requirements(...) the project's requirements this environment does not satisfy, less
@@ -17,6 +22,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPOSITORY = "https://github.com/igpt-course/igpt"  # the course's home: badges and the set-up cell point here
+BRANCH = "main"
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+COURSE_NOTEBOOKS = "0[1-8]_*.ipynb"  # the course (the report's notebooks, 09 on, need no Colab)
+# The first cell of every course notebook. It cannot import igptlib (that is what it installs), so
+# the address is written into it; IGPT_REPO names another clone (a fork, a local copy).
+SET_UP_CELL = """\
+# Set-up for Colab; anywhere else this cell does nothing. On Colab it clones the course (from
+# $IGPT_REPO if set), installs what Colab lacks and, with IGPT_DRIVE=1, keeps runs/ on Google Drive.
+# (Written by scripts/colab_cells.py from igptlib/colab.py: change it there.)
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("igptlib"):
+    _repository = os.environ.get("IGPT_REPO") or "{repository}.git"
+    if not os.path.isdir("igpt") and subprocess.run(["git", "clone", "--depth", "1", _repository, "igpt"]).returncode:
+        raise SystemExit(f"git clone {{_repository}} failed (git says why above): check the network (or IGPT_REPO), then run this cell again")
+    sys.path.insert(0, os.path.abspath("igpt"))
+    from igptlib.colab import set_up
+    set_up("igpt", drive=os.environ.get("IGPT_DRIVE") == "1")"""
 COLAB_BRINGS = frozenset({"torch", "torchvision", "numpy", "ipykernel", "ipywidgets", "jupyterlab"})
 DRIVE = Path("/content/drive")
 DRIVE_RUNS = "MyDrive/igpt/runs"  # under the mounted Drive: where runs/ lives with drive=True
@@ -30,11 +53,48 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
+def colab_url(notebook: str) -> str:
+    """The address that opens the course's notebooks/<notebook>.ipynb in Colab."""
+    return (f"https://colab.research.google.com/github/{REPOSITORY.removeprefix('https://github.com/')}"
+            f"/blob/{BRANCH}/notebooks/{notebook}.ipynb")
+
+
+def badge(notebook: str) -> str:
+    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook)})"
+
+
+def set_up_cell() -> str:
+    return SET_UP_CELL.format(repository=REPOSITORY)
+
+
+def write_colab_cells(path: str | os.PathLike) -> bool:
+    """Make a notebook's first cell its badge and its first code cell the set-up cell; True if it changed."""
+    import nbformat
+
+    path = Path(path)
+    notebook = nbformat.read(path, as_version=4)
+    before = nbformat.writes(notebook)
+    cells = notebook.cells
+    if not (cells and cells[0].cell_type == "markdown" and cells[0].source.startswith("[![Open In Colab]")):
+        cells.insert(0, nbformat.v4.new_markdown_cell())
+    cells[0].source = badge(path.stem)
+    code = [cell for cell in cells if cell.cell_type == "code"]
+    if not (code and "google.colab" in code[0].source):
+        raise ValueError(f"{path}: expected a first code cell that sets the course up on Colab")
+    code[0].source = set_up_cell()
+    after = nbformat.writes(notebook)
+    if after != before:
+        path.write_text(after + "\n")
+    return after != before
+
+
 def project_requirements(root: str | os.PathLike) -> list[str]:
-    """The requirements of the library and the notebooks, from the clone's pyproject.toml (no extras)."""
+    """What the library and the notebooks require, from the clone's pyproject.toml (the core and the
+    course extra)."""
     import tomllib
 
-    return tomllib.loads((Path(root) / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((Path(root) / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + project["optional-dependencies"]["course"]
 
 
 def missing_requirements(requirements: list[str], brings=COLAB_BRINGS) -> list[str]:

@@ -1,12 +1,13 @@
 """What the notebooks share: their parameters (validated, since papermill only warns about unknown
 names), the smoke mode the tests switch on, and where a run's files go.
 
-Every notebook opens with the same set-up cell (on Colab it clones and installs the course:
-igptlib.colab; elsewhere it does nothing). The next cell does the imports and ends with
-`_names_before = set(globals())`; then
-comes the cell tagged `parameters` (which papermill follows with its injected cell), then
-`params = course.parameters(globals(), _names_before)`: any name that appeared in between must be
-a known parameter of the right type. Notebooks run from the repository root (course.go_to_root),
+Every notebook opens with its Colab badge and the same set-up cell (on Colab it clones and installs
+the course: igptlib.colab; elsewhere it does nothing). The next cell does the imports and ends with
+`_names_before = set(globals())`; then comes the cell tagged `parameters` (which papermill follows
+with its injected cell), each name typed as CourseParameters types it (`steps: "Optional[int]" =
+300`, quoted where the type would need an import) so that `papermill --help-notebook` lists the
+types; then `params = course.parameters(globals(), _names_before)`: any name that appeared in
+between must be a known parameter of the right type. Notebooks run from the repository root (course.go_to_root),
 so their paths mean the same under JupyterLab, papermill and nbval.
 """
 from __future__ import annotations

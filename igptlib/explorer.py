@@ -4,6 +4,7 @@ Explorer builds the ipywidgets that notebooks/08_explorer.ipynb shows (and Voila
 the work is done by the plain functions below, which the widget calls and the tests check too:
 
     default_model()                     $IGPT_EXPLORER_MODEL, else the shipped "mnist" model, else None
+    uploaded_file(value)                the name and bytes of the file in a FileUpload's value
     prepare_upload(name, content, ...)  an uploaded PNG or JPEG made into the model's input, with notes
 
 The seed report asks that inverted or rotated inputs still complete like the training digits.
@@ -30,6 +31,7 @@ from PIL import Image
 from igptlib.completion import MISSING_GREY, Completions, complete_tokens, keep_mask
 from igptlib.datasets import DataError, load_split
 from igptlib.device import resolve_device
+from igptlib.extras import require
 from igptlib.images import MAX_PIXELS, ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context
 from igptlib.robustness import QUARTER_TURNS, turn_upright
@@ -55,6 +57,20 @@ def default_model(models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
     if DEFAULT_MODEL in shipped:
         return DEFAULT_MODEL
     return shipped[0] if shipped else None
+
+
+def uploaded_file(value) -> tuple[str, bytes] | None:
+    """(name, content) of the first file in a FileUpload's value; None when nothing is uploaded.
+
+    ipywidgets 8 holds a tuple of dicts ({"name", "content": memoryview, ...}); ipywidgets 7, which
+    Colab ships, a dict {name: {"metadata": {"name", ...}, "content": bytes}}.
+    """
+    if not value:
+        return None
+    if isinstance(value, dict):
+        first = next(iter(value.values()))
+        return first["metadata"]["name"], bytes(first["content"])
+    return value[0]["name"], bytes(value[0]["content"])
 
 
 def prepare_upload(name: str, content: bytes, model, palette: np.ndarray, invert: bool | None = None,
@@ -107,8 +123,7 @@ class Explorer:
     def __init__(self, model: str | os.PathLike | None = None, dataset: str | None = None, data_root: str | os.PathLike = "data",
                  samples: int = 8, rows: int = 14, seed: int = 0, models_dir: str | os.PathLike = MODELS_DIR,
                  device: str = "auto"):
-        import ipywidgets as w
-
+        w = require("ipywidgets", "course", "the completion explorer")
         self.dataset, self.data_root, self.models_dir = dataset, Path(data_root), Path(models_dir)
         self.device = resolve_device(device)  # auto: the GPU when there is one
         self.result: Completion | None = None
@@ -234,13 +249,14 @@ class Explorer:
 
     def _image(self, module, dataset: str) -> tuple[torch.Tensor, str, list[str]]:
         if self.source.value == "upload":
-            if not self.upload.value:
+            upload = uploaded_file(self.upload.value)
+            if upload is None:
                 raise ValueError("No file uploaded yet: choose a PNG, JPG or JPEG file with the Upload button.")
-            upload = self.upload.value[0]
-            image, notes = prepare_upload(upload["name"], bytes(upload["content"]), module.model, module.palette,
+            name, content = upload
+            image, notes = prepare_upload(name, content, module.model, module.palette,
                                           {"auto": None, "yes": True, "no": False}[self.invert.value],
                                           TURNS[self.turn.value])
-            return image, upload["name"], notes
+            return image, name, notes
         if dataset not in self._test_sets:
             self._test_sets[dataset] = load_split(dataset, self.data_root, train=False)
         images, labels = self._test_sets[dataset]

@@ -12,10 +12,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from igptlib.extras import require
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = REPO / "notebooks"
+
+
+def find_notebooks() -> Path:
+    """The course's notebooks: igptlib/notebooks/, the package data of an installed package; else
+    notebooks/ beside igptlib/, in a clone (an editable install too)."""
+    package_data = Path(__file__).resolve().parent / "notebooks"
+    return package_data if package_data.is_dir() else REPO / "notebooks"
+
+
+NOTEBOOKS = find_notebooks()
 PIPELINE = ("05_training", "06_completion", "07_evaluation")
+
+
+def papermill():
+    """papermill, which runs the notebooks; MissingExtra (one line, `igpt` exits 2) where it is not installed."""
+    return require("papermill", "course", "running the course's notebooks (igpt sweep)")
 
 
 def run_folder(dataset: str, size: str, runs: str | Path = "runs") -> Path:
@@ -24,22 +39,23 @@ def run_folder(dataset: str, size: str, runs: str | Path = "runs") -> Path:
 
 def execute(notebook: str, out: Path, parameters: dict) -> Path:
     """Execute notebooks/<notebook>.ipynb with `parameters` into `out` (kept even when a cell fails)."""
-    import papermill
-
+    runner = papermill()
     source = NOTEBOOKS / f"{notebook}.ipynb"
     if not source.exists():
         known = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
         raise FileNotFoundError(f"no notebook {notebook!r}; the course has {known}")
     # The sweep's common settings go only to the notebooks that declare them (04_model has no run folder).
-    declared = papermill.inspect_notebook(str(source))
+    declared = runner.inspect_notebook(str(source))
     parameters = {name: value for name, value in parameters.items() if name in declared}
     out.parent.mkdir(parents=True, exist_ok=True)
     # The kernel is named explicitly: papermill would otherwise look for the notebook's own, which a
-    # virtual environment's Jupyter may not know by that name.
+    # virtual environment's Jupyter may not know by that name. In a clone the notebooks run from its
+    # root (course.go_to_root finds it); an installed package's run where the user is, beside data/.
+    cwd = NOTEBOOKS if NOTEBOOKS == REPO / "notebooks" else Path.cwd()
     # An hour-long notebook must not run silently: a bar of its cells (count and time taken), and
     # each cell's number and output as it comes (log_output; `igpt sweep` shows papermill's log).
-    papermill.execute_notebook(
-        str(source), str(out), parameters=parameters, kernel_name="python3", cwd=str(NOTEBOOKS),
+    runner.execute_notebook(
+        str(source), str(out), parameters=parameters, kernel_name="python3", cwd=str(cwd),
         progress_bar={"desc": notebook}, log_output=True,
     )
     return out
@@ -58,6 +74,7 @@ def sweep(sizes=("s", "m", "l"), dataset: str = "mnist", notebooks=PIPELINE, run
     """
     from igptlib.records import note_command, record_run
 
+    papermill()  # before any notebook is announced
     folders = []
     for size in sizes:
         folder = run_folder(dataset, size, runs)

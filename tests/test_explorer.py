@@ -1,6 +1,7 @@
 """The completion explorer driven as a user would, without a browser: real widgets, a real trained
 checkpoint, real MNIST test images and uploads; set the controls, press Complete, read the outputs."""
 import io
+import types
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 
 from igptlib.completion import keep_mask
 from igptlib.datasets import load_split
-from igptlib.explorer import PATH_CHOICE, Explorer, default_model
+from igptlib.explorer import PATH_CHOICE, Explorer, default_model, uploaded_file
 from igptlib.robustness import rotation_nats
 from igptlib.quantize import encode
 from igptlib.bench_sampling import complete_naive
@@ -159,6 +160,27 @@ def test_auto_turn_takes_the_orientation_the_model_finds_most_likely(explorer, u
     turn = nats.index(min(nats))
     assert torch.equal(result.image, torch.rot90(digit, turn, (-2, -1)))
     assert any("the model finds it most likely that way" in note and f"{min(nats):.3f}" in note for note in result.notes)
+
+
+def ipywidgets7_value(name: str, content: bytes) -> dict:
+    """A FileUpload's value as ipywidgets 7 (Colab's) makes it from the browser's metadata and data lists."""
+    return {name: {"metadata": {"name": name, "type": "image/png", "size": len(content), "lastModified": 0},
+                   "content": content}}
+
+
+def test_an_upload_is_read_from_the_value_of_ipywidgets_7_and_8(explorer, upload, test_images):
+    content = png_bytes(test_images[0][7, 0].numpy())
+    assert uploaded_file(ipywidgets7_value("seven.png", content)) == ("seven.png", content)
+    assert uploaded_file({}) is None and uploaded_file(()) is None  # nothing uploaded yet, either way
+
+    upload(explorer, "seven.png", content)  # ipywidgets 8, installed here
+    completed_8 = explorer.complete()
+    assert uploaded_file(explorer.upload.value) == ("seven.png", content)
+    # The same explorer with ipywidgets 7's value (this environment's FileUpload cannot hold one).
+    explorer.upload = types.SimpleNamespace(value=ipywidgets7_value("seven.png", content))
+    completed_7 = explorer.complete()
+    assert explorer.error == "" and completed_7.source == completed_8.source == "seven.png"
+    assert torch.equal(completed_7.image, test_images[0][7]) and torch.equal(completed_8.image, test_images[0][7])
 
 
 def test_a_bad_upload_shows_a_message_and_the_explorer_keeps_working(explorer, upload, test_images):
