@@ -23,7 +23,8 @@ export: transformers' ImageGPT norm neither centres nor adds a bias, so it canno
 Train with `model: {norm: rms}` in the run's YAML to make a model that exports.
 
     import_hf(folder, out)           a transformers ImageGPT folder -> an igpt model file (shipped.load_model reads it)
-    export_hf(source, folder)        an igpt model (name, .safetensors, .ckpt) -> a folder from_pretrained reads
+    export_hf(source, folder)        an igpt model (name, .safetensors, .ckpt) -> a folder from_pretrained reads,
+                                     with its generation config and model card (igptlib.hf_card)
     from_transformers(model, clusters)   a transformers model -> an igptlib ImageGPT module with its palette
     to_transformers(gpt)                 igptlib's GPT -> a transformers model
 """
@@ -42,13 +43,12 @@ from igptlib.config import ModelConfig
 from igptlib.model import GPT
 from igptlib.model_files import FLOAT_TYPES, CheckpointError, check_weights, load_weights_only
 from igptlib.lightning_module import ImageGPT
+from igptlib.records import RECORDS
 
 # transformers' activation names (ACT2FN) and igptlib's.
 ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
 ACTIVATIONS_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 EPS = 1e-5  # the RMS norm's epsilon, as in igptlib.model.norm_layer and OpenAI's configs
-# Hub ids of the datasets the model card names.
-HUB_DATASETS = {"mnist": "ylecun/mnist", "fashion-mnist": "zalando-datasets/fashion_mnist", "cifar10": "uoft-cs/cifar10"}
 
 
 class HFError(ValueError):
@@ -188,14 +188,15 @@ def read_hf_folder(folder: str | os.PathLike):
         model, info = transformers.ImageGPTForCausalImageModeling.from_pretrained(
             folder, local_files_only=True, output_loading_info=True)
     except OSError as error:
+        raise HFError(f"{folder}: no readable weights ({error})") from None
     finally:
         if bar:
             transformers.utils.logging.enable_progress_bar()
-        raise HFError(f"{folder}: no readable weights ({error})") from None
     if info["missing_keys"]:
         raise HFError(f"{folder}: weights missing for {sorted(info['missing_keys'])[:3]}; completion needs "
                       "ImageGPTForCausalImageModeling's weights (the language head included)")
     return model.float().eval(), clusters
+
 
 def check_weight_files(folder: Path, config: ModelConfig) -> None:
     """The folder's weight files (safetensors, or .bin read with weights_only) hold floating-point
@@ -233,7 +234,6 @@ def check_weight_files(folder: Path, config: ModelConfig) -> None:
                       f"{config.seq_len}) needs at least {config.least_weights:,} weights, but its files hold {held:,}")
 
 
-
 def import_hf(folder: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
     """Convert a transformers ImageGPT folder into an igpt model file; return its path."""
     from igptlib.shipped import save_model
@@ -254,70 +254,46 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, force: bool = F
     return save_model(module, out, notes)
 
 
-def export_hf(source: str | os.PathLike, folder: str | os.PathLike, force: bool = False) -> Path:
+def export_hf(source: str | os.PathLike, folder: str | os.PathLike, force: bool = False,
+              models_dir: str | os.PathLike | None = None, records: str | os.PathLike = RECORDS) -> Path:
     """Write an igpt model (shipped name, .safetensors or .ckpt) as a transformers ImageGPT folder.
 
-    The folder holds config.json and model.safetensors (ImageGPTForCausalImageModeling), the image
-    processor's preprocessor_config.json with the palette as clusters, and a README.md model card.
-    A folder that already holds files is written into only with `force`.
+    The folder holds config.json, model.safetensors (ImageGPTForCausalImageModeling) and
+    generation_config.json (generate() starts at the SOS token and samples a whole image), the
+    image processor's preprocessor_config.json with the palette as clusters, and a README.md model
+    card (igptlib.hf_card) with a shipped model's results from its record under `records`.
+    models_dir: where shipped models are (None: shipped.MODELS_DIR). A folder that already holds
+    files is written into only with `force`.
     """
+    from igptlib.hf_card import model_card, recorded_evaluation
     from igptlib.model_files import read_notes
-    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
+    from igptlib.records import shipped_record
+    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, model_name, shipped_models
 
     transformers = transformers_module()
+    models_dir = MODELS_DIR if models_dir is None else Path(models_dir)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise HFError(f"{folder}: a file; expected the folder to write the transformers model to")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         raise FileExistsError(f"{folder} is not empty; choose another folder, or write into it with --force")
-    module = load_model(source)
+    module = load_model(source, models_dir)
     if module.palette is None:
         raise HFError(f"{source}: holds no palette, so the exported model's tokens would have no colours")
-    model = to_transformers(module.model)
-    model.save_pretrained(folder)
-    n_px = module.model_config.n_px
-    processor = transformers.ImageGPTImageProcessor(clusters=clusters_from_palette(module.palette),
-                                                    size={"height": n_px, "width": n_px})
-    processor.save_pretrained(folder)
-    path = MODELS_DIR / f"{source}.safetensors" if str(source) in shipped_models() else Path(source)
-    imported_from = read_notes(path).get("imported_from") if path.suffix == ".safetensors" else None
-    (folder / "README.md").write_text(model_card(source, module, model_dataset(source), imported_from))
-    return folder
-
-
-def model_card(source, module: ImageGPT, dataset: str | None, imported_from: str | None = None) -> str:
-    """A model card: the YAML front matter a model hub reads, then how to use the model.
-
-    A model igptlib trained is MIT-licensed like igptlib; one it imported keeps its weights' own
-    license, which igptlib cannot know (license: other).
-    """
     config = module.model_config
-    card_license = "other" if imported_from else "mit"
-    front = ["---", f"license: {card_license}", "library_name: transformers", "tags:", "- image-gpt", "- igpt"]
-    if dataset in HUB_DATASETS:
-        front += ["datasets:", f"- {HUB_DATASETS[dataset]}"]
-    front += ["metrics:", "- perplexity", "- accuracy", "---"]
-    channels = module.palette.shape[1]
-    return "\n".join(front) + f"""
-
-# ImageGPT ({Path(str(source)).stem}), exported from igptlib
-
-An autoregressive ImageGPT over {config.n_px}x{config.n_px} images in a {config.vocab_size}-colour
-{"grayscale" if channels == 1 else "RGB"} palette ({config.n_layer} layers, width {config.n_embd}, {config.n_head} heads),
-{f"converted by igptlib from the transformers ImageGPT folder {imported_from}; the license of those weights applies."
-  if imported_from else
-  f"trained with igptlib{f' on {dataset}' if dataset else ''}. Its metrics (nats per pixel, whose exponential is the "
-  "per-pixel perplexity, and linear-probe or fine-tuned accuracy) are in igptlib's model card for it."}
-
-```python
-from transformers import ImageGPTForCausalImageModeling, ImageGPTImageProcessor
-model = ImageGPTForCausalImageModeling.from_pretrained(FOLDER)
-processor = ImageGPTImageProcessor.from_pretrained(FOLDER)
-```
-
-Token {config.vocab_size} (the last row of the token embedding) is the start of sequence; the language
-head predicts the {config.vocab_size} colours. The processor's `clusters` are the palette in [-1, 1]
-(`(clusters + 1) * 127.5` gives 0..255){"; a grayscale palette is stored with R = G = B" if channels == 1 else ""}.
-The classification head is not exported: transformers' ImageGPTForImageClassification pools other
-positions than igptlib's fine-tuned classifier does.
-"""
+    model = to_transformers(module.model)
+    # Without these, generate() knows neither where an image starts nor how long it is.
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=config.vocab_size, max_length=config.seq_len + 1, do_sample=True, top_k=0)
+    model.save_pretrained(folder)
+    processor = transformers.ImageGPTImageProcessor(clusters=clusters_from_palette(module.palette),
+                                                    size={"height": config.n_px, "width": config.n_px})
+    processor.save_pretrained(folder)
+    shipped = str(source) in shipped_models(models_dir)
+    path = models_dir / f"{source}.safetensors" if shipped else Path(source)
+    imported_from = read_notes(path).get("imported_from") if path.suffix == ".safetensors" else None
+    name = model_name(source, models_dir)
+    evaluation = recorded_evaluation(shipped_record(name, records), config) if shipped else None
+    card = model_card(name, module, model_dataset(source, models_dir), folder.name, imported_from, evaluation)
+    (folder / "README.md").write_text(card)
+    return folder

@@ -5,6 +5,7 @@ from a random config, or an igptlib GPT with OpenAI iGPT's RMS norm. All their p
 randomised, norm weights and biases included, so a tensor mapped to the wrong place shows.
 """
 import json
+import re
 import sys
 
 import numpy as np
@@ -21,7 +22,7 @@ from igptlib.hf import HFError, export_hf, import_hf, to_transformers
 from igptlib.lightning_module import ImageGPT
 from igptlib.quantize import encode
 from igptlib.sampling import complete, tokens_in_rows
-from igptlib.shipped import load_model, save_model
+from igptlib.shipped import load_model, save_model, shipped_models
 
 # (channels, n_px, transformers activation): a 16-grey MNIST-like palette, and an RGB one as OpenAI's.
 KINDS = {"gray": (1, 12, "gelu_pytorch_tanh"), "rgb": (3, 8, "quick_gelu")}
@@ -65,7 +66,7 @@ def hf_logits(model, tokens: torch.Tensor) -> torch.Tensor:
 
 def assert_same_model(gpt, hf_model, n_px: int, seed: int = 1) -> None:
     """Same logits to 1e-5 (float32) and the same greedy completion of the bottom half."""
-    tokens = torch.randint(0, K, (3, n_px * n_px), generator=torch.Generator().manual_seed(seed))
+    tokens = torch.randint(0, gpt.config.vocab_size, (3, n_px * n_px), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ours = gpt(tokens)
     torch.testing.assert_close(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-5)
@@ -102,7 +103,8 @@ def test_a_transformers_model_imports_and_exports_back_unchanged(kind, tmp_path,
     np.testing.assert_allclose(np.asarray(processor.clusters), clusters, atol=1e-5)
     card = (folder / "README.md").read_text()
     assert yaml.safe_load(card.split("---")[1])["license"] == "other"  # imported weights keep their own license
-    assert f"converted by igptlib from the transformers ImageGPT folder {(tmp_path / 'hf').resolve()}" in card
+    assert "converted by igptlib from the transformers ImageGPT model hf;" in card
+    assert str(tmp_path) not in card, "no local path in a card"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,6 +134,10 @@ def test_an_igpt_model_exports_to_transformers_and_imports_back(kind, tmp_path):
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "mit" and front["library_name"] == "transformers" and "trained with igptlib" in card
     assert front["datasets"] == ["ylecun/mnist" if channels == 1 else "uoft-cs/cifar10"] and front["metrics"]
+    assert front["pipeline_tag"] == "unconditional-image-generation" and "model-index" not in front  # no record
+    assert "\n# ours\n" in card and "No evaluation of this model was recorded" in card
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["max_length"], generation["do_sample"]) == (K, n_px * n_px + 1, True)
 
     back = tmp_path / "back.safetensors"
     import_hf(folder, back)
@@ -141,6 +147,96 @@ def test_an_igpt_model_exports_to_transformers_and_imports_back(kind, tmp_path):
     tokens = torch.randint(0, K, (2, n_px * n_px))
     with torch.no_grad():
         torch.testing.assert_close(again.model(tokens), module.model(tokens), rtol=0, atol=1e-5)
+
+
+def tiny_rms_module(n_px: int = 8, seed: int = 3) -> ImageGPT:
+    """A tiny random ImageGPT with OpenAI iGPT's RMS norm and a 16-grey palette, as a trained one would be."""
+    torch.manual_seed(seed)
+    palette = np.linspace(0, 255, K, dtype=np.float32)[:, None]
+    module = ImageGPT(ModelConfig(vocab_size=K, n_px=n_px, n_embd=32, n_layer=2, n_head=4, norm="rms"),
+                      palette=palette).eval()
+    randomise(module.model, seed)
+    return module
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, re.S)
+
+
+def test_a_shipped_rms_model_exports_ready_for_a_hub(tmp_path, monkeypatch, capsys):
+    """`igpt export --format hf` of a shipped model: its logits through from_pretrained, its card with
+    its name and its record's results, and the card's generate() example run as written."""
+    from igptlib import shipped
+
+    module = tiny_rms_module()
+    models = tmp_path / "models"
+    save_model(module, models / "tiny.safetensors", dataset="mnist")
+    # The record `igpt evaluate --model tiny` writes; its numbers are the test's: the card must carry them.
+    record = tmp_path / "report" / "runs" / "shipped-tiny"
+    record.mkdir(parents=True)
+    evaluation = {"model": module.model_config.to_dict(), "test_images": 10000, "likelihood":
+                  {"nats_per_pixel": 2.0127, "bits_per_pixel": 2.0127 / np.log(2)},
+                  "probes": {"best_layer": 1, "best_test_accuracy": 0.4316}}
+    (record / "evaluation.json").write_text(json.dumps(evaluation))
+    monkeypatch.setattr(shipped, "MODELS_DIR", models)
+    monkeypatch.chdir(tmp_path)  # where a clone's report/runs/ would be
+
+    assert main(["export", "--format", "hf", "--model", "tiny", "--out", "tiny-hf"]) == 0
+    assert "generation_config.json" in capsys.readouterr().out
+    folder = tmp_path / "tiny-hf"
+    theirs = transformers.ImageGPTForCausalImageModeling.from_pretrained(folder).eval()
+    assert_same_model(module.model, theirs, 8)  # logits within 1e-5, the same greedy completion
+
+    card = (folder / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert "\n# tiny\n" in card and str(tmp_path) not in card
+    assert front["pipeline_tag"] == "unconditional-image-generation" and front["datasets"] == ["ylecun/mnist"]
+    [index] = front["model-index"]
+    assert index["name"] == "tiny"
+    likelihood, probe = index["results"]
+    assert likelihood["dataset"] == probe["dataset"] == {"type": "ylecun/mnist", "name": "mnist", "split": "test"}
+    assert [metric["value"] for metric in likelihood["metrics"]] == [2.0127, round(2.0127 / np.log(2), 4)]
+    assert probe["task"]["type"] == "image-classification" and probe["metrics"][0]["value"] == 0.4316
+    assert "2.0127 nats per pixel" in card and "accuracy 0.4316" in card
+
+    # The card's example, run as written from the folder's parent (its model_id is the folder's name).
+    [example] = python_blocks(card)
+    namespace = {}
+    state = torch.random.get_rng_state()
+    exec(compile(example, "README.md", "exec"), namespace)
+    torch.random.set_rng_state(state)
+    images, completed = namespace["images"], namespace["completed"]
+    assert images.shape == (4, 8, 8, 3) and completed.shape == (1, 8, 8, 3)
+    assert set(np.unique(images)) <= set(np.rint(module.palette[:, 0]).astype(np.uint8))  # the palette's greys
+    assert not (images == images[:1]).all(), "sampled, not one image repeated"
+    assert (completed[0, :4] == images[0, :4]).all(), "the kept top half stays"
+
+    # Re-trained in another shape, the model no longer matches its record: no results are claimed.
+    evaluation["model"] = {**evaluation["model"], "norm": "layer"}
+    (record / "evaluation.json").write_text(json.dumps(evaluation))
+    export_hf("tiny", tmp_path / "again")
+    card = (tmp_path / "again" / "README.md").read_text()
+    assert "model-index" not in yaml.safe_load(card.split("---")[1]) and "No evaluation of this model" in card
+
+
+def test_an_imported_models_card_names_its_hub_id_not_the_cache_path(tmp_path):
+    cache = tmp_path / "hub" / "models--openai--imagegpt-tiny" / "snapshots" / "0123abcd"
+    hf_folder(cache, "rgb")
+    import_hf(cache, tmp_path / "imported.safetensors")
+    card = (export_hf(tmp_path / "imported.safetensors", tmp_path / "out") / "README.md").read_text()
+    assert "converted by igptlib from the transformers ImageGPT model openai/imagegpt-tiny;" in card
+    assert str(tmp_path) not in card
+
+
+@pytest.mark.parametrize("name", shipped_models())
+def test_every_shipped_model_exports_with_the_same_logits(name, tmp_path, request):
+    module = load_model(name)
+    if module.model_config.norm != "rms":
+        request.applymarker(pytest.mark.xfail(raises=HFError, strict=True,
+                                              reason="a LayerNorm model: re-trained with norm rms, it exports"))
+    folder = export_hf(name, tmp_path / name)
+    theirs = transformers.ImageGPTForCausalImageModeling.from_pretrained(folder).eval()
+    assert_same_model(module.model, theirs, module.model_config.n_px)
 
 
 def rgb_picture() -> np.ndarray:
@@ -199,8 +295,11 @@ def test_transformers_generate_keeps_the_prefix_and_draws_valid_colours(tmp_path
 
 
 def test_what_cannot_be_converted_is_refused_clearly(tmp_path, capsys):
-    # A LayerNorm model (every model trained before RMS norm existed here, the shipped ones too).
-    assert main(["export", "--format", "hf", "--model", "mnist", "--out", str(tmp_path / "out")]) == 2
+    # A LayerNorm model (igptlib's default norm).
+    layer = ImageGPT(ModelConfig(vocab_size=K, n_px=4, n_embd=16, n_layer=1, n_head=2, norm="layer"),
+                     palette=np.linspace(0, 255, K, dtype=np.float32)[:, None])
+    save_model(layer, tmp_path / "layer.safetensors")
+    assert main(["export", "--format", "hf", "--model", str(tmp_path / "layer.safetensors"), "--out", str(tmp_path / "out")]) == 2
     assert "LayerNorm" in capsys.readouterr().err
     bert = ImageGPT(ModelConfig(vocab_size=K, n_px=4, n_embd=16, n_layer=1, n_head=2, norm="rms", objective="bert"))
     with pytest.raises(HFError, match="causal only"):
