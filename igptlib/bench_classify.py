@@ -63,9 +63,20 @@ class StageClock(L.Callback):
         if trainer.sanity_checking:
             return
         wall, cpu = self.minutes()
+        # A run resumed from a checkpoint saved before its last validation validates that step again.
+        self.points = [p for p in self.points if p["step"] < trainer.global_step]
         self.points.append({"minutes": round(wall, 3), "cpu_minutes": round(cpu, 3), "stage": self.stage,
                             "step": trainer.global_step, self.score: float(trainer.callback_metrics[f"val/{self.score[4:]}"]),
                             "load_average": os.getloadavg()[0]})
+
+
+def machine() -> dict:
+    """What the minutes depend on: the hardware, torch's threads, the load, and this process's priority
+    (a benchmark given priority over other work on a shared machine says so)."""
+    from igptlib.records import describe_hardware
+
+    return {"hardware": describe_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "nice": os.nice(0), "load_average_before": os.getloadavg()}
 
 
 def stage_configs(size: str, pretrain_steps: int, finetune_steps: int, overrides: list[str],
@@ -134,8 +145,6 @@ def classify(name: str, run_dir: Path, size: str, pretrain_steps: int, finetune_
              pretrain_overrides: list[str], finetune_overrides: list[str], probe: bool,
              budget_minutes: float | None) -> dict | None:
     """Run every stage not yet done, within the budget; the record once the classifier is tested, else None."""
-    from igptlib.records import describe_hardware
-
     pretrain, finetune = stage_configs(size, pretrain_steps, finetune_steps, overrides, pretrain_overrides, finetune_overrides)
     deadline = None if budget_minutes is None else time.perf_counter() + budget_minutes * 60
     state_path = run_dir / "bench-state.json"
@@ -143,8 +152,7 @@ def classify(name: str, run_dir: Path, size: str, pretrain_steps: int, finetune_
     state = read_json(state_path) if state_path.exists() else {"settings": settings, "stages": {}}
     if state["settings"] != settings:
         raise ValueError(f"{run_dir} holds a benchmark of other settings ({state_path}); choose another --run-dir or --name")
-    state.setdefault("machine", {"hardware": describe_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                 "load_average_before": os.getloadavg()})
+    state.setdefault("machine", machine())
     write_json(state_path, state)
 
     if pretrain is not None:
@@ -208,11 +216,10 @@ def cnn_control(name: str, epochs: int, batch_size: int = 128, lr: float = 1e-3,
     from igptlib.data import training_split
     from igptlib.datasets import load_split
     from igptlib.metrics import classification_metrics
-    from igptlib.records import describe_hardware
 
     torch.manual_seed(seed)
     started, cpu_started = time.perf_counter(), time.process_time()
-    load_before = os.getloadavg()
+    machine_before = machine()
     train_images, train_labels, val_images, val_labels = training_split(DataConfig(seed=seed))
     test_images, test_labels = load_split("mnist", "data", train=False)
     model = small_cnn()
@@ -250,8 +257,7 @@ def cnn_control(name: str, epochs: int, batch_size: int = 128, lr: float = 1e-3,
         "settings": {"network": "conv32-conv64-maxpool-dense128, dropout 0.25/0.5", "epochs": epochs,
                      "batch_size": batch_size, "lr": lr, "schedule": "one-cycle", "augment": [], "n_px": 28, "seed": seed,
                      "parameters": sum(p.numel() for p in model.parameters())},
-        "machine": {"hardware": describe_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": {**machine_before, "load_average_after": os.getloadavg()},
         "curve": curve,
         "training": {"minutes": round(minutes, 2), "cpu_minutes": round(cpu_minutes, 2)},
         "test": {"accuracy": clf["accuracy"], "kappa": clf["kappa"], "images": len(test_labels),
