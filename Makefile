@@ -63,10 +63,11 @@ centroids: data
 augment: data
 	$(IGPT) augment --dataset $(DATASET) --grid figures/$(DATASET)_augmented.png
 
-# The course notebooks for the xs model, executed by papermill into runs/$(DATASET)-xs/notebooks/.
-# Training skips a run folder that already holds the same finished run.
+# The course notebooks on their defaults (the `course` recipe: 16x16 images, about 20 minutes of
+# training on 2 CPU cores), executed by papermill into runs/$(DATASET)-course/notebooks/ and recorded
+# in report/runs/$(DATASET)-course/. Training skips a run folder that already holds the same finished run.
 pipeline: data
-	$(IGPT) sweep --sizes xs --dataset $(DATASET) --notebooks $(COURSE)
+	$(IGPT) sweep --sizes course --dataset $(DATASET) --notebooks $(COURSE)
 
 # The S/M/L sweep (sized for a GPU): training, completion and evaluation notebooks per size.
 sweep: data

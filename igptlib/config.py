@@ -447,6 +447,7 @@ PRESETS: dict[str, dict] = {
     # Time to quality on 2 CPU cores: the attention kernel's time grows with n_layer * n_embd and the
     # weights with n_layer * n_embd^2, so three wider layers learn more per minute than four narrow ones.
     "cpu-fast": dict(n_embd=192, n_layer=3, n_head=3),
+    "course": dict(n_embd=192, n_layer=3, n_head=3),  # the course's default run: cpu-fast's shape on 16x16 images
     # The CPU ladder (igptlib.ladder): about 3x the parameters from one size to the next, heads of 64.
     "cpu-s": dict(n_embd=192, n_layer=3, n_head=3),  # 1.5M
     "cpu-m": dict(n_embd=256, n_layer=6, n_head=4),  # 5.0M
@@ -641,6 +642,15 @@ TRAIN_PRESETS: dict[str, dict] = {
         optim=dict(lr=2e-3, warmup_steps=100, schedule="wsd", decay_fraction=0.2),
         train=dict(steps=4000, val_every=250, val_batches=64, save_every=100),
     ),
+    # The course's default run (what `make` and Run All train): the classification time-to-quality
+    # recipe (`igpt bench classify`, report/bench/classify-*.json) sized for about 20 minutes of
+    # training on 2 CPU cores. 16x16 images have a third of 28x28's tokens, and a step costs a
+    # quarter; its fine-tuning is FINETUNE_PRESETS["course"].
+    "course": dict(
+        data=dict(n_px=16, batch_size=16, augment=[]),
+        optim=dict(lr=2e-3, warmup_steps=100, schedule="wsd", decay_fraction=0.2),
+        train=dict(steps=1500, val_every=250, val_batches=64, save_every=100, checkpoint_steps=[]),
+    ),
     # The CPU ladder: one schedule for the three sizes, so that size alone differs; crops of up to
     # 2 pixels but no flips (a mirrored 2 or 7 is no digit of the test set).
     **{size: dict(
@@ -657,6 +667,31 @@ TRAIN_PRESETS: dict[str, dict] = {
     "igpt-m": dict(optim=dict(lr=2e-4, warmup_steps=5000), train=dict(steps=100_000)),
     "igpt-l": dict(optim=dict(lr=1e-4, warmup_steps=5000), train=dict(steps=100_000)),
 }
+
+
+# Fine-tuning (L_GEN + L_CLF) changes to a size's run, where measurement found a recipe: crops of up to
+# 2 pixels, half of pre-training's peak rate, a cosine decay, validation accuracy on 2,000 images
+# (enough to tell 99.0% from 99.3%). Sizes without one fine-tune as igptlib.course derives it.
+FINETUNE_PRESETS: dict[str, dict] = {
+    "course": dict(
+        data=dict(augment=["crop"], crop_padding=2),
+        optim=dict(lr=1e-3, warmup_steps=50, schedule="cosine", finetune=True),
+        train=dict(steps=2000, val_every=500, val_batches=125, save_every=250, checkpoint_steps=[]),
+    ),
+}
+
+
+def finetune_run_config(size: str, pretrained: RunConfig, init_from: str) -> RunConfig | None:
+    """The fine-tuning run of `size`'s FINETUNE_PRESETS entry, from a run of its pre-training
+    (`pretrained`, whose data and model it keeps) and the checkpoint `init_from`; None for a size without one."""
+    preset = FINETUNE_PRESETS.get(size)
+    if preset is None:
+        return None
+    values = pretrained.to_dict()
+    for section, fields in preset.items():
+        values[section].update(fields)
+    values["train"]["init_from"] = init_from
+    return RunConfig.from_dict(values, where=f"fine-tuning preset {size!r}")
 
 
 def run_config(size: str = "s", dataset: str = "mnist", objective: str = "ar", **data) -> RunConfig:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from igptlib.config import DEVICES, Config, ConfigError, DataConfig, RunConfig, read_json, run_config
+from igptlib.config import (DEVICES, Config, ConfigError, DataConfig, RunConfig, finetune_run_config, read_json, run_config,
+                            write_atomically)
 from igptlib.device import resolve_device
 
 
@@ -42,28 +43,30 @@ class CourseParameters(Config):
     """The parameters any notebook of the course may take (each uses the ones it needs)."""
 
     dataset: str = "mnist"
-    size: str = "xs"  # model preset: xs (CPU), s, m, l
+    # The preset (igptlib.config.TRAIN_PRESETS): course, the default, is the time-to-quality recipe
+    # sized for the 30-minute CPU pipeline; xs a smaller CPU model; s, m, l the one-GPU sweep.
+    size: str = "course"
     objective: str = "ar"
-    # Pre-training steps (the xs default fits the 20-minute CPU pipeline); None: the size's preset
-    # schedule (its steps, warm-up, validation and checkpoints), what the GPU sweep trains.
-    steps: int | None = 300
-    # Fine-tuning steps (L_GEN + L_CLF) from the pre-trained checkpoint; None: a tenth of pre-training.
-    finetune_steps: int | None = 150
-    probe_train: int = 5000  # training images the linear probes are fitted on
-    batch_size: int = 64
+    # Pre-training steps; None: the size's preset schedule (its steps, warm-up, validation and checkpoints).
+    steps: int | None = None
+    # Fine-tuning steps (L_GEN + L_CLF) from the pre-trained checkpoint; None: the size's fine-tuning
+    # preset (igptlib.config.FINETUNE_PRESETS), else a tenth of pre-training.
+    finetune_steps: int | None = None
+    probe_train: int = 10000  # training images the linear probes are fitted on
+    batch_size: int | None = None  # None: the size's preset
     seed: int = 0
     data_root: str = "data"
     run_dir: str | None = None  # where a run's checkpoints, logs and metrics live (None: see run_path)
     figures_dir: str | None = None  # None: figures/ (runs/smoke/figures in smoke mode)
     checkpoint: str | None = None  # a checkpoint to complete or evaluate with (None: the run's best)
     samples: int = 8
-    rows: int = 14  # rows of the image kept for completion
+    rows: int | None = None  # rows of the image kept for completion (None: the top half)
     smoke: bool = False  # tiny data and steps: what the tests run
     device: str = "auto"  # where the model trains and samples: auto (the GPU when there is one), cpu or cuda
     show_tensorboard: bool = True  # 05_training shows its logs inline (never in smoke mode; sweeps turn it off)
 
     def validate(self):
-        DataConfig(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size, seed=self.seed)
+        DataConfig(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size or 1, seed=self.seed)
         for name in ("steps", "finetune_steps", "samples", "probe_train"):
             if getattr(self, name) is None and name in ("steps", "finetune_steps"):
                 continue
@@ -80,15 +83,22 @@ class CourseParameters(Config):
     def data_config(self, **changes) -> DataConfig:
         """The DataConfig these parameters describe; smoke mode keeps a few hundred images."""
         limits = dict(limit_train=512, limit_val=64, limit_test=64, batch_size=16) if self.smoke else {}
-        values = dict(dataset=self.dataset, root=self.data_root, batch_size=self.batch_size, seed=self.seed)
+        values = dict(dataset=self.dataset, root=self.data_root, seed=self.seed)
+        if self.batch_size is not None:
+            values["batch_size"] = self.batch_size
         return DataConfig(**{**values, **limits, **changes})
 
     @property
+    def runs(self) -> Path:
+        """The folder of the course's runs: runs/, or runs/smoke/ in smoke mode."""
+        return Path("runs/smoke" if self.smoke else "runs")
+
+    @property
     def run_path(self) -> Path:
-        """The run folder: run_dir, else runs/<dataset>-<size>; smoke runs default to runs/smoke/..."""
+        """The run folder 05_training trains into: run_dir, else runs/<dataset>-<size> (runs/smoke/... in smoke mode)."""
         if self.run_dir is not None:
             return Path(self.run_dir)
-        return Path("runs/smoke" if self.smoke else "runs") / f"{self.dataset}-{self.size}"
+        return self.runs / f"{self.dataset}-{self.size}"
 
     @property
     def figures(self) -> Path:
@@ -113,34 +123,67 @@ def parameters(namespace: dict, names_before: set[str]) -> CourseParameters:
 
 
 def run_configs(params: CourseParameters):
-    """(pre-training, fine-tuning) RunConfigs for the parameters: the size's preset with the
-    notebook's steps, batch size and seed (or, with steps None, the preset's own schedule); smoke
-    mode shrinks data, steps and validation."""
-    config = run_config(params.size, params.dataset, params.objective, root=params.data_root,
-                        batch_size=params.batch_size, seed=params.seed)
+    """(pre-training, fine-tuning) RunConfigs for the parameters: the size's presets (its schedule,
+    and its fine-tuning preset where it has one) changed by the notebook's steps, batch size and
+    seed; smoke mode shrinks data, steps and validation."""
+    data = {"root": params.data_root, "seed": params.seed}
+    if params.batch_size is not None:
+        data["batch_size"] = params.batch_size
+    config = run_config(params.size, params.dataset, params.objective, **data)
     # The test split is 07_evaluation's: a test pass here would only repeat it.
     train = config.train.replace(progress_bar=not params.smoke, test=False, accelerator=params.device)
-    optim = config.optim
+    optim, data = config.optim, config.data
     if params.smoke:  # smoke runs still have to pass the notebooks' checks (the loss falls, accuracy beats chance)
+        data = data.replace(limit_train=512, limit_val=64, limit_test=64, batch_size=16)
         steps, finetune_steps = 20, 60
     else:
-        steps = config.train.steps if params.steps is None else params.steps
-        finetune_steps = max(steps // 10, 1) if params.finetune_steps is None else params.finetune_steps
-    data = params.data_config() if params.smoke else config.data
+        steps, finetune_steps = params.steps or train.steps, params.finetune_steps
     if params.smoke or params.steps is not None:
         every = max(steps // 5, 1)
         optim = optim.replace(warmup_steps=min(optim.warmup_steps, steps // 5))
         train = train.replace(steps=steps, val_every=every, save_every=every, checkpoint_steps=[],
                               log_every=max(steps // 30, 1), val_batches=2 if params.smoke else 10)
     pretrain = config.replace(data=data.to_dict(), optim=optim.to_dict(), train=train.to_dict())
-    finetune = pretrain.replace(
-        optim=pretrain.optim.replace(finetune=True, lr=pretrain.optim.lr / 3,
-                                     warmup_steps=max(finetune_steps // 10, 1)).to_dict(),
-        train=pretrain.train.replace(steps=finetune_steps, val_every=max(finetune_steps // 3, 1),
-                                     save_every=max(finetune_steps // 3, 1), checkpoint_steps=[],
-                                     init_from=str(params.run_path / "checkpoints" / "best.ckpt")).to_dict(),
-    )
+    init_from = str(params.run_path / "checkpoints" / "best.ckpt")
+    finetune = finetune_run_config(params.size, pretrain, init_from)
+    if finetune is None:
+        finetune_steps = finetune_steps or max(steps // 10, 1)
+        finetune = pretrain.replace(
+            optim=pretrain.optim.replace(finetune=True, lr=pretrain.optim.lr / 3,
+                                         warmup_steps=max(finetune_steps // 10, 1)).to_dict(),
+            train=pretrain.train.replace(checkpoint_steps=[], init_from=init_from).to_dict())
+    if finetune_steps is not None:
+        every = max(finetune_steps // 3, 1)
+        finetune = finetune.replace(
+            optim=finetune.optim.replace(warmup_steps=min(finetune.optim.warmup_steps, finetune_steps // 5)).to_dict(),
+            train=finetune.train.replace(steps=finetune_steps, val_every=every, save_every=every).to_dict())
     return pretrain, finetune
+
+
+LATEST_RUN = "latest-run.txt"  # in the runs folder: the run folder 05_training trained last
+
+
+def remember_run(params: CourseParameters) -> Path:
+    """Note params.run_path as the run that 06_completion and 07_evaluation work on by default, so
+    that a run's parameters are set once, in 05_training."""
+    return write_atomically(params.runs / LATEST_RUN, f"{params.run_path}\n")
+
+
+def trained_run(params: CourseParameters) -> tuple[Path, RunConfig]:
+    """(the run folder, its pre-training config) that 06_completion and 07_evaluation work on: run_dir
+    when given, else the run 05_training trained last; everything else about the run is read from
+    its config.yaml."""
+    latest = params.runs / LATEST_RUN
+    if params.run_dir is not None:
+        folder = Path(params.run_dir)
+    elif latest.exists():
+        folder = Path(latest.read_text().strip())
+    else:
+        folder = params.run_path
+    if not (folder / "config.yaml").exists():
+        raise ConfigError(f"{folder} holds no run (it has no config.yaml): run 05_training first, or set the "
+                          "run_dir parameter to the folder of a run it trained")
+    return folder, RunConfig.load_yaml(folder / "config.yaml")
 
 
 def train_once(config, run_dir: str | Path) -> dict:
@@ -157,3 +200,32 @@ def train_once(config, run_dir: str | Path) -> dict:
         print(f"{run_dir} already holds this run, finished; delete the folder to train again")
         return read_json(metrics)
     return train(config, run_dir)
+
+
+RECORDS = Path("report/runs")
+
+
+def recorded_results(dataset: str = "mnist", records: str | Path = RECORDS) -> str:
+    """A Markdown table of what the committed records give: the course's default run (what `make`
+    trains), the shipped models and the longest CPU run, read from their evaluation.json files, for
+    the notebooks to show beside their own numbers. A record not committed yet says so."""
+    records = Path(records)
+    rows = [(f"{dataset}-course", f"{dataset}-course/finetune", "the default run (`make`, Run All on the defaults)"),
+            (f"shipped-{dataset}", f"shipped-{dataset}-classifier", "the shipped models"),
+            ("ladder-cpu-l", "ladder-cpu-l/finetune", "the CPU ladder's L (hours of training)")]
+    lines = ["| run | image side | test nats/px | best linear probe | fine-tuned test accuracy | kappa |",
+             "|---|---|---|---|---|---|"]
+    for pretrained, finetuned, what in rows:
+        found = [records / name / "evaluation.json" for name in (pretrained, finetuned)]
+        if not all(path.exists() for path in found):
+            lines.append(f"| {what} | no committed record yet ({records / pretrained}) | | | | |")
+            continue
+        generative, classifier = (read_json(path) for path in found)
+        probes, scores = generative.get("probes", {}), classifier["classification"]
+        probe = (f"{probes['best_test_accuracy']:.4f} (layer {probes['best_layer']}, {probes['train_examples']:,} images)"
+                 if probes else "not measured")
+        likelihood = generative.get("likelihood", {}).get("nats_per_pixel")
+        lines.append(f"| {what} (`{records / pretrained}`) | {generative['data']['n_px']} | "
+                     f"{'not measured' if likelihood is None else f'{likelihood:.4f}'} | {probe} | "
+                     f"{scores['accuracy']:.4f} | {scores['kappa']:.4f} |")
+    return "\n".join(lines)
