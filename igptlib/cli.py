@@ -524,6 +524,7 @@ def run_bench_converge(args) -> None:
 def run_bench_classify(args) -> None:
     from igptlib.bench_classify import classify, cnn_control, write_record
 
+    check_name(args.name, what="recipe name", becomes="classify-<name>.json and runs/classify-<name>")
     if args.cnn:
         record = cnn_control(args.name, epochs=args.epochs)
     else:

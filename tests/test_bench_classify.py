@@ -70,3 +70,9 @@ def test_the_command_refuses_a_budget_that_is_not_a_positive_number(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["bench", "classify", "--name", "x", "--budget-minutes", "nan"])
     assert exit.value.code == 2 and "positive number, got nan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ""])
+def test_a_recipe_name_is_never_a_path(name, capsys):
+    assert main(["bench", "classify", "--name", name, "--cnn"]) == 2
+    assert "expected a plain recipe name" in capsys.readouterr().err
