@@ -73,6 +73,8 @@ pipeline: data
 sweep: data
 	$(IGPT) sweep --sizes $(SIZES) --dataset $(DATASET) --preset-schedule
 
+# The report: the report notebooks (notebooks/09 onwards) executed in place on the records under
+# report/runs/ and report/bench/, exported to report/README.md, report/index.html and report/figures/.
 report: setup
 	$(IGPT) report
 

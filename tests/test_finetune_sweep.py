@@ -8,7 +8,7 @@ import torch
 
 from igptlib.config import RunConfig, model_config
 from igptlib.finetune_sweep import finetune_sweep, sweep_configs
-from igptlib.report import finetune_sweep_section
+from igptlib.results import finetune_sweep_table, finetune_sweeps
 
 
 def test_the_sweep_stops_on_budget_resumes_and_picks_the_best_validation_accuracy(tiny_checkpoint, tmp_path, capsys):
@@ -35,11 +35,10 @@ def test_the_sweep_stops_on_budget_resumes_and_picks_the_best_validation_accurac
     # The report reads the record alone.
     records = tmp_path / "records"
     shutil.copytree(out, records / "finetune-sweep-tiny")
-    text = "\n".join(finetune_sweep_section(records))
-    assert text.startswith("## Fine-tuning learning rate, chosen on validation")
-    assert f"Chosen: learning rate {result['chosen_lr']:g}, validation accuracy {result['chosen_best_val_acc']:.4f}" in text
-    assert f"| 0.0001 | {result['rows'][0]['best_val_acc']:.4f} | 2 |" in text
-    assert "(runs/finetune-sweep-tiny/finetune_sweep.png)" in text
+    [sweep] = finetune_sweeps(records)
+    assert sweep["record"] == "finetune-sweep-tiny" and sweep["figure"].exists()
+    assert (sweep["chosen_lr"], sweep["chosen_best_val_acc"]) == (result["chosen_lr"], result["chosen_best_val_acc"])
+    assert f"| 0.0001 | {result['rows'][0]['best_val_acc']:.4f} | 2 |" in finetune_sweep_table(sweep)
 
 
 def test_the_sweep_refuses_what_it_cannot_sweep(tiny_checkpoint, tmp_path):

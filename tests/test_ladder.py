@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from igptlib.comparison import checkpoints, comparison_section
+from igptlib.comparison import (CURVES, ablation, ablation_table, checkpoints, conclusions, curve_figure, ladder as ladder_runs,
+                                objective_table, size_table, summary)
 from igptlib.config import RunConfig
 from igptlib.device import bf16_faster_on_cpu
 from igptlib.ladder import ladder, stages
@@ -94,25 +95,27 @@ def test_the_ladder_stops_on_budget_resumes_and_finishes_every_stage(mnist_root,
     # The machine's load, logged beside the curves while training (train.MachineLoad), goes beside the minutes.
     loads = [row["load"] for row in checkpoints(section / "runs/ladder-cpu-s")]
     assert all(load is not None and load >= 0 for load in loads)
-    lines = comparison_section(section / "runs", section / "figures")
-    text = "\n".join(lines)
-    assert lines[0] == "## Model comparison: the CPU ladder"
+    runs_by_size = ladder_runs(section / "runs")
+    lines = size_table(runs_by_size).splitlines()
     assert sum(line.startswith(("| S (", "| M (", "| L (")) for line in lines) == 6  # 3 sizes x 2 named steps
     first = next(line for line in lines if line.startswith("| S (")).split(" | ")
     assert first[3:5] == [f"{minutes[0]:.1f}", f"{loads[0]:.1f}"]
-    for figure in ("ladder_pretrain_val_nats_per_pixel", "ladder_finetune_train_acc", "ladder_finetune_val_clf_loss"):
-        assert f"figures/{figure}.png" in text and (section / "figures" / f"{figure}.png").exists()
-    assert "runs/ladder-cpu-m/figures/completions.png" in text
+    for figure, caption, stage, metrics in CURVES:  # the seed's figures 6.7 to 6.11, from the records' logs
+        drawn = curve_figure(runs_by_size, stage, metrics, title=caption)
+        assert drawn is not None and len(drawn.axes[0].lines) == len(metrics) * 3, figure
+    text = "\n".join(conclusions(runs_by_size))
     assert "Here L leads on 0 of 3 measures: this differs from" in text  # equal numbers: the first size listed, S, leads
+    text = ablation_table(ablation(section / "runs"))
     assert "| with augmentation (crop, flip) |" in text and "| without augmentation |" in text
     assert "| with augmentation (crop, flip, rotate) |" in text
+    text = objective_table(runs_by_size["ladder-cpu-s"], summary(section / "runs/ladder-cpu-s-bert"))
     assert "| BERT (mask 0.15) |" in text and "probe, layer 1" in text
-    assert comparison_section(tmp_path / "no-records", section / "figures") == []
+    assert ladder_runs(tmp_path / "no-records") == {}
 
     # A size part way through is shown, but not compared: its last evaluation is not at the others' step.
     (section / "runs/ladder-cpu-l/evaluation.json").unlink()
     shutil.rmtree(section / "runs/ladder-cpu-l/finetune")
-    text = "\n".join(comparison_section(section / "runs", section / "figures"))
-    assert "- L is not finished (evaluated to step 2, not yet fine-tuned): it joins these comparisons once it is." in text
-    assert "- Only S and M finished so far: no conclusion about size yet." in text and "Here L leads" not in text
+    text = "\n".join(conclusions(ladder_runs(section / "runs")))
+    assert "L is not finished (evaluated to step 2, not yet fine-tuned): it joins these comparisons once it is." in text
+    assert "Only S and M finished so far: no conclusion about size yet." in text and "Here L leads" not in text
     assert "against M " in text and "against L " not in text

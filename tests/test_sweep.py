@@ -1,5 +1,7 @@
 """The papermill sweep and the report built from its run folders (smoke mode: tiny data and steps)."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -7,6 +9,15 @@ from igptlib.config import run_config
 from igptlib.course import CourseParameters, run_configs
 from igptlib.report import build_report
 from igptlib.sweep import execute, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def results_notebook(folder: Path) -> Path:
+    """A folder holding the report's notebook 09 alone (the one that shows every record's tables)."""
+    folder.mkdir()
+    shutil.copyfile(REPO / "notebooks" / "09_results.ipynb", folder / "09_results.ipynb")
+    return folder
 
 
 def test_sweep_runs_the_notebooks_into_run_folders_and_the_report_reads_them(mnist_root, tmp_path):
@@ -19,13 +30,13 @@ def test_sweep_runs_the_notebooks_into_run_folders_and_the_report_reads_them(mni
     metrics = json.loads((folder / "metrics.json").read_text())
     evaluation = json.loads((folder / "evaluation.json").read_text())
 
-    report = build_report(runs, tmp_path / "report", models_dir=tmp_path / "no-models")
+    report = build_report(runs, tmp_path / "report", models_dir=tmp_path / "no-models", notebooks=results_notebook(tmp_path / "nb"))
     text = report.read_text()
     # The report's numbers are the run folder's own, through its record.
     entry = json.loads((tmp_path / "report" / "results.json").read_text())[0]
     assert entry["name"] == "mnist-xs" and (tmp_path / "report" / "runs" / "mnist-xs" / "evaluation.json").exists()
     assert entry["nats_per_pixel"] == evaluation["likelihood"]["nats_per_pixel"]
-    assert f"| `mnist-xs` | mnist | 64 | bfloat16 | {evaluation['likelihood']['nats_per_pixel']:.4f} |" in text
+    assert f"| <code>mnist-xs</code> | mnist | 64 | bfloat16 | {evaluation['likelihood']['nats_per_pixel']:.4f} |" in text
     assert entry["steps"] == metrics["global_step"]
     assert entry["eval_precision"] == "bf16"  # 07 evaluates under bfloat16 autocast
     finetuned = json.loads((folder / "finetune" / "evaluation.json").read_text())
@@ -36,7 +47,8 @@ def test_sweep_runs_the_notebooks_into_run_folders_and_the_report_reads_them(mni
 
 
 def test_an_empty_runs_folder_gives_a_report_that_says_so(tmp_path):
-    text = build_report(tmp_path / "none", tmp_path / "report", models_dir=tmp_path / "none").read_text()
+    text = build_report(tmp_path / "none", tmp_path / "report", models_dir=tmp_path / "none",
+                        notebooks=results_notebook(tmp_path / "nb")).read_text()
     assert "No records yet" in text
 
 

@@ -146,7 +146,7 @@ def test_bf16_autocast_on_a_cpu_only_where_it_is_the_faster_and_the_run_records_
 
 def test_a_run_resumed_on_another_machine_records_which_steps_ran_where(data_root, tmp_path, monkeypatch):
     from igptlib.records import record_run
-    from igptlib.report import read_record, result
+    from igptlib.results import read_record, result
 
     def on_machine(name: str, bf16_faster: bool) -> None:
         monkeypatch.setattr(sys.modules["igptlib.train"], "describe_hardware", lambda: name)
