@@ -684,10 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--records", default=str(RECORDS), help=f"where records live (default: {RECORDS})")
     record.set_defaults(run=run_record)
 
-    report = commands.add_parser("report", help="record runs/*, then build report/ (README, index.html, results.json, model cards) from report/runs/")
+    report = commands.add_parser("report", help="record runs/*, then execute the report notebooks (notebooks/09 onwards) on "
+                                                "report/runs/ and report/bench/ and export them to report/ (README, index.html; "
+                                                "results.json, model cards)")
     report.add_argument("--runs", default="runs", help="the finished run folders under it are recorded first (default: runs)")
     report.add_argument("--records-only", action="store_true", help="record no run folder: build from the committed records alone")
-    report.add_argument("--out", default="report", help="where the report and its records (runs/) live (default: report)")
+    report.add_argument("--out", default="report", help="where the report and its records (runs/) live (default: report): a new or "
+                                                        "empty folder, or one an earlier build wrote")
     report.set_defaults(run=run_report)
 
     card = commands.add_parser("card", help="record a shipped model's run folder as its training record, then rebuild its card and the report")

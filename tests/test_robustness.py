@@ -77,7 +77,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     import json
 
     from igptlib.cli import main
-    from igptlib.report import robustness_section
+    from igptlib.results import replaced_since, robustness_table, robustness_tables, side_by_side, wrong_turns_table
 
     out = tmp_path / "robustness-mnist" / "robustness.json"
     command = ["robustness", "--images", "2", "--samples", "1", "--root", str(mnist_root), "--out", str(out)]
@@ -85,7 +85,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     assert main([*command, "--budget-minutes", "0"]) == 0
     partial = json.loads(out.read_text())
     assert len(partial["rows"]) == 1 and not partial["complete"] and "the same command measures the rest" in capsys.readouterr().out
-    assert robustness_section(tmp_path, tmp_path / "figures") == []
+    assert robustness_tables(tmp_path) == []
     # The same command goes on from there, keeping the row measured; other settings never touch the record.
     assert main(command) == 0
     printed = capsys.readouterr().out
@@ -106,18 +106,18 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     assert main(["robustness", "--model", "no-such-model", "--out", str(out)]) == 2
 
     # The report's table is read from the record the command wrote.
-    lines = robustness_section(tmp_path, tmp_path / "figures")
-    assert lines[0] == "## Inverted and rotated digits" and "### `mnist` completing, `mnist-classifier` classifying" in lines
-    assert sum(line.startswith("| turned 90° |") for line in lines) == 3  # off, on, and its wrong turns
-    wrong_turns = lines[lines.index("Images the handling turned wrongly, by true digit (of 2 per transform):"):]
-    assert wrong_turns[2] == "| transform | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | all |"
+    assert robustness_tables(tmp_path) == [table]
+    lines = robustness_table(table).splitlines()
+    assert sum(line.startswith("| turned 90° |") for line in lines) == 2  # off and on
+    wrong_turns = wrong_turns_table(table).splitlines()
+    assert wrong_turns[0] == "| transform | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | all |"
     counted = next(line for line in wrong_turns if line.startswith("| turned 90° |")).strip("| ").split(" | ")
     on_90 = next(row for row in table["rows"] if row["transform"] == "turned 90°" and row["handling"])
     assert [int(n) for n in counted[1:]] == [*on_90["turned_wrongly_by_digit"], sum(on_90["turned_wrongly_by_digit"])]
-    assert not any(line.startswith("### Side by side") for line in lines)  # one model: nothing to set beside it
+    assert side_by_side([table]) == []  # one model: nothing to set beside it
     # Once a better classifier is shipped under the same name, the table says it measured the earlier one.
-    shipped = {"mnist": table["model_weights"], "mnist-classifier": table["classifier_weights"]}
-    assert robustness_section(tmp_path, tmp_path / "figures", shipped) == lines
+    assert replaced_since(table, {"mnist": table["model_weights"], "mnist-classifier": table["classifier_weights"]}) == []
+    assert "Measured with an earlier mnist-classifier" in replaced_since(table, {"mnist-classifier": "another"})[0]
     replaced = robustness_section(tmp_path, tmp_path / "figures", {**shipped, "mnist-classifier": "f" * 64})
     warning = [line for line in replaced if line not in lines]
     assert warning == [f"Measured with an earlier `mnist-classifier` (weights {table['classifier_weights'][:12]}), not the "
