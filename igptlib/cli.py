@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import inspect
 import io
-import json
+import math
 import sys
 import textwrap
 import time
@@ -24,7 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from igptlib.classifier_recipe import PASSES as CLASSIFIER_PASSES
 from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, PRESETS, ConfigError, DataConfig, ModelConfig,
-                            RunConfig, apply_overrides, check_name)
+                            RunConfig, apply_overrides, check_name, clip, excerpt, write_json)
 from igptlib.datasets import DataError
 from igptlib.device import resolve_device
 from igptlib.finetune_sweep import LEARNING_RATES, STEPS as FINETUNE_SWEEP_STEPS
@@ -39,13 +39,25 @@ TURN_CHOICES = {"none": 0, "90": 1, "180": 2, "270": 3, "auto": None}
 
 
 def positive_float(text: str) -> float:
-    """An argparse type for amounts such as passes over the data."""
+    """An argparse type for amounts such as passes over the data: finite and positive."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {excerpt(text)}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {value:g}")
+    return value
+
+
+def minutes(text: str) -> float:
+    """An argparse type for budgets and reserves of minutes: 0 or more, and finite, as a budget of NaN
+    minutes would never run out."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {excerpt(text)}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected 0 or a finite positive number, got {value:g}")
     return value
 
 
@@ -54,10 +66,23 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {excerpt(text)}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {excerpt(value)}")
     return value
+
+
+def number(kind: type):
+    """An argparse type for int or float whose refusal shows a bounded excerpt of the text given (argparse's
+    own shows all of it: a 5000-digit number fills the screen)."""
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {excerpt(text)}") from None
+    parse.__name__ = kind.__name__
+    return parse
 
 
 # -- flags generated from the config dataclasses ---------------------------------------------------
@@ -101,7 +126,7 @@ def _flag_type(annotation) -> dict:
     (kind,) = options
     if kind not in (int, float, str):
         raise TypeError(f"no flag for config fields of type {annotation!r}")
-    return {"type": kind}
+    return {"type": kind if kind is str else number(kind)}
 
 
 def _shown(value) -> str:
@@ -312,9 +337,12 @@ def run_robustness(args) -> None:
     from igptlib.judge import digit_classifier
     from igptlib.model_files import weights_digest
     from igptlib.robustness import measure_into
-    from igptlib.shipped import load_model, model_dataset, model_name
+    from igptlib.shipped import has_trained_classifier, load_model, model_dataset, model_name
 
     generator, classifier = load_model(args.model), load_model(args.classifier)
+    if not has_trained_classifier(args.classifier):  # its accuracy would be a number that measures nothing
+        raise ValueError(f"--classifier {args.classifier}: its classification head was never trained (it is not a "
+                         "fine-tuned model); expected a fine-tuned classifier, such as mnist-classifier")
     dataset = model_dataset(args.model) or "mnist"
     images, labels = load_split(dataset, args.root, train=False)
     judge, judge_info = digit_classifier(args.root, dataset, progress=True)
@@ -482,8 +510,7 @@ def run_bench_train(args) -> None:
     result["malloc"] = args.malloc
     print_report(result, args.precision)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)  # whole or not at all, never through a link
 
 
 def run_bench_sample(args) -> None:
@@ -493,8 +520,7 @@ def run_bench_sample(args) -> None:
                           repeats=args.repeats, device=resolve_device(args.device))
     print_report(result)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)  # whole or not at all, never through a link
 
 
 def run_bench_converge(args) -> None:
@@ -589,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a RunConfig YAML to start from instead of the --size preset")
     train.add_argument("--run-dir", help="the run folder (default: runs/<dataset>-<size>, -bert added for BERT; fine-tuning: the pre-trained run's finetune/)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    train.add_argument("--budget-minutes", type=float, metavar="MIN",
+    train.add_argument("--budget-minutes", type=minutes, metavar="MIN",
                        help="stop cleanly at a checkpoint once this much wall time has passed (resume later with --resume)")
     train.add_argument("--finetune-from", metavar="CKPT", help="fine-tune (L_GEN + L_CLF) from a pre-trained checkpoint")
     add_set_argument(train, "change any config field after the flags, e.g. model.n_embd=32 data.augment=[]")
@@ -658,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=1.0)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
-    evaluate.add_argument("--budget-minutes", type=float, metavar="MIN",
+    evaluate.add_argument("--budget-minutes", type=minutes, metavar="MIN",
                           help="stop between two batches once this much wall time has passed, keeping every finished "
                                "pass over a split; the same command goes on")
     evaluate.set_defaults(run=run_evaluate)
@@ -709,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--samples", type=positive_int, default=2, help="completions per image (default: 2)")
     robustness.add_argument("--seed", type=int, default=0)
     robustness.add_argument("--root", default="data", help="the data root (test images and the judge's cache)")
-    robustness.add_argument("--budget-minutes", type=float, metavar="MIN",
+    robustness.add_argument("--budget-minutes", type=minutes, metavar="MIN",
                             help="stop between two rows once this much wall time has passed; the same command goes on")
     robustness.add_argument("--out", help="the JSON to write (default: report/runs/robustness-NAME/robustness.json, NAME the "
                                                "shipped model's or the checkpoint's run folder's)")
@@ -717,8 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ladder = commands.add_parser("ladder", help="the CPU ladder: S, M and L trained, evaluated and fine-tuned alike, resumably")
     ladder.add_argument("--runs", default="runs", help="where the ladder's run folders live (default: runs)")
-    ladder.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
-    ladder.add_argument("--reserve-minutes", type=float, default=20.0,
+    ladder.add_argument("--budget-minutes", type=minutes, help="stop cleanly at a checkpoint before this much wall time")
+    ladder.add_argument("--reserve-minutes", type=minutes, default=20.0,
                         help="kept for what follows an evaluation's passes over the splits (probe fits, completions, "
                              "figures), which cannot stop part way: an evaluation starts only with more than this "
                              "much of the budget left, and its passes stop this long before the budget ends (default: 20)")
@@ -735,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"fine-tuning steps per rate (default: {FINETUNE_SWEEP_STEPS})")
     sweep_lr.add_argument("--runs", help="where the runs go (default: runs/finetune-sweep-<pre-trained run>)")
     sweep_lr.add_argument("--out", help="the record: JSON and figure (default: report/runs/finetune-sweep-<pre-trained run>)")
-    sweep_lr.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
+    sweep_lr.add_argument("--budget-minutes", type=minutes, help="stop cleanly at a checkpoint before this much wall time")
     sweep_lr.set_defaults(run=run_finetune_sweep)
 
     recipe = commands.add_parser("classifier", help="fine-tune a classifier by the recipe: the rate chosen on validation, "
@@ -750,8 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the sweep's fine-tuning steps per rate (default: {FINETUNE_SWEEP_STEPS})")
     recipe.add_argument("--runs", help="where the runs go (default: runs/classifier-<pre-trained run>)")
     recipe.add_argument("--records", default="report/runs", help="the sweep's and the classifier's records (default: report/runs)")
-    recipe.add_argument("--budget-minutes", type=float, help="stop cleanly at a checkpoint before this much wall time")
-    recipe.add_argument("--reserve-minutes", type=float, default=10.0,
+    recipe.add_argument("--budget-minutes", type=minutes, help="stop cleanly at a checkpoint before this much wall time")
+    recipe.add_argument("--reserve-minutes", type=minutes, default=10.0,
                         help="kept for what follows the test classification's pass (metrics, figures): it starts "
                              "only with more than this much of the budget left, and its pass stops this long before "
                              "the budget ends (default: 10)")
@@ -787,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     converge = kinds.add_parser("converge", help="time to quality: validation nats/px against wall minutes, then test")
     converge.add_argument("--name", help="the recipe's name: report/bench/converge-NAME.json (required unless --redraw)")
     converge.add_argument("--size", default="cpu", choices=list(PRESETS), help="the preset to start from (default: cpu)")
-    converge.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of the training (default: 30)")
+    converge.add_argument("--minutes", type=positive_float, default=30.0, help="wall-clock budget of the training (default: 30)")
     add_set_argument(converge, "change the preset's config, e.g. optim.lr=3e-3 data.batch_size=16 model.n_head=2")
     converge.add_argument("--threads", type=int, default=2, help="torch threads (default: 2, this machine's cores)")
     converge.add_argument("--run-dir", help="the run folder (default: runs/converge-NAME)")
@@ -826,6 +852,14 @@ USER_ERRORS = (DataError, PaletteError, ConfigError, CheckpointError, ImageLoadE
                MisconfigurationException)
 
 
+def out_of_memory(error: Exception) -> bool:
+    """Python's MemoryError, or torch's: a GPU's OutOfMemoryError, or a CPU allocation refused."""
+    import torch
+
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in argv:  # accepted anywhere on the line, not only before the command
@@ -837,19 +871,17 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if args.debug:
             raise
-        print(f"igpt {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        if args.debug:
-            raise
-        print(f"igpt {args.command}: error: out of memory; expected smaller inputs, sizes or counts "
-              f"for this machine", file=sys.stderr)
+        print(f"igpt {args.command}: error: {clip(error, 1000)}", file=sys.stderr)  # one line, whatever it says
         return 2
     except Exception as error:
         if args.debug:
             raise
+        if out_of_memory(error):
+            print(f"igpt {args.command}: error: out of memory ({clip(error, 200)}); expected smaller inputs, "
+                  "sizes or counts for this machine", file=sys.stderr)
+            return 2
         print(f"igpt {args.command}: internal error (a bug; --debug shows the traceback): "
-              f"{type(error).__name__}: {error}", file=sys.stderr)
+              f"{type(error).__name__}: {clip(error, 1000)}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,6 +2,7 @@
 palette, and the Lightning data module (igptlib.datasets fetches and verifies the files)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,13 @@ def write_augmented_set(config: DataConfig, out: str | Path, copies: int = 1) ->
     if copies < 1:
         raise ValueError(f"copies must be a positive integer, got {copies}")
     images, labels = training_split(config)[:2]
+    # Every copy is held in memory before it is written: refuse what could never fit, before any work.
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    most = max(1, memory // 2 // images.numel())
+    if copies > most:
+        raise ValueError(f"--copies {copies}: {copies:,} augmented copies of {len(images):,} images need "
+                         f"{copies * images.numel() / 1e9:,.1f} GB in memory, over half of this machine's "
+                         f"{memory / 1e9:.0f} GB; expected at most {most} copies")
     augmented = torch.cat([augment_images(images, config, config.seed + copy) for copy in range(copies)])
     out = Path(out)
     with atomic_file(out) as file:  # whole or not at all, and never through a link

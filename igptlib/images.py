@@ -42,6 +42,8 @@ def _unreadable(path: Path, error: Exception) -> ImageLoadError:
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
+    if path.exists() and not path.is_dir() and not path.is_file():  # opening a FIFO would wait for a writer
+        raise ImageLoadError(f"{path}: not a regular file (a FIFO, socket or device); expected a PNG, JPG or JPEG file")
     try:
         image = Image.open(path)  # reads the header only
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -94,10 +96,16 @@ def load_image(path: str | Path, n_px: int = 28, channels: int = 1, invert: bool
     if image.mode in HIGH_DEPTH:
         image = _to_8_bits(image, notes)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels become white paper; the background check below then decides.
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-        notes.append("flattened transparency onto white")
+        # Transparent pixels become paper that the drawing stands out from: white under dark ink, black
+        # under light ink (white ink on white paper would leave nothing to see); the background check
+        # below then decides whether to invert.
+        image = image.convert("RGBA")
+        pixels = np.asarray(image)
+        drawn = pixels[..., 3] > 127
+        light_ink = drawn.any() and float(np.median(pixels[..., :3][drawn].mean(axis=-1))) > 127
+        paper = (0, 0, 0, 255) if light_ink else (255, 255, 255, 255)
+        image = Image.alpha_composite(Image.new("RGBA", image.size, paper), image)
+        notes.append(f"flattened transparency onto {'black (the drawing is light)' if light_ink else 'white'}")
     target_mode = "L" if channels == 1 else "RGB"
     if image.mode != target_mode:
         notes.append(f"converted mode {image.mode} to {'grayscale' if channels == 1 else 'RGB'}")

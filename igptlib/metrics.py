@@ -15,8 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from igptlib.config import atomic_file
+from igptlib.config import atomic_file, clip
 
 
 def nats_to_bits(nats: float) -> float:
@@ -122,19 +125,25 @@ def save_pass(found: SplitPass, path: Path, key: dict) -> None:
 
 
 def load_pass(path: Path, key: dict) -> SplitPass | None:
-    """The pass save_pass kept at `path`; None where there is none, or it was a pass of something else."""
+    """The pass save_pass kept at `path`; None where there is none, it was a pass of something else,
+    or it cannot be read (cut short, damaged: said on stderr), so that the pass is measured again."""
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as saved:
-        meta = json.loads(str(saved["meta"]))
-        if meta["key"] != key:
-            return None
-        return SplitPass(labels=saved["labels"], likelihood=meta["likelihood"],
-                         image_nats=torch.from_numpy(saved["image_nats"]) if "image_nats" in saved.files else None,
-                         predicted=saved["predicted"] if "predicted" in saved.files else None,
-                         features={int(name.removeprefix("layer_")): saved[name]
-                                   for name in saved.files if name.startswith("layer_")},
-                         seconds=meta.get("seconds", 0.0))  # passes kept before their time was: unknown, 0
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            if meta["key"] != key:
+                return None
+            return SplitPass(labels=saved["labels"], likelihood=meta["likelihood"],
+                             image_nats=torch.from_numpy(saved["image_nats"]) if "image_nats" in saved.files else None,
+                             predicted=saved["predicted"] if "predicted" in saved.files else None,
+                             features={int(name.removeprefix("layer_")): saved[name]
+                                       for name in saved.files if name.startswith("layer_")},
+                             seconds=meta.get("seconds", 0.0))  # passes kept before their time was: unknown, 0
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        print(f"{path}: a kept pass that cannot be read ({type(error).__name__}: {clip(error, 120)}); "
+              "measuring it again", file=sys.stderr)
+        return None
 
 
 def nats_per_image(model, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

@@ -119,7 +119,7 @@ def timing_from_logs(run_dir: str | Path) -> dict:
 def _timing(folder: Path) -> dict | None:
     """A record's timing.json, or the same read from a run folder's TensorBoard logs; None where neither exists."""
     if (folder / "timing.json").exists():
-        return read_json(folder / "timing.json")
+        return read_json(folder / "timing.json", expected=dict)
     if (folder / "logs" / "tensorboard").is_dir():
         return timing_from_logs(folder)
     return None

@@ -17,6 +17,7 @@ the inversion and the turn that undo the transform?) is counted beside them.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from igptlib.completion import complete_images
-from igptlib.config import read_json, write_json
+from igptlib.config import ConfigError, read_json, write_json
 from igptlib.images import has_white_background
 from igptlib.judge import classify_images, pixel_agreement
 from igptlib.metrics import nats_per_image
@@ -151,7 +152,13 @@ def measure_into(out: Path, record: dict, generator, classifier, judge, images: 
 
     settings = {key: record[key] for key in SETTINGS}
     if out.exists():
-        earlier = read_json(out)
+        earlier = read_json(out, expected=dict)
+        rows, seconds = earlier.get("rows"), earlier.get("seconds")
+        if not (isinstance(rows, list) and all(isinstance(row, dict) and (row.get("transform"), row.get("handling")) in PLAN
+                                               for row in rows)
+                and isinstance(seconds, (int, float)) and math.isfinite(seconds)):
+            raise ConfigError(f"{out}: a damaged table (its rows or seconds are not what igpt robustness writes); "
+                              "move it away to measure again")
         if {key: earlier.get(key) for key in SETTINGS} != settings:
             raise ValueError(f"{out} holds a table of other settings ({ {key: earlier.get(key) for key in SETTINGS} }); "
                              f"move it away or give another --out to measure {settings}")

@@ -10,6 +10,7 @@ models as package data (igptlib/models/); IGPT_MODELS_DIR names another folder (
     save_model(module, out, notes)         the same for a module in memory (igptlib.hf's imports)
     load_model(source)                     an ImageGPT module in eval mode, on the CPU
     model_dataset(source)                  the dataset it was trained on, where known
+    has_trained_classifier(source)         whether its classification head was fine-tuned
     training_config(source)                how it was trained, and its weights' file, to train on from it
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from igptlib.config import PRESETS, RunConfig, check_name, run_config
 from igptlib.lightning_module import ImageGPT, load_checkpoint
-from igptlib.model_files import CheckpointError, check_same_shapes, read_dataset, read_model_file, write_model_file
+from igptlib.model_files import (CheckpointError, check_same_shapes, read_checkpoint, read_dataset, read_model_file,
+                                 read_notes, write_model_file)
+from igptlib.records import made_by_finetuning
 from igptlib.train import find_run_folder
 
 MODELS_VARIABLE = "IGPT_MODELS_DIR"
@@ -80,6 +83,16 @@ def _load_model_file(path: Path) -> ImageGPT:
     check_same_shapes(module.model.state_dict(), found.weights, path)
     module.model.load_state_dict(found.weights)
     return module.eval()
+
+
+def has_trained_classifier(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> bool:
+    """Whether a model's classification head was trained: a checkpoint's optim config says it was
+    fine-tuned; a model file's notes name a fine-tuning run's checkpoint. A generative model's head
+    is as it was initialised, and its accuracy measures nothing."""
+    path = Path(models_dir) / f"{source}.safetensors" if str(source) in shipped_models(models_dir) else Path(source)
+    if path.suffix == ".safetensors":
+        return made_by_finetuning(read_notes(path))
+    return bool((read_checkpoint(path)["hyper_parameters"].get("optim") or {}).get("finetune"))
 
 
 def model_dataset(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> str | None:

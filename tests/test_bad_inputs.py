@@ -152,6 +152,9 @@ def files(tmp_path_factory, tiny_checkpoint, digit) -> dict[str, Path]:
     write("big.png", png_header(9000, 9000))  # under Pillow's decompression-bomb limit, over ours
     write("bomb.png", png_header(30000, 30000))  # 900 megapixels: over Pillow's limit, which refuses it first
     write("text.png", b"this is text, not a picture")
+    write("text.npy", b"centroids, typed by hand")
+    os.mkfifo(folder / "fifo.png")  # opening it waits for a writer that never comes
+    made["fifo.png"] = folder / "fifo.png"
     Image.fromarray(digit).save(folder / "seven.png")
     made["seven.png"] = folder / "seven.png"
 
@@ -224,6 +227,7 @@ COMPLETE = [
     ("a bomb under a raised cap", ["--image", "{bomb.png}", "--max-pixels", str(10**12)], "decompression bomb"),
     ("text named .png", ["--image", "{text.png}"], "not an image (expected a PNG, JPG or JPEG file)"),
     ("a folder as the image", ["--image", "{folder}"], "a directory; expected a PNG, JPG or JPEG file"),
+    ("a FIFO as the image", ["--image", "{fifo.png}"], "fifo.png: not a regular file (a FIFO, socket or device)"),
     ("no such image", ["--image", "{folder}/absent.png"], "absent.png: no such file"),
     ("temperature NaN", ["--temperature", "nan"], "temperature must be 0 (greedy) or a finite number from 0.001 up"),
     ("temperature 1e-45", ["--temperature", "1e-45"], "got 1e-45"),
@@ -334,12 +338,25 @@ OTHERS = [
     (["bench", "sample", "--repeats", "0"], "argument --repeats: expected a positive integer, got 0"),
     (["bench", "sample", "--samples", "-3"], "argument --samples"),
     (["data", "--dataset", "svhn"], "argument --dataset: invalid choice: 'svhn'"),
+    (["augment", "--root", "{root}", "--copies", "1000000", "--out", "{folder}/a.npz"],
+     "--copies 1000000: 1,000,000 augmented copies of 54,000 images need 42,336.0 GB in memory, over half"),
+    (["centroids", "--root", "{root}", "--out", "{text.npy}"], "text.npy: not a .npy array (the file is not in numpy's .npy format)"),
+    (["evaluate", "--checkpoint", "{checkpoint}", "--budget-minutes", "nan"],
+     "argument --budget-minutes: expected 0 or a finite positive number, got nan"),
+    (["robustness", "--budget-minutes", "inf"], "argument --budget-minutes: expected 0 or a finite positive number, got inf"),
+    (["ladder", "--reserve-minutes", "nan"], "argument --reserve-minutes: expected 0 or a finite positive number, got nan"),
+    (["bench", "converge", "--name", "x", "--minutes", "nan"], "argument --minutes: expected a finite positive number"),
+    (["robustness", "--model", "{checkpoint}", "--classifier", "{checkpoint}", "--out", "{folder}/r.json"],
+     "last.ckpt: its classification head was never trained (it is not a fine-tuned model)"),
+    (["robustness", "--model", "mnist", "--classifier", "mnist", "--out", "{folder}/r.json"],
+     "--classifier mnist: its classification head was never trained"),
 ]
 
 
 @pytest.mark.parametrize("arguments, expected", OTHERS, ids=[" ".join(case[0][:1] + case[0][-2:]) for case in OTHERS])
-def test_other_commands_refuse(capsys, mnist_root, tiny_checkpoint, tmp_path, arguments, expected):
-    names = {"root": str(mnist_root), "folder": str(tmp_path), "checkpoint": str(tiny_checkpoint)}
+def test_other_commands_refuse(capsys, mnist_root, tiny_checkpoint, files, tmp_path, arguments, expected):
+    names = {"root": str(mnist_root), "folder": str(tmp_path), "checkpoint": str(tiny_checkpoint),
+             **{name: str(path) for name, path in files.items()}}
     arguments = fill(arguments, names)
     refused(capsys, arguments, expected, tmp_path, mnist_root, tiny_checkpoint.parent.parent)
     assert not list(tmp_path.iterdir())
@@ -448,6 +465,54 @@ def test_palette_augmentation_and_kept_pass_writers_never_write_through_a_link(m
     assert (tmp_path / "text" / "text.json").read_text() == "{}"
 
 
+# -- files that are damaged, inputs that would be read wrongly ------------------------------------------
+
+
+def test_a_truncated_kept_pass_is_measured_again(capsys, tiny_checkpoint, tmp_path):
+    out = tmp_path / "evaluation.json"
+    passes = tmp_path / "evaluation.passes"
+    passes.mkdir()
+    np.savez(passes / "test.npz", labels=np.arange(1000), meta=np.array("{}"))
+    (passes / "test.npz").write_bytes((passes / "test.npz").read_bytes()[:300])  # a write cut short
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-probes", "--completions", "0",
+                 "--no-figures", "--limit-test", "32"]) == 0
+    err = capsys.readouterr().err
+    assert "test.npz: a kept pass that cannot be read (BadZipFile: " in err and "measuring it again" in err
+    assert json.loads(out.read_text())["test_images"] == 32 and not passes.exists()
+
+
+def test_damaged_records_are_named_not_tracebacks(capsys, tiny_run, tmp_path):
+    from igptlib.config import ConfigError
+    from igptlib.robustness import SETTINGS, measure_into
+
+    (tiny_run / "metrics.json").write_text("[1, 2]")
+    refused(capsys, ["record", str(tiny_run), "--records", str(tmp_path / "records")],
+            "metrics.json: holds a JSON list, [1, 2]; expected a JSON object", tiny_run)
+    assert not (tmp_path / "records").exists() or not list((tmp_path / "records").iterdir())
+    table = tmp_path / "robustness.json"
+    table.write_text(json.dumps({"rows": "upright", "seconds": 1.0}))
+    with pytest.raises(ConfigError, match="robustness.json: a damaged table"):
+        measure_into(table, {key: None for key in SETTINGS}, None, None, None, None, None)
+
+
+def test_out_of_memory_is_a_clear_error(capsys, tmp_path):
+    # 10**12 sequences of 784 tokens: torch's allocator refuses the 6.3 PB at once.
+    line = refused(capsys, ["bench", "train", "--size", "xs", "--batch-size", str(10**12), "--no-reference",
+                            "--device", "cpu", "--json", str(tmp_path / "bench.json")],
+                   "error: out of memory (", tmp_path)
+    assert "can't allocate memory" in line and "expected smaller inputs, sizes or counts for this machine" in line
+
+
+@pytest.mark.parametrize("ink", ["white", "black"])
+def test_a_digit_drawn_on_transparency_is_read_whatever_its_ink(tmp_path, digit, ink):
+    colour = 255 if ink == "white" else 0
+    drawing = np.stack([np.full_like(digit, colour)] * 3 + [digit], axis=-1)  # the digit's shape in the alpha channel
+    Image.fromarray(drawing, mode="RGBA").save(tmp_path / "drawn.png")
+    image, notes = load_image(tmp_path / "drawn.png")
+    assert f"flattened transparency onto {'black (the drawing is light)' if ink == 'white' else 'white'}" in notes
+    assert np.abs(image[0].numpy().astype(int) - digit.astype(int)).max() <= 1
+
+
 # -- names that would be paths ------------------------------------------------------------------------
 
 NAMES = [
@@ -513,6 +578,9 @@ TRAIN = [
     (["--n-layer", "100000"], "ModelConfig.n_layer: expected 1..1024, got 100000"),
     (["--n-embd", "65536", "--n-head", "1"], "n_embd 65536 and n_px 28 make at least 206,209,810,432 weights, over the limit of 34,359,738,368"),
     (["--devices", "-3"], "TrainConfig.devices: expected a positive number of devices, -1 (all) or 'auto', got -3"),
+    (["--budget-minutes", "nan"], "argument --budget-minutes: expected 0 or a finite positive number, got nan"),
+    (["--n-layer", "9" * 5000], "argument --n-layer: expected an integer, got '9999"),
+    (["--lr", "x" * 5000], "argument --lr: expected a number, got 'xxxx"),
 ]
 
 

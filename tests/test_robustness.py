@@ -96,7 +96,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     # Nor does a classifier of the same name with other weights (a shipped model replaced by a better one).
     impostor = tmp_path / "elsewhere" / "mnist-classifier.safetensors"
     impostor.parent.mkdir()
-    shutil.copyfile(shipped_path("mnist"), impostor)
+    shutil.copyfile(shipped_path("fashion-mnist-classifier"), impostor)  # fine-tuned, other weights
     assert main([*command, "--classifier", str(impostor)]) == 2
     assert "holds a table of other settings" in capsys.readouterr().err and json.loads(out.read_text()) == table
     assert [(row["transform"], row["handling"]) for row in table["rows"]] == [
