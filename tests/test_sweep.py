@@ -83,9 +83,23 @@ def test_the_preset_schedule_trains_each_size_for_its_own_steps_warmup_and_check
     assert (pretrain.train.val_every, pretrain.train.save_every) == (preset.train.val_every, preset.train.save_every)
     assert pretrain.optim == preset.optim
     assert finetune.train.steps == preset.train.steps // 10 and finetune.optim.finetune
-    # The notebooks' own default stays the CPU course's few hundred steps.
+    # The notebooks' own default (steps None) is that same schedule.
     notebook, _ = run_configs(CourseParameters(size=size, device="cpu"))
-    assert notebook.train.steps == 300 and notebook.train.checkpoint_steps == []
+    assert notebook.train == pretrain.train
+
+
+def test_the_course_default_is_the_course_preset_and_its_fine_tuning_preset():
+    from igptlib.config import FINETUNE_PRESETS
+
+    pretrain, finetune = run_configs(CourseParameters(device="cpu"))
+    preset = run_config("course")
+    assert (pretrain.data.n_px, pretrain.data.batch_size, pretrain.train.steps) == (16, 16, preset.train.steps)
+    tuned = FINETUNE_PRESETS["course"]
+    assert finetune.optim.finetune and finetune.optim.lr == tuned["optim"]["lr"]
+    assert finetune.train.steps == tuned["train"]["steps"] and finetune.data.augment == tuned["data"]["augment"]
+    assert finetune.model == pretrain.model and finetune.train.init_from.endswith("mnist-course/checkpoints/best.ckpt")
+    _, shorter = run_configs(CourseParameters(device="cpu", finetune_steps=90))
+    assert shorter.train.steps == 90 and shorter.train.val_every == 30
 
 
 def test_igpt_sweep_takes_either_steps_or_the_preset_schedule(capsys):
