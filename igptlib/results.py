@@ -197,12 +197,6 @@ def entries(report: str | Path, models_dir: str | Path | None = None) -> list[di
     return [result(record, model) for record, model in find_records(Path(report) / "runs", shipped_models_info(models_dir))]
 
 
-def records_by_name(report: str | Path, models_dir: str | Path | None = None) -> dict[str, tuple[dict, dict]]:
-    """{record name: (the record as read_record gives it, its results.json entry)}."""
-    pairs = find_records(Path(report) / "runs", shipped_models_info(models_dir))
-    return {record["name"]: (record, result(record, model)) for record, model in pairs}
-
-
 def in_report(report: str | Path, path: str = "") -> str:
     """A link to report/<path> that resolves both from the report's own pages (report/README.md) and
     from a notebook in a sibling folder (notebooks/): ../<report folder>/<path>."""
@@ -589,12 +583,25 @@ def classify_table(records: list[dict]) -> Markdown:
     for r in records:
         accuracies = [p["val_acc"] for p in r["curve"] if p.get("val_acc") is not None]
         training = r.get("training") or {}
-        rows.append([code(r["name"]), r.get("kind", "–"), number(training.get("minutes"), 1), number(training.get("cpu_minutes"), 1),
+        rows.append([code(r["name"]), recipe_words(r), number(training.get("minutes"), 1), number(training.get("cpu_minutes"), 1),
                      number(max(accuracies) if accuracies else None), number(r["test"].get("accuracy")),
                      number(r["test"].get("kappa")), machine_words(r),
                      number(((r.get("machine") or {}).get("load_average_before") or [None])[0], 1)])
-    return table(["recipe", "kind", "training minutes (wall)", "CPU minutes", "best validation accuracy", "test accuracy",
+    return table(["recipe", "what it trains", "training minutes (wall)", "CPU minutes", "best validation accuracy", "test accuracy",
                   "test kappa", "machine, training precision", "load average before"], rows)
+
+
+def recipe_words(record: dict) -> str:
+    """What a classification benchmark trained: its kind, and per stage the preset, image size, steps and minutes."""
+    settings, words = record.get("settings") or {}, [record.get("kind", "kind not recorded")]
+    for stage, name in (("pretrain", "pre-training"), ("finetune", "fine-tuning")):
+        done = (record.get("stages") or {}).get(stage)
+        if done:
+            pixels = ((settings.get(stage) or {}).get("data") or {}).get("n_px")
+            shape = [settings.get("size"), f"{pixels}x{pixels} pixels" if pixels else None]
+            said = ", ".join([*filter(None, shape), f"{done.get('steps')} steps in {number(done.get('minutes'), 1)} min"])
+            words.append(f"{name}: {said}")
+    return "; ".join(words)
 
 
 def classify_plot(records: list[dict], title: str = "Time to quality: classification"):

@@ -276,7 +276,7 @@ def test_a_record_is_text_in_the_report_never_markup_and_a_failed_build_keeps_th
     records = root / "report" / "runs"
     # A classification benchmark as `igpt bench classify` writes it (its section waits for one), named with markup too.
     classify = {"name": SCRIPT, "kind": "transformer", "machine": {"hardware": "CPU A", "load_average_before": [2.0, 2.0, 2.0]},
-                "stages": {"finetune": {"precision": "32-true"}}, "training": {"minutes": 3.0, "cpu_minutes": 5.5},
+                "stages": {"finetune": {"precision": "32-true", "steps": 400, "minutes": 2.0}}, "training": {"minutes": 3.0, "cpu_minutes": 5.5},
                 "curve": [{"minutes": 1.0, "stage": "pretrain", "step": 10, "val_nats_per_pixel": 0.5},
                           {"minutes": 2.0, "stage": "finetune", "step": 10, "val_acc": 0.875}],
                 "test": {"accuracy": 0.9125, "kappa": 0.9, "images": 10000}}
@@ -301,8 +301,8 @@ def test_a_record_is_text_in_the_report_never_markup_and_a_failed_build_keeps_th
     assert "runs/%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E/figures/completions.png" in html, "and its figures linked"
     assert FOLDER in [entry["name"] for entry in json.loads((report / "results.json").read_text())]
     text = (report / "README.md").read_text()
-    assert ("| <code>&lt;script&gt;alert(1)&lt;/script&gt;</code> | transformer | 3.0 | 5.5 | 0.8750 | 0.9125 | 0.9000 | "
-            "CPU A, float32 | 2.0 |") in text
+    assert ("| <code>&lt;script&gt;alert(1)&lt;/script&gt;</code> | transformer; fine-tuning: 400 steps in 2.0 min | 3.0 | 5.5 | "
+            "0.8750 | 0.9125 | 0.9000 | CPU A, float32 | 2.0 |") in text
     assert "No classification benchmark" not in text and "figures/12_benchmarks_" in text
 
     # A build that fails (a damaged record) changes nothing: the report and the notebook stay as they were.
