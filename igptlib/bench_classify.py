@@ -167,8 +167,12 @@ def classify(name: str, run_dir: Path, size: str, pretrain_steps: int, finetune_
     if not _train_stage("finetune", finetune, run_dir / "finetune", _offset(state, "pretrain"), deadline, state, state_path):
         return None
     if "test" not in state:
-        results, minutes = _evaluate(run_dir / "finetune" / "checkpoints" / "best.ckpt", finetune, probes=False)
-        state["test"] = {**results["classification"], "images": results["test_images"], "minutes": round(minutes, 2)}
+        # best.ckpt is the best validation accuracy; a fine-tuning too short to validate has only its last weights.
+        checkpoints = run_dir / "finetune" / "checkpoints"
+        tested = checkpoints / "best.ckpt" if (checkpoints / "best.ckpt").exists() else checkpoints / "last.ckpt"
+        results, minutes = _evaluate(tested, finetune, probes=False)
+        state["test"] = {**results["classification"], "images": results["test_images"], "minutes": round(minutes, 2),
+                         "checkpoint": tested.name}
         state["machine"]["load_average_after"] = os.getloadavg()
         write_json(state_path, state)
     return build_record(name, state)
@@ -184,7 +188,7 @@ def build_record(name: str, state: dict) -> dict:
         "stages": {s: {k: v for k, v in stage.items() if k != "curve"} for s, stage in stages.items()},
         "curve": [point for s in ("pretrain", "finetune") if s in stages for point in stages[s]["curve"]],
         "training": {"minutes": round(wall, 2), "cpu_minutes": round(cpu, 2)},
-        "test": {key: clf[key] for key in ("accuracy", "kappa", "images", "confusion_matrix", "minutes")},
+        "test": {key: clf[key] for key in ("accuracy", "kappa", "images", "confusion_matrix", "minutes", "checkpoint") if key in clf},
     }
     if "probe" in state:
         probes = state["probe"]["probes"]
