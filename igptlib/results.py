@@ -472,16 +472,16 @@ def robustness_table(measured: dict) -> Markdown:
                   for row in measured["rows"]])
 
 
-def replaced_since(measured: dict, shipped_weights: dict[str, str]) -> list[str]:
+def replaced_since(measured: dict, shipped_weights: dict[str, str]) -> list[Markdown]:
     """A warning for each shipped model the table names that has been replaced since it was measured:
     the name stays when a better model is shipped, the weights' digests tell the two apart."""
     warnings = []
     for role in ("model", "classifier"):
         name, digest = measured[role], measured.get(f"{role}_weights")
         if digest and name in shipped_weights and shipped_weights[name] != digest:
-            warnings.append(f"Measured with an earlier {name} (weights {digest[:12]}), not the one shipped now "
-                            f"({shipped_weights[name][:12]}): move this record away and run `{measured['command']}` "
-                            "to measure the shipped one.")
+            warnings.append(Markdown(f"Measured with an earlier {code(name)} (weights {escape(digest[:12])}), not the one "
+                                     f"shipped now ({escape(shipped_weights[name][:12])}): move this record away and run "
+                                     f"{code(measured['command'])} to measure the shipped one."))
     return warnings
 
 

@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from igptlib import plots
 from igptlib.datasets import load_split
 from igptlib.judge import digit_classifier
 from igptlib.robustness import ORIENTATIONS, TRANSFORMS, detect_inversion, handle, measure, rotation_nats, transform, turn_upright
@@ -77,6 +78,7 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     import json
 
     from igptlib.cli import main
+    from igptlib.markdown import code
     from igptlib.results import replaced_since, robustness_table, robustness_tables, side_by_side, wrong_turns_table
 
     out = tmp_path / "robustness-mnist" / "robustness.json"
@@ -116,13 +118,12 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
     assert [int(n) for n in counted[1:]] == [*on_90["turned_wrongly_by_digit"], sum(on_90["turned_wrongly_by_digit"])]
     assert side_by_side([table]) == []  # one model: nothing to set beside it
     # Once a better classifier is shipped under the same name, the table says it measured the earlier one.
-    assert replaced_since(table, {"mnist": table["model_weights"], "mnist-classifier": table["classifier_weights"]}) == []
-    assert "Measured with an earlier mnist-classifier" in replaced_since(table, {"mnist-classifier": "another"})[0]
-    replaced = robustness_section(tmp_path, tmp_path / "figures", {**shipped, "mnist-classifier": "f" * 64})
-    warning = [line for line in replaced if line not in lines]
-    assert warning == [f"Measured with an earlier `mnist-classifier` (weights {table['classifier_weights'][:12]}), not the "
-                       f"one shipped now (ffffffffffff): move this record away and run `{table['command']}` to measure "
-                       "the shipped one."]
+    shipped = {"mnist": table["model_weights"], "mnist-classifier": table["classifier_weights"]}
+    assert replaced_since(table, shipped) == []
+    assert replaced_since(table, {**shipped, "mnist-classifier": "f" * 64}) == [
+        f"Measured with an earlier <code>mnist-classifier</code> (weights {table['classifier_weights'][:12]}), not the "
+        f"one shipped now (ffffffffffff): move this record away and run {code(table['command'])} to measure "
+        "the shipped one."]
 
     # A twin measured on the same images is set beside it, column by column; one measured on other
     # images is not.
@@ -133,14 +134,14 @@ def test_igpt_robustness_writes_every_transform_with_the_handling_off_and_on(mni
         folder = tmp_path / f"robustness-{record['model']}"
         folder.mkdir()
         (folder / "robustness.json").write_text(json.dumps(record))
-    lines = robustness_section(tmp_path, tmp_path / "figures")
-    side = lines[lines.index("### Side by side: `mnist`, `twin`"):]
-    assert "`other`" not in " ".join(side)
+    groups = side_by_side(robustness_tables(tmp_path))
+    assert [[t["model"] for t in group["tables"]] for group in groups] == [["mnist", "twin"]]
+    side = groups[0]["table"].splitlines()
     turned = next(line for line in side if line.startswith("| turned 90° | on |")).strip("|").split("|")
     measured = next(row for row in table["rows"] if (row["transform"], row["handling"]) == ("turned 90°", True))
     assert [cell.strip() for cell in turned[2:]] == [
         f"{measured['class_agreement']:.3f}", f"{measured['classification_accuracy']:.3f}",
         f"{1 - measured['class_agreement']:.3f}", f"{measured['classification_accuracy']:.3f}"]
-    # and drawn: one figure for the group measured on the same images.
-    assert "![completion class agreement and classifier accuracy per transform](figures/robustness_mnist_2x1.png)" in side
-    assert [path.name for path in (tmp_path / "figures").iterdir()] == ["robustness_mnist_2x1.png"]
+    # and drawn (notebook 11): a line per model in each of the four panels.
+    figure = plots.robustness_plot({t["model"]: t["rows"] for t in groups[0]["tables"]})
+    assert len(figure.axes) == 4 and all(len(ax.lines) == 2 for ax in figure.axes)
