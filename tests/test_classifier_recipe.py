@@ -48,4 +48,4 @@ def test_the_command_refuses_a_bad_checkpoint_and_bad_passes(tmp_path, tiny_chec
     with pytest.raises(SystemExit) as exit:
         main(["classifier", "--from", str(tiny_checkpoint), "--passes", "0"])
     assert exit.value.code == 2
-    assert "argument --passes: expected a positive number, got 0" in capsys.readouterr().err
+    assert "argument --passes: expected a finite positive number, got 0" in capsys.readouterr().err
