@@ -21,20 +21,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from igptlib.config import RunConfig, read_json
-from igptlib.finetune_sweep import LEARNING_RATES, STEPS as SWEEP_STEPS, finetune_sweep, sweep_configs
+from igptlib.config import CLASSIFIER_PASSES, FINETUNE_LEARNING_RATES, FINETUNE_SWEEP_STEPS, RunConfig, read_json
+from igptlib.finetune_sweep import finetune_sweep, sweep_configs
 from igptlib.ladder import Stage, evaluation, finished, run_stages, training
 from igptlib.records import record_run
 from igptlib.shipped import model_name
 
-PASSES = 4.0  # over the training split: the shipped classifier's; 1.5 passes were still improving at their end
 VAL_EVERY = 500
 VAL_IMAGES = 2_000  # enough to tell 99.0% from 99.3% by more than one image in a thousand
 PATIENCE = 5  # validations without a better accuracy before the run stops
 LABEL = "classifier"
 
 
-def recipe_config(sweep_base: RunConfig, lr: float, passes: float = PASSES) -> RunConfig:
+def recipe_config(sweep_base: RunConfig, lr: float, passes: float = CLASSIFIER_PASSES) -> RunConfig:
     """The long fine-tuning: the sweep's config at the chosen rate, trained for `passes` passes over
     the training split, validated every VAL_EVERY steps on VAL_IMAGES images, stopped early in the
     second half of its schedule."""
@@ -50,8 +49,8 @@ def recipe_config(sweep_base: RunConfig, lr: float, passes: float = PASSES) -> R
                                        save_every=val_every, early_stop=PATIENCE, early_stop_from=steps // 2).to_dict())
 
 
-def classifier(checkpoint: str | Path, runs: str | Path, records: str | Path, passes: float = PASSES,
-               lrs=LEARNING_RATES, sweep_steps: int = SWEEP_STEPS, budget_minutes: float | None = None,
+def classifier(checkpoint: str | Path, runs: str | Path, records: str | Path, passes: float = CLASSIFIER_PASSES,
+               lrs=FINETUNE_LEARNING_RATES, sweep_steps: int = FINETUNE_SWEEP_STEPS, budget_minutes: float | None = None,
                reserve_minutes: float = 10.0, command: list[str] | None = None) -> bool:
     """Run every stage not yet done, within the budget; True once the classifier is tested and recorded."""
     runs, records = Path(runs), Path(records)

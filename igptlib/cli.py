@@ -22,13 +22,13 @@ from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from igptlib.classifier_recipe import PASSES as CLASSIFIER_PASSES
-from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, PRESETS, ConfigError, DataConfig, ModelConfig,
-                            RunConfig, apply_overrides, check_name, clip, excerpt, write_json)
+from igptlib.config import (CHOICES, CLASSIFIER_PASSES, DERIVED_FROM_DATA, DEVICES, EVALUATION_PRECISIONS,
+                            FINETUNE_LEARNING_RATES as LEARNING_RATES, FINETUNE_SWEEP_STEPS, MAX_PIXELS, PRESETS,
+                            ConfigError, DataConfig, ModelConfig, RunConfig, apply_overrides, check_name, clip, excerpt,
+                            write_json)
 from igptlib.datasets import DataError
 from igptlib.device import resolve_device
-from igptlib.finetune_sweep import LEARNING_RATES, STEPS as FINETUNE_SWEEP_STEPS
-from igptlib.images import MAX_PIXELS, ImageLoadError
+from igptlib.images import ImageLoadError
 from igptlib.model_files import CheckpointError
 from igptlib.quantize import PaletteError
 from igptlib.records import RECORDS
@@ -576,8 +576,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from igptlib.evaluate import PRECISIONS as EVALUATION_PRECISIONS
-
     parser = _Parser(prog="igpt", description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -13,6 +13,8 @@ nothing else of igptlib, so that any module may import it (ARCHITECTURE.md).
     TrainConfig                  steps, validation, checkpoints, precision, devices
     RunConfig, TRAIN_PRESETS     all four, as a run folder's config.yaml; run_config(size, dataset, ...)
     CHOICES                      the valid values of the fields that have a fixed set of them
+    FINETUNE_LEARNING_RATES, EVALUATION_PRECISIONS, MAX_PIXELS, ...   defaults and limits that the
+                                 commands show in their --help, here because this module loads quickly
     data_config_for(model)       the data of the tokens a model reads (a model file without its run)
     apply_overrides(values, ["section.field=value", ...])   the generic command-line override
 """
@@ -516,6 +518,8 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 PRECISION_WORDS = {"32-true": "float32", "bf16-mixed": "bfloat16 autocast", "16-mixed": "float16 autocast",
                    "bf16-true": "bfloat16", "64-true": "float64"}
 PAPER_CHECKPOINT_STEPS = [131000, 262000, 524000]
+EVALUATION_PRECISIONS = ("32", "bf16")  # of igpt evaluate's passes: float32, or bfloat16 autocast
+MAX_PIXELS = 25_000_000  # a user's image made square: a 5000x5000 square holds a 12-megapixel phone photo
 
 
 @dataclasses.dataclass
@@ -679,6 +683,14 @@ FINETUNE_PRESETS: dict[str, dict] = {
         train=dict(steps=2000, val_every=500, val_batches=125, save_every=250, checkpoint_steps=[]),
     ),
 }
+
+
+# The fine-tuning recipe's defaults (igpt finetune-sweep and igpt classifier): the learning rates the
+# sweep tries on validation, its steps per rate, and the long fine-tuning's passes over the training
+# split (the shipped classifier's; 1.5 passes were still improving at their end).
+FINETUNE_LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
+FINETUNE_SWEEP_STEPS = 300
+CLASSIFIER_PASSES = 4.0
 
 
 def finetune_run_config(size: str, pretrained: RunConfig, init_from: str) -> RunConfig | None:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from igptlib import plots
 from igptlib.completion import complete_tokens
-from igptlib.config import RunConfig, data_config_for, write_json
+from igptlib.config import EVALUATION_PRECISIONS, RunConfig, data_config_for, write_json
 from igptlib.data import PixelDataModule, encode_all
 from igptlib.judge import completion_quality, digit_classifier
 from igptlib.metrics import all_layers, classification_metrics, load_pass, probes_from_features, save_pass, split_pass
@@ -37,7 +37,6 @@ from igptlib.train import find_run_folder
 
 
 PREDICTIONS_SHOWN = 16  # test images in the predictions figure, before the mistakes
-PRECISIONS = ("32", "bf16")  # of the evaluation passes: float32, or bfloat16 autocast
 
 
 def first_and_mistakes(actual, predicted, first: int = 16, mistakes: int = 8):
@@ -76,8 +75,8 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
     time.perf_counter() value after which no batch of a pass starts (metrics.OutOfTime): with
     `passes`, what an evaluation stopped so had finished is not computed again.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision not in EVALUATION_PRECISIONS:
+        raise ValueError(f"precision must be one of {list(EVALUATION_PRECISIONS)}, got {precision!r}")
     if datamodule.palette is None:
         datamodule.prepare_data()
         datamodule.setup()

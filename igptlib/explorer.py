@@ -29,10 +29,11 @@ import torch
 from PIL import Image
 
 from igptlib.completion import MISSING_GREY, Completions, complete_tokens, keep_mask
+from igptlib.config import MAX_PIXELS
 from igptlib.datasets import DataError, load_split
 from igptlib.device import resolve_device
 from igptlib.extras import require
-from igptlib.images import MAX_PIXELS, ImageLoadError, load_image
+from igptlib.images import ImageLoadError, load_image
 from igptlib.quantize import decode, encode, reduce_context
 from igptlib.robustness import QUARTER_TURNS, turn_upright
 from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models

@@ -16,17 +16,16 @@ import shlex
 from pathlib import Path
 
 from igptlib import plots
-from igptlib.config import RunConfig, read_json, write_json
+from igptlib.config import FINETUNE_LEARNING_RATES, FINETUNE_SWEEP_STEPS, RunConfig, read_json, write_json
 from igptlib.ladder import finetune_config, run_stages, training
 from igptlib.records import training_seconds
 from igptlib.shipped import training_config
 
-LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
-STEPS = 300
 LABEL = "finetune-sweep"
 
 
-def sweep_configs(source: str | os.PathLike, lrs=LEARNING_RATES, steps: int = STEPS) -> dict[float, RunConfig]:
+def sweep_configs(source: str | os.PathLike, lrs=FINETUNE_LEARNING_RATES,
+                  steps: int = FINETUNE_SWEEP_STEPS) -> dict[float, RunConfig]:
     """The fine-tuning config of each learning rate, from a pre-trained run's checkpoint or a model file
     (igptlib.shipped.training_config)."""
     if not lrs or any(lr <= 0 for lr in lrs):
@@ -40,8 +39,9 @@ def run_folder(runs: Path, lr: float) -> Path:
     return Path(runs) / f"lr-{lr:g}"
 
 
-def finetune_sweep(checkpoint: str | Path, runs: str | Path, out: str | Path, lrs=LEARNING_RATES, steps: int = STEPS,
-                   budget_minutes: float | None = None, command: list[str] | None = None) -> dict | None:
+def finetune_sweep(checkpoint: str | Path, runs: str | Path, out: str | Path, lrs=FINETUNE_LEARNING_RATES,
+                   steps: int = FINETUNE_SWEEP_STEPS, budget_minutes: float | None = None,
+                   command: list[str] | None = None) -> dict | None:
     """Fine-tune from `checkpoint` at each rate into `runs`/lr-<rate>; once all are done, write the
     sweep's JSON and figure into `out` and return the JSON. None when the budget stopped it first."""
     configs = sweep_configs(checkpoint, lrs, steps)

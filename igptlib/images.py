@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from igptlib.config import MAX_PIXELS
+
 FORMATS = {"PNG", "JPEG"}  # what PIL calls .png and .jpg/.jpeg files
-MAX_PIXELS = 25_000_000  # the padded square's pixels: a 5000x5000 square holds a 12-megapixel phone photo
 # Modes deeper than 8 bits (16-bit grayscale PNGs) and the top of their range: Pillow's own
 # conversion to "L" clips at 255 instead of rescaling, which turns light paper and dark ink alike white.
 HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
