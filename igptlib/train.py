@@ -185,6 +185,28 @@ class EarlyStoppingFrom(L.pytorch.callbacks.EarlyStopping):
             super().on_validation_end(trainer, pl_module)
 
 
+class StepProgressBar(L.pytorch.callbacks.TQDMProgressBar):
+    """Lightning's tqdm bar, counting the run's optimizer steps out of all its steps (train.steps).
+    A run here is a number of steps over as many epochs as they take (max_epochs=-1), which
+    Lightning's own bars count by epoch: "Epoch 0/-2"."""
+
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.total = trainer.max_steps
+        bar.n = bar.initial = trainer.global_step  # a resumed run starts part way; its speed counts from here
+        bar.set_description("training steps")
+
+    def on_train_epoch_start(self, trainer, *_):
+        pass  # one bar for the whole run, not one per epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar = self.train_progress_bar
+        if self._should_update(trainer.global_step, trainer.max_steps) and not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # and redraws the bar
+
+
 class MachineLoad(L.Callback):
     """Log the machine's load average (processes running or waiting for a core, over the last
     minute) beside the training curves: a run's wall minutes mean little without it on a shared
@@ -396,7 +418,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         gradient_clip_val=config.optim.grad_clip or None, gradient_clip_algorithm="norm",
         logger=[CSVLogger(run_dir / "logs", name="csv"), TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False)],
         callbacks=[RunCheckpoints(checkpoints, t.save_every, checkpoint_steps(config)), best, MachineLoad(), *callbacks,
-                   *([stop] if stop else []), *([early] if early else [])],
+                   *([stop] if stop else []), *([early] if early else []), *([StepProgressBar()] if t.progress_bar else [])],
         enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar, log_every_n_steps=t.log_every,
         default_root_dir=run_dir,
     )

@@ -132,6 +132,15 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes_as_if_never_sto
     assert (tmp_path / "straight/checkpoints/step-3.ckpt").exists()
 
 
+def test_the_progress_bar_counts_steps_out_of_the_runs_steps(data_root, tmp_path, capsys):
+    config = smoke_config(data_root, progress_bar=True)
+    train(config, tmp_path / "run", budget_seconds=0)  # stops after its first step
+    assert "training steps: " in capsys.readouterr().out.replace("\r", "\n")
+    train(config, tmp_path / "run", resume=True)
+    shown = capsys.readouterr().out.replace("\r", "\n")
+    assert "| 6/6 [" in shown and "Epoch" not in shown  # not Lightning's "Epoch 0/-2"
+
+
 @pytest.mark.parametrize("bf16_faster", [True, False])
 def test_bf16_autocast_on_a_cpu_only_where_it_is_the_faster_and_the_run_records_which(
         data_root, tmp_path, monkeypatch, capsys, bf16_faster):
