@@ -816,7 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     converge.add_argument("--threads", type=int, default=2, help="torch threads (default: 2, this machine's cores)")
     converge.add_argument("--run-dir", help="the run folder (default: runs/converge-NAME)")
     converge.add_argument("--out", default="report/bench", help="where the JSON and the plot go (default: report/bench)")
-    converge.add_argument("--readme", default="README.md", help="the README whose time-to-quality table is rewritten")
+    converge.add_argument("--readme", default="docs/benchmarks.md",
+                          help="the Markdown page whose time-to-quality table is rewritten (default: docs/benchmarks.md)")
     converge.add_argument("--redraw", action="store_true", help="train nothing: redraw the plot and the table from the JSONs")
     converge.add_argument("--branch-from", metavar="PARENT",
                           help="the recorded wsd run (report/bench/converge-PARENT.json) to branch from: a shorter run "

@@ -238,9 +238,10 @@ def test_the_report_notebooks_are_committed_with_their_outputs_and_no_run_histor
         assert not any("execution" in cell["metadata"] or "papermill" in cell["metadata"] for cell in code), "no timings"
 
 
-def test_every_relative_link_and_image_in_the_readme_and_the_report_resolves():
+def test_every_relative_link_and_image_in_the_readme_the_docs_and_the_report_resolves():
     link = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)|(?:src|href)=\"([^\"#:]+)\"")
-    pages = [REPO / "README.md", *sorted((REPO / "report").glob("*.md")), *sorted((REPO / "report" / "models").glob("*.md")),
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "report").glob("*.md")),
+             *sorted((REPO / "report" / "models").glob("*.md")),
              REPO / "report" / "index.html"]
     broken = []
     for page in pages:
