@@ -11,9 +11,9 @@ COURSE := 01_data 02_augmentation 03_centroids 04_model 05_training 06_completio
 
 .PHONY: all setup setup-page setup-test constraints browser data centroids augment pipeline sweep report test explorer explorer-screenshot gpu-session-data clean
 
-# The main job: set up, fetch the data, run every notebook on the default configuration (the xs
-# model, trained on the CPU), then rebuild figures/ and report/ from the run folder. It needs no
-# root and no browser.
+# The main job: set up, fetch the data, run every course notebook on the default configuration (the
+# `course` recipe, trained on the CPU), then rebuild figures/ and report/ from the run folder. It
+# needs no root and no browser.
 all: setup data centroids augment pipeline report
 
 # A virtual environment with the project installed (editable) and what each job needs, at the
