@@ -2,7 +2,12 @@
 thin run function that calls igptlib with explicit values.
 
 The flags of config fields are generated from the config dataclasses (add_config_arguments): a
-field's type, choices, default and help are written once, in igptlib/config.py.
+field's type, choices, default and help are written once, in igptlib/config.py. A flag that several
+commands share (--model, --device, --budget-minutes, --size, --seed) is declared once, by a function
+of its own; every command names a model by --model.
+
+Importing this module loads no torch, Lightning, scikit-learn or matplotlib: each run function
+imports what its command needs, so that `igpt --help` answers at once.
 """
 from __future__ import annotations
 
@@ -13,24 +18,20 @@ import functools
 import inspect
 import io
 import math
+import shutil
 import sys
 import textwrap
 import time
 import tokenize
 import typing
+from importlib.metadata import version
 from pathlib import Path
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+import yaml
 
 from igptlib.config import (CHOICES, CLASSIFIER_PASSES, DERIVED_FROM_DATA, DEVICES, EVALUATION_PRECISIONS,
-                            FINETUNE_LEARNING_RATES as LEARNING_RATES, FINETUNE_SWEEP_STEPS, MAX_PIXELS, PRESETS,
-                            ConfigError, DataConfig, ModelConfig, RunConfig, apply_overrides, check_name, clip, excerpt,
-                            write_json)
-from igptlib.datasets import DataError
-from igptlib.device import resolve_device
-from igptlib.images import ImageLoadError
-from igptlib.model_files import CheckpointError
-from igptlib.quantize import PaletteError
+                            FINETUNE_LEARNING_RATES, FINETUNE_SWEEP_STEPS, MAX_PIXELS, PRESETS, DataConfig, ModelConfig,
+                            RunConfig, apply_overrides, check_name, clip, excerpt, run_config, write_json)
 from igptlib.records import RECORDS
 from igptlib.sweep import PIPELINE
 
@@ -181,6 +182,44 @@ def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help=help)
 
 
+# -- flags that several commands share -------------------------------------------------------------
+
+MODEL_FORMS = "a shipped model's name, a .safetensors file or a .ckpt checkpoint"
+
+
+def add_model_argument(parser: argparse.ArgumentParser, help: str, **keywords) -> None:
+    """--model: how every command names a model; `help` says what this command does with it."""
+    parser.add_argument("--model", metavar="MODEL", help=help, **keywords)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+
+
+def add_budget_argument(parser: argparse.ArgumentParser, stops: str) -> None:
+    """--budget-minutes: `stops` says where the command stops once the budget is spent, and how it goes on."""
+    parser.add_argument("--budget-minutes", type=minutes, metavar="MIN", help=f"wall-clock minutes allowed: {stops}")
+
+
+def add_size_argument(parser: argparse.ArgumentParser, default: str, what: str = "the model's preset") -> None:
+    parser.add_argument("--size", default=default, choices=list(PRESETS), metavar="SIZE",
+                        help=f"{what}: {', '.join(PRESETS)} (default: {default})")
+
+
+def add_seed_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the sampling (default: 0)")
+
+
+def add_learning_rates_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lr", type=float, nargs="+", default=list(FINETUNE_LEARNING_RATES),
+                        help="the fine-tuning learning rates that the sweep tries on the validation split "
+                             f"(default: {' '.join(f'{lr:g}' for lr in FINETUNE_LEARNING_RATES)})")
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+
+
 # -- the sub-commands: each a thin call into igptlib -----------------------------------------------
 
 
@@ -246,22 +285,24 @@ def run_augment(args) -> None:
 
 def train_config(args) -> tuple[RunConfig, Path]:
     """The RunConfig and run folder that the `igpt train` flags ask for: the resumed run's config, the
-    --config file, the config of --finetune-from's run or the --size preset; then the pre-trained
-    model of --finetune-from, the flags given, and --set."""
-    from igptlib.config import run_config
-    from igptlib.model_files import read_checkpoint
-    from igptlib.train import find_run_folder
-
+    --config file, the config --model was trained with or the --size preset; then --model's weights to
+    fine-tune, the flags given, and --set."""
     flags = config_flags(args)
     dataset = flags.get("data", {}).get("dataset", DataConfig.dataset)
     objective = flags.get("model", {}).get("objective", ModelConfig.objective)
+    if args.model:
+        from igptlib.shipped import model_name, training_config
+        from igptlib.train import find_run_folder
+
+        pretrained, weights = training_config(args.model)  # how it was trained, and the file of its weights
     # Run folders are named as the notebooks name them: runs/<dataset>-<size>, a BERT run's with
-    # -bert; a fine-tuning run goes into its pre-trained run's finetune/ folder.
-    pretrained = find_run_folder(args.finetune_from) if args.finetune_from else None
+    # -bert; a fine-tuning run goes into its pre-trained run's finetune/ folder (a model file's:
+    # runs/<its name>-finetune).
     if args.run_dir:
         run_dir = Path(args.run_dir)
-    elif pretrained is not None:
-        run_dir = pretrained / "finetune"
+    elif args.model:
+        pretrained_run = find_run_folder(weights) if weights.suffix == ".ckpt" else None
+        run_dir = pretrained_run / "finetune" if pretrained_run else Path("runs") / f"{model_name(args.model)}-finetune"
     else:
         run_dir = Path("runs") / (f"{dataset}-{args.size}" + ("" if objective == "ar" else f"-{objective}"))
     if args.resume:
@@ -270,26 +311,30 @@ def train_config(args) -> tuple[RunConfig, Path]:
         config = RunConfig.load_yaml(run_dir / "config.yaml")
     elif args.config:
         config = RunConfig.load_yaml(args.config)
-    elif pretrained is not None:  # its data and palette are what the pre-trained model reads
-        config = RunConfig.load_yaml(pretrained / "config.yaml")
+    elif args.model:  # its data and palette are what the pre-trained model reads
+        config = pretrained
     else:
         config = run_config(args.size, dataset, objective)
     values = config.to_dict()
-    if args.finetune_from:
+    if args.model:
         # The model is the pre-trained one; the new stage adds the classification loss.
-        values["model"] = read_checkpoint(args.finetune_from)["hyper_parameters"]["model"]
+        values["model"] = pretrained.to_dict()["model"]
         values["optim"]["finetune"] = True
-        values["train"]["init_from"] = args.finetune_from
+        values["train"]["init_from"] = str(weights)
     for section, fields in flags.items():
         values[section].update(fields)
     return RunConfig.from_dict(apply_overrides(values, args.overrides)), run_dir
 
 
 def run_train(args) -> None:
+    config, run_dir = train_config(args)
+    if args.print_config:
+        print(f"# igpt train would train this config into {run_dir}")
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return
     from igptlib.records import note_command
     from igptlib.train import first_process, train, validation_score
 
-    config, run_dir = train_config(args)
     budget = None if args.budget_minutes is None else args.budget_minutes * 60
     metrics = train(config, run_dir, resume=args.resume, budget_seconds=budget)
     if not first_process():  # the other processes of a DDP run print nothing
@@ -309,6 +354,7 @@ def run_train(args) -> None:
 
 def run_complete(args) -> None:
     from igptlib.completion import complete_images
+    from igptlib.device import resolve_device
     from igptlib.images import load_image
     from igptlib.plots import save_figure
     from igptlib.robustness import turn_upright
@@ -344,8 +390,9 @@ def run_robustness(args) -> None:
         raise ValueError(f"--classifier {args.classifier}: its classification head was never trained (it is not a "
                          "fine-tuned model); expected a fine-tuned classifier, such as mnist-classifier")
     dataset = model_dataset(args.model) or "mnist"
-    images, labels = load_split(dataset, args.root, train=False)
-    judge, judge_info = digit_classifier(args.root, dataset, progress=True)
+    root = data_config(args).root
+    images, labels = load_split(dataset, root, train=False)
+    judge, judge_info = digit_classifier(root, dataset, progress=True)
     record = {"model": model_name(args.model), "classifier": model_name(args.classifier),
               "model_weights": weights_digest(generator.model), "classifier_weights": weights_digest(classifier.model),
               "dataset": dataset,
@@ -380,7 +427,7 @@ def run_export(args) -> None:
     bad = [note for note in args.note if "=" not in note]
     if bad:
         raise ValueError(f"--note {bad[0]!r}: expected KEY=VALUE")
-    notes: dict = {"checkpoint": str(args.checkpoint)}
+    notes: dict = {"checkpoint": str(args.model)}
     for key, value in (note.split("=", 1) for note in args.note):
         if key not in notes:
             notes[key] = value
@@ -388,7 +435,7 @@ def run_export(args) -> None:
             notes[key].append(value)
         else:
             notes[key] = [notes[key], value]
-    path = export_model(args.checkpoint, out, notes, force=args.force)
+    path = export_model(args.model, out, notes, force=args.force)
     print(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
 
@@ -397,7 +444,7 @@ def run_export_hf(args) -> None:
 
     if not args.out:
         raise ValueError("--format hf: --out is required: the folder to write the transformers model to")
-    folder = export_hf(args.checkpoint, args.out, force=args.force)
+    folder = export_hf(args.model, args.out, force=args.force)
     print(f"{folder}: a transformers ImageGPT folder ({', '.join(sorted(p.name for p in folder.iterdir()))})")
 
 
@@ -409,14 +456,14 @@ def run_import_hf(args) -> None:
 
 
 def run_evaluate(args) -> None:
-    """Evaluate a checkpoint (or a shipped model) and write its metrics and figures into its run folder (or record)."""
+    """Evaluate a checkpoint (or a model file) and write its metrics and figures into its run folder (or record)."""
+    from igptlib.device import resolve_device
     from igptlib.evaluate import evaluate_and_write, model_to_evaluate, passes_folder, summary
     from igptlib.metrics import OutOfTime
 
     device = resolve_device(args.device)  # a GPU asked for and missing is an error before any work
     changes = config_flags(args).get("data", {})
-    module, data, run_dir, source = model_to_evaluate(checkpoint=args.checkpoint, model=args.model,
-                                                      dataset=changes.pop("dataset", "mnist"), out=args.out)
+    module, data, run_dir, source = model_to_evaluate(args.model, dataset=changes.pop("dataset", "mnist"), out=args.out)
     out = Path(args.out) if args.out else run_dir / "evaluation.json"
     try:
         results = evaluate_and_write(
@@ -437,21 +484,34 @@ def run_evaluate(args) -> None:
 def run_sweep(args) -> None:
     import logging
 
+    from igptlib.device import resolve_device
     from igptlib.sweep import sweep
 
     resolve_device(args.device)  # cuda without a GPU: an error now, not inside the first notebook
     # papermill logs each cell as it starts ("Executing Cell 6") and the cells' output, timed.
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("papermill").setLevel(logging.INFO)
-    sweep(sizes=args.sizes, dataset=args.dataset, notebooks=args.notebooks, runs=args.runs, steps=args.steps,
+    sweep(sizes=args.sizes, dataset=data_config(args).dataset, notebooks=args.notebooks, runs=args.runs, steps=args.steps,
           smoke=args.smoke, device=args.device, records=None if args.smoke else args.records, command=args.invocation,
           preset_schedule=args.preset_schedule)
+
+
+def run_folder_of(model: str) -> Path:
+    """The run folder that --model names: a run folder itself, or the one holding a checkpoint."""
+    if Path(model).suffix != ".ckpt":
+        return Path(model)
+    from igptlib.train import find_run_folder
+
+    run_dir = find_run_folder(model)
+    if run_dir is None:
+        raise ValueError(f"--model {model}: not in a run folder (expected a config.yaml beside it or one folder up)")
+    return run_dir
 
 
 def run_record(args) -> None:
     from igptlib.records import record_run
 
-    print(f"record: {record_run(run_dir=args.run_dir, name=args.name, records=args.records)}")
+    print(f"record: {record_run(run_dir=run_folder_of(args.model), name=args.name, records=args.records)}")
 
 
 def run_report(args) -> None:
@@ -463,8 +523,8 @@ def run_report(args) -> None:
 def run_card(args) -> None:
     from igptlib.report import shipped_model_card
 
-    check_name(args.name, what="model name", becomes="models/<name>.safetensors")
-    print(f"model card: {shipped_model_card(name=args.name, run_dir=args.run_dir, out=args.out)}")
+    check_name(args.model, "--model", "shipped model's name", "models/<name>.safetensors")
+    print(f"model card: {shipped_model_card(name=args.model, run_dir=args.run_dir, out=args.out)}")
 
 
 def run_ladder(args) -> None:
@@ -478,8 +538,8 @@ def run_finetune_sweep(args) -> None:
     from igptlib.finetune_sweep import finetune_sweep
     from igptlib.shipped import model_name
 
-    pretrained = model_name(args.checkpoint)
-    finetune_sweep(args.checkpoint, runs=Path(args.runs or f"runs/finetune-sweep-{pretrained}"),
+    pretrained = model_name(args.model)
+    finetune_sweep(args.model, runs=Path(args.runs or f"runs/finetune-sweep-{pretrained}"),
                    out=Path(args.out or f"report/runs/finetune-sweep-{pretrained}"), lrs=args.lr, steps=args.steps,
                    budget_minutes=args.budget_minutes, command=args.invocation)
 
@@ -488,8 +548,8 @@ def run_classifier(args) -> None:
     from igptlib.classifier_recipe import classifier
     from igptlib.shipped import model_name
 
-    pretrained = model_name(args.checkpoint)
-    classifier(args.checkpoint, runs=Path(args.runs or f"runs/classifier-{pretrained}"), records=Path(args.records),
+    pretrained = model_name(args.model)
+    classifier(args.model, runs=Path(args.runs or f"runs/classifier-{pretrained}"), records=Path(args.records),
                passes=args.passes, lrs=args.lr, sweep_steps=args.sweep_steps, budget_minutes=args.budget_minutes,
                reserve_minutes=args.reserve_minutes, command=args.invocation)
 
@@ -498,6 +558,7 @@ def run_bench_train(args) -> None:
     import torch
 
     from igptlib.bench import bench_train, print_report
+    from igptlib.device import resolve_device
     from igptlib.train import freed_memory_reused
 
     if args.threads:
@@ -515,8 +576,9 @@ def run_bench_train(args) -> None:
 
 def run_bench_sample(args) -> None:
     from igptlib.bench_sampling import bench_sample, print_report
+    from igptlib.device import resolve_device
 
-    result = bench_sample(preset=args.preset, images=args.images, samples=args.samples, rows=args.rows,
+    result = bench_sample(preset=args.size, images=args.images, samples=args.samples, rows=args.rows,
                           repeats=args.repeats, device=resolve_device(args.device))
     print_report(result)
     if args.json:
@@ -569,24 +631,55 @@ def run_bench_classify(args) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line (the usage is a --help away); subcommands' parsers are of this class too."""
+    """argparse, with its errors on one line (the usage is a --help away), and no abbreviated flags (a
+    flag's old spelling, such as card's --run, is refused rather than read as a longer flag it begins);
+    subcommands' parsers are of this class too."""
+
+    def __init__(self, *args, **keywords):
+        super().__init__(*args, allow_abbrev=False, **keywords)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="igpt", description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+COURSE = "the course's commands"
+MAINTENANCE = "commands that maintain the report and the benchmarks"
 
-    data = commands.add_parser("data", help="fetch and verify a dataset (offline sources included)")
+
+def command_listing(groups: dict[str, list[tuple[str, str]]]) -> str:
+    """`igpt --help`'s list of commands, group by group, each command's help wrapped to the terminal."""
+    width = max(shutil.get_terminal_size().columns - 2, 40)  # argparse's own width
+    indent = 4 + max(len(name) for rows in groups.values() for name, _ in rows)
+    blocks = []
+    for title, rows in groups.items():
+        lines = [f"{title}:"]
+        for name, help in rows:
+            lines += textwrap.wrap(help, width, initial_indent=f"  {name}".ljust(indent), subsequent_indent=" " * indent)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="igpt", usage="%(prog)s [-h] [--version] [--debug] COMMAND ...",
+                     description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('igptlib')}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
+    # The commands are listed by group below the options (the epilog; argparse lists them in one group).
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS, prog="igpt")
+    groups: dict[str, list[tuple[str, str]]] = {COURSE: [], MAINTENANCE: []}
+
+    def command(name: str, group: str, help: str, **keywords) -> argparse.ArgumentParser:
+        groups[group].append((name, help))
+        return commands.add_parser(name, help=help, **{"description": help, **keywords})
+
+    data = command("data", COURSE, "fetch and verify a dataset (offline sources included)")
     add_config_arguments(data, "data", fields=("dataset", "root"))
     data.add_argument("--timeout", type=float, default=120.0, help="seconds allowed to each download source")
     data.add_argument("--refetch", action="store_true", help="fetch again, keeping damaged files as *.bad")
     data.set_defaults(run=run_data)
 
-    centroids = commands.add_parser("centroids", help="fit the k-means colour palette and save it as .npy")
+    centroids = command("centroids", COURSE, "fit the k-means colour palette and save it as .npy")
     add_config_arguments(centroids, "data",
                          fields=("dataset", "root", "n_px", "clusters", "palette_method", "palette_pixels", "seed"),
                          # --method and --pixels: the names these flags had before they were generated
@@ -597,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     centroids.add_argument("--figure", help="also save the palette's swatches as this PNG")
     centroids.set_defaults(run=run_centroids)
 
-    augment = commands.add_parser("augment", help="write the augmented training set to disk and/or show a grid of it")
+    augment = command("augment", COURSE, "write the augmented training set to disk and/or show a grid of it")
     add_config_arguments(augment, "data", fields=("dataset", "root", "augment", "crop_padding", "rotate_degrees", "seed"))
     augment.add_argument("--copies", type=positive_int, default=1, help="augmented copies of the training split to write")
     augment.add_argument("--out", help="an .npz to write (images uint8 [N, C, H, W], labels)")
@@ -605,70 +698,55 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--per-label", type=positive_int, default=6)
     augment.set_defaults(run=run_augment)
 
-    train = commands.add_parser(
-        "train", help="train a model (pre-training or fine-tuning) into a run folder",
-        description="A config flag left out keeps the value of the resumed run, the --config file or the --size preset; "
-                    "the defaults shown are the config dataclasses' own.")
-    train.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
+    train = command(
+        "train", COURSE, "train a model (pre-training, or fine-tuning --model) into a run folder",
+        description="A config flag left out keeps the value of the resumed run, the --config file, --model's training "
+                    "or the --size preset. The defaults shown are the config dataclasses' own; --print-config shows "
+                    "the values a run would use.")
+    add_size_argument(train, "s")
     train.add_argument("--config", help="a RunConfig YAML to start from instead of the --size preset")
-    train.add_argument("--run-dir", help="the run folder (default: runs/<dataset>-<size>, -bert added for BERT; fine-tuning: the pre-trained run's finetune/)")
+    add_model_argument(train, f"fine-tune (L_GEN + L_CLF) this pre-trained model: {MODEL_FORMS} (a checkpoint's run "
+                              "folder says how it was trained)")
+    train.add_argument("--run-dir", help="the run folder (default: runs/<dataset>-<size>, -bert added for BERT; "
+                                         "fine-tuning: the pre-trained run's finetune/, or runs/<model>-finetune)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    train.add_argument("--budget-minutes", type=minutes, metavar="MIN",
-                       help="stop cleanly at a checkpoint once this much wall time has passed (resume later with --resume)")
-    train.add_argument("--finetune-from", metavar="CKPT", help="fine-tune (L_GEN + L_CLF) from a pre-trained checkpoint")
+    add_budget_argument(train, "stop cleanly at a checkpoint once they have passed (go on later with --resume)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the config these flags resolve to (YAML, a --config file) and train nothing")
     add_set_argument(train, "change any config field after the flags, e.g. model.n_embd=32 data.augment=[]")
     for section in SECTIONS:
-        # --finetune-from sets optim.finetune and train.init_from together; --device is train.accelerator's flag.
+        # --model sets optim.finetune and train.init_from together; --device is train.accelerator's flag.
         add_config_arguments(train, section, exclude=("finetune", "init_from"), names={"accelerator": ["--device"]})
     train.set_defaults(run=run_train)
 
-    complete = commands.add_parser("complete", help="complete a PNG/JPG/JPEG image with a shipped model or a checkpoint")
-    complete.add_argument("--model", "--checkpoint", default="mnist",
-                          help="a shipped model's name, a .safetensors file or a .ckpt checkpoint (default: mnist)")
+    complete = command("complete", COURSE, "complete a PNG/JPG/JPEG image with a model")
+    add_model_argument(complete, f"the model that completes: {MODEL_FORMS} (default: mnist)", default="mnist")
     complete.add_argument("--image", required=True, help="PNG, JPG or JPEG of any size or mode")
     complete.add_argument("--samples", type=positive_int, default=8)
     complete.add_argument("--rows", type=int, help="rows kept from the top (default: half the image)")
     complete.add_argument("--temperature", type=float, default=1.0)
     complete.add_argument("--top-k", type=positive_int)
-    complete.add_argument("--seed", type=int, default=0)
+    add_seed_argument(complete)
     complete.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                           help="white-background images are inverted when detected (auto; grayscale models only), always or never")
     complete.add_argument("--turn", choices=list(TURN_CHOICES), default="none",
                           help="quarter turns anticlockwise before completing: none (default), 90, 180, 270, or auto: "
                                "the turn under which the model finds the image most likely")
     complete.add_argument("--out", default="completion.png", help="the figure to write")
-    complete.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    add_device_argument(complete)
     complete.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS,
                           help=f"refuse images that need more pixels than this once made square (default: {MAX_PIXELS:,})")
     complete.set_defaults(run=run_complete)
 
-    export = commands.add_parser("export", help="ship a checkpoint as one safetensors file (weights, config, palette)")
-    export.add_argument("--checkpoint", "--model", required=True,
-                        help="a .ckpt checkpoint (--format hf: also a shipped model's name or a .safetensors file)")
-    export.add_argument("--format", choices=["igpt", "hf"], default="igpt",
-                        help="igpt: one .safetensors file (default); hf: a transformers ImageGPT folder at --out")
-    export.add_argument("--name", help="the shipped model's name: models/<name>.safetensors")
-    export.add_argument("--out", help="another place to write the .safetensors file")
-    export.add_argument("--force", action="store_true", help="replace an existing model file")
-    export.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE", help="provenance kept in the metadata (a repeated KEY makes a list: command=... command=...)")
-    export.set_defaults(run=run_export)
-
-    import_hf = commands.add_parser("import-hf", help="a transformers ImageGPT folder (OpenAI's iGPT weights) -> an igpt model file")
-    import_hf.add_argument("folder", help="config.json, the weights and preprocessor_config.json (the colour clusters)")
-    import_hf.add_argument("--out", required=True, help="the .safetensors file to write")
-    import_hf.add_argument("--force", action="store_true", help="replace an existing model file")
-    import_hf.set_defaults(run=run_import_hf)
-
-    evaluate = commands.add_parser("evaluate", help="likelihood, probes, classification, completions -> JSON")
-    source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint of a run, e.g. runs/mnist-s/checkpoints/best.ckpt")
-    source.add_argument("--model", help="a shipped model's name or a .safetensors file, evaluated on its own dataset; "
-                        "default --out: its record, report/runs/shipped-<name>/evaluation.json (figures beside it)")
-    evaluate.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder)")
+    evaluate = command("evaluate", COURSE, "likelihood, probes, classification, completions -> JSON")
+    add_model_argument(evaluate, f"the model to evaluate: {MODEL_FORMS}. A checkpoint is evaluated on its run's data, "
+                                 "into its run folder; a model file on its own dataset, into its record "
+                                 "(report/runs/shipped-<name>/evaluation.json, figures beside it)", required=True)
+    evaluate.add_argument("--out", help="the JSON to write (default: evaluation.json in the run folder or the record)")
     add_config_arguments(evaluate, "data", fields={"dataset", "root", "batch_size", "limit_test"},
                          description="the data the model was trained on, changed where given; --dataset "
                                      "names it for a checkpoint outside a run folder")
-    evaluate.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    add_device_argument(evaluate)
     evaluate.add_argument("--precision", choices=EVALUATION_PRECISIONS, default="32",
                           help="32 (default) or bf16: bfloat16 autocast for the passes over whole splits, faster on CPUs with bf16 instructions")
     evaluate.add_argument("--no-probes", dest="probes", action="store_false", help="skip the linear probes")
@@ -680,16 +758,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=positive_int, default=4, help="completions per image (default 4)")
     evaluate.add_argument("--keep-rows", type=int, help="rows kept of each image (default: half)")
     evaluate.add_argument("--temperature", type=float, default=1.0)
-    evaluate.add_argument("--seed", type=int, default=0)
+    add_seed_argument(evaluate)
     evaluate.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
-    evaluate.add_argument("--budget-minutes", type=minutes, metavar="MIN",
-                          help="stop between two batches once this much wall time has passed, keeping every finished "
-                               "pass over a split; the same command goes on")
+    add_budget_argument(evaluate, "stop between two batches once they have passed, keeping every finished pass over "
+                                  "a split; the same command goes on")
     evaluate.set_defaults(run=run_evaluate)
 
-    sweep = commands.add_parser("sweep", help="run the training, completion and evaluation notebooks per size (papermill)")
+    export = command("export", COURSE, "ship a checkpoint as one safetensors file (weights, config, palette)")
+    add_model_argument(export, "the .ckpt checkpoint to ship (--format hf: also a shipped model's name or a "
+                               ".safetensors file)", required=True)
+    export.add_argument("--format", choices=["igpt", "hf"], default="igpt",
+                        help="igpt: one .safetensors file (default); hf: a transformers ImageGPT folder at --out")
+    export.add_argument("--name", help="the shipped model's name: models/<name>.safetensors")
+    export.add_argument("--out", help="another place to write the .safetensors file")
+    export.add_argument("--force", action="store_true", help="replace an existing model file")
+    export.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE", help="provenance kept in the metadata (a repeated KEY makes a list: command=... command=...)")
+    export.set_defaults(run=run_export)
+
+    import_hf = command("import-hf", COURSE, "a transformers ImageGPT folder (OpenAI's iGPT weights) -> an igpt model file")
+    import_hf.add_argument("folder", help="config.json, the weights and preprocessor_config.json (the colour clusters)")
+    import_hf.add_argument("--out", required=True, help="the .safetensors file to write")
+    import_hf.add_argument("--force", action="store_true", help="replace an existing model file")
+    import_hf.set_defaults(run=run_import_hf)
+
+    sweep = command("sweep", COURSE, "run the training, completion and evaluation notebooks per size (papermill)")
     sweep.add_argument("--sizes", nargs="+", default=["s", "m", "l"], help="model presets (default: s m l)")
-    sweep.add_argument("--dataset", default="mnist")
+    add_config_arguments(sweep, "data", fields=("dataset",))
     sweep.add_argument("--notebooks", nargs="+", default=list(PIPELINE), help=f"default: {' '.join(PIPELINE)}")
     sweep.add_argument("--runs", default="runs", help="where the run folders go (default: runs)")
     schedule = sweep.add_mutually_exclusive_group()
@@ -699,49 +793,50 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--smoke", action="store_true", help="tiny data and steps, as the tests run them")
     sweep.add_argument("--records", default="report/runs",
                        help="record each finished run here for the report (default: report/runs; smoke runs are not recorded)")
-    sweep.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    add_device_argument(sweep)
     sweep.set_defaults(run=run_sweep)
 
-    record = commands.add_parser("record", help="copy a finished run folder's small files into report/runs/<name> (committed)")
-    record.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (its finetune/ folder comes along)")
+    record = command("record", MAINTENANCE, "copy a finished run folder's small files into report/runs/<name> (committed)")
+    add_model_argument(record, "the finished run folder, or a checkpoint in it (its finetune/ folder comes along)",
+                       required=True)
     record.add_argument("--name", help="the record's name (default: the run folder's name)")
     record.add_argument("--records", default=str(RECORDS), help=f"where records live (default: {RECORDS})")
     record.set_defaults(run=run_record)
 
-    report = commands.add_parser("report", help="record runs/*, then execute the report notebooks (notebooks/09 onwards) on "
-                                                "report/runs/ and report/bench/ and export them to report/ (README, index.html; "
-                                                "results.json, model cards)")
+    report = command("report", MAINTENANCE, "record runs/*, then execute the report notebooks (notebooks/09 onwards) on "
+                                            "report/runs/ and report/bench/ and export them to report/ (README, "
+                                            "index.html; results.json, model cards)")
     report.add_argument("--runs", default="runs", help="the finished run folders under it are recorded first (default: runs)")
     report.add_argument("--records-only", action="store_true", help="record no run folder: build from the committed records alone")
     report.add_argument("--out", default="report", help="where the report and its records (runs/) live (default: report): a new or "
                                                         "empty folder, or one an earlier build wrote")
     report.set_defaults(run=run_report)
 
-    card = commands.add_parser("card", help="record a shipped model's run folder as its training record, then rebuild its card and the report")
-    card.add_argument("--name", required=True, help="the shipped model: models/<name>.safetensors")
-    card.add_argument("--run", dest="run_dir", required=True,
+    card = command("card", MAINTENANCE, "record a shipped model's run folder as its training record, then rebuild its "
+                                        "card and the report")
+    add_model_argument(card, "the shipped model's name: models/<name>.safetensors", required=True)
+    card.add_argument("--run-dir", required=True,
                       help="the run folder that made it (with finetune/ and evaluation.json): recorded as its training record")
     card.add_argument("--out", default="report", help="the report folder (default: report)")
     card.set_defaults(run=run_card)
 
-    robustness = commands.add_parser("robustness", help="inverted and rotated test images: completion and classification, handling on and off")
-    robustness.add_argument("--model", default="mnist",
-                            help="the model that completes: a shipped model's name, a .safetensors file or a .ckpt (default: mnist)")
+    robustness = command("robustness", MAINTENANCE, "inverted and rotated test images: completion and classification, "
+                                                    "handling on and off")
+    add_model_argument(robustness, f"the model that completes: {MODEL_FORMS} (default: mnist)", default="mnist")
     robustness.add_argument("--classifier", default="mnist-classifier",
-                            help="the fine-tuned model that classifies, named the same ways (default: mnist-classifier)")
+                            help="the fine-tuned model that classifies, named as --model is (default: mnist-classifier)")
     robustness.add_argument("--images", type=positive_int, default=200, help="the first N test images (default: 200)")
     robustness.add_argument("--samples", type=positive_int, default=2, help="completions per image (default: 2)")
-    robustness.add_argument("--seed", type=int, default=0)
-    robustness.add_argument("--root", default="data", help="the data root (test images and the judge's cache)")
-    robustness.add_argument("--budget-minutes", type=minutes, metavar="MIN",
-                            help="stop between two rows once this much wall time has passed; the same command goes on")
+    add_seed_argument(robustness)
+    add_config_arguments(robustness, "data", fields=("root",))
+    add_budget_argument(robustness, "stop between two rows once they have passed; the same command goes on")
     robustness.add_argument("--out", help="the JSON to write (default: report/runs/robustness-NAME/robustness.json, NAME the "
-                                               "shipped model's or the checkpoint's run folder's)")
+                                          "shipped model's or the checkpoint's run folder's)")
     robustness.set_defaults(run=run_robustness)
 
-    ladder = commands.add_parser("ladder", help="the CPU ladder: S, M and L trained, evaluated and fine-tuned alike, resumably")
+    ladder = command("ladder", MAINTENANCE, "the CPU ladder: S, M and L trained, evaluated and fine-tuned alike, resumably")
     ladder.add_argument("--runs", default="runs", help="where the ladder's run folders live (default: runs)")
-    ladder.add_argument("--budget-minutes", type=minutes, help="stop cleanly at a checkpoint before this much wall time")
+    add_budget_argument(ladder, "stop cleanly at a checkpoint before they have passed")
     ladder.add_argument("--reserve-minutes", type=minutes, default=20.0,
                         help="kept for what follows an evaluation's passes over the splits (probe fits, completions, "
                              "figures), which cannot stop part way: an evaluation starts only with more than this "
@@ -750,41 +845,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_argument(ladder, "change every run's config alike, e.g. train.val_batches=16")
     ladder.set_defaults(run=run_ladder)
 
-    sweep_lr = commands.add_parser("finetune-sweep", help="choose the fine-tuning learning rate on the validation split, resumably")
-    sweep_lr.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint (e.g. runs/ladder-cpu-l/checkpoints/last.ckpt), "
-                               "a .safetensors model or a shipped model's name (e.g. mnist)")
-    sweep_lr.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES),
-                          help=f"learning rates to try (default: {' '.join(f'{lr:g}' for lr in LEARNING_RATES)})")
+    sweep_lr = command("finetune-sweep", MAINTENANCE, "choose the fine-tuning learning rate on the validation split, resumably")
+    add_model_argument(sweep_lr, f"the pre-trained model: {MODEL_FORMS} (e.g. runs/ladder-cpu-l/checkpoints/last.ckpt "
+                                 "or mnist)", required=True)
+    add_learning_rates_argument(sweep_lr)
     sweep_lr.add_argument("--steps", type=positive_int, default=FINETUNE_SWEEP_STEPS,
                           help=f"fine-tuning steps per rate (default: {FINETUNE_SWEEP_STEPS})")
     sweep_lr.add_argument("--runs", help="where the runs go (default: runs/finetune-sweep-<pre-trained run>)")
     sweep_lr.add_argument("--out", help="the record: JSON and figure (default: report/runs/finetune-sweep-<pre-trained run>)")
-    sweep_lr.add_argument("--budget-minutes", type=minutes, help="stop cleanly at a checkpoint before this much wall time")
+    add_budget_argument(sweep_lr, "stop cleanly at a checkpoint before they have passed")
     sweep_lr.set_defaults(run=run_finetune_sweep)
 
-    recipe = commands.add_parser("classifier", help="fine-tune a classifier by the recipe: the rate chosen on validation, "
-                                                     "several passes, early stopping, then the test split; resumably")
-    recipe.add_argument("--from", dest="checkpoint", required=True, help="a pre-trained run's checkpoint (e.g. runs/ladder-cpu-m/checkpoints/last.ckpt), "
-                             "a .safetensors model or a shipped model's name (e.g. mnist)")
+    recipe = command("classifier", MAINTENANCE, "fine-tune a classifier by the recipe: the rate chosen on validation, "
+                                                "several passes, early stopping, then the test split; resumably")
+    add_model_argument(recipe, f"the pre-trained model: {MODEL_FORMS} (e.g. runs/ladder-cpu-m/checkpoints/last.ckpt "
+                               "or mnist)", required=True)
     recipe.add_argument("--passes", type=positive_float, default=CLASSIFIER_PASSES,
                         help=f"passes over the training split at most; validation stops it sooner (default: {CLASSIFIER_PASSES:g})")
-    recipe.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES),
-                        help=f"learning rates the sweep tries (default: {' '.join(f'{lr:g}' for lr in LEARNING_RATES)})")
+    add_learning_rates_argument(recipe)
     recipe.add_argument("--sweep-steps", type=positive_int, default=FINETUNE_SWEEP_STEPS,
                         help=f"the sweep's fine-tuning steps per rate (default: {FINETUNE_SWEEP_STEPS})")
     recipe.add_argument("--runs", help="where the runs go (default: runs/classifier-<pre-trained run>)")
     recipe.add_argument("--records", default="report/runs", help="the sweep's and the classifier's records (default: report/runs)")
-    recipe.add_argument("--budget-minutes", type=minutes, help="stop cleanly at a checkpoint before this much wall time")
+    add_budget_argument(recipe, "stop cleanly at a checkpoint before they have passed")
     recipe.add_argument("--reserve-minutes", type=minutes, default=10.0,
                         help="kept for what follows the test classification's pass (metrics, figures): it starts "
                              "only with more than this much of the budget left, and its pass stops this long before "
                              "the budget ends (default: 10)")
     recipe.set_defaults(run=run_classifier)
 
-    bench = commands.add_parser("bench", help="benchmarks (they print figures; they are not tests)")
+    bench = command("bench", MAINTENANCE, "benchmarks (they print figures; they are not tests)")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     train = kinds.add_parser("train", help="training throughput and GFLOP/s against a plain reference model")
-    train.add_argument("--size", default="s", choices=list(PRESETS), help="model preset (default: s)")
+    add_size_argument(train, "s")
     train.add_argument("--batch-size", type=positive_int, default=64)
     train.add_argument("--steps", type=positive_int, default=3, help="timed steps per model (the median counts)")
     train.add_argument("--warmup", type=int, default=5, help="untimed steps per model first (default: 5)")
@@ -796,21 +889,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
                        help="reuse: glibc keeps freed memory, as `igpt train` sets it on CPUs (for both models); "
                             "default: glibc as it comes")
-    train.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
-    train.add_argument("--json", help="also write the figures to this JSON file")
+    add_device_argument(train)
+    add_json_argument(train)
     train.set_defaults(run=run_bench_train)
     sample = kinds.add_parser("sample", help="KV-cache completion against the naive sampler and transformers' generate()")
-    sample.add_argument("--preset", default="xs")
+    add_size_argument(sample, "xs")
     sample.add_argument("--images", type=positive_int, default=1)
     sample.add_argument("--samples", type=positive_int, default=16)
     sample.add_argument("--rows", type=int, default=14, help="rows kept; the rest are sampled")
     sample.add_argument("--repeats", type=positive_int, default=3, help="the cached sampler's best of this many runs")
-    sample.add_argument("--device", choices=DEVICES, default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
-    sample.add_argument("--json", help="also write the figures to this JSON file")
+    add_device_argument(sample)
+    add_json_argument(sample)
     sample.set_defaults(run=run_bench_sample)
     converge = kinds.add_parser("converge", help="time to quality: validation nats/px against wall minutes, then test")
     converge.add_argument("--name", help="the recipe's name: report/bench/converge-NAME.json (required unless --redraw)")
-    converge.add_argument("--size", default="cpu", choices=list(PRESETS), help="the preset to start from (default: cpu)")
+    add_size_argument(converge, "cpu", "the preset to start from")
     converge.add_argument("--minutes", type=positive_float, default=30.0, help="wall-clock budget of the training (default: 30)")
     add_set_argument(converge, "change the preset's config, e.g. optim.lr=3e-3 data.batch_size=16 model.n_head=2")
     converge.add_argument("--threads", type=int, default=2, help="torch threads (default: 2, this machine's cores)")
@@ -827,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     converge.set_defaults(run=run_bench_converge)
     classify = kinds.add_parser("classify", help="time to quality for classification: pre-training, fine-tuning, test")
     classify.add_argument("--name", required=True, help="the recipe's name: report/bench/classify-NAME.json")
-    classify.add_argument("--size", default="cpu-fast", choices=list(PRESETS), help="the preset to start from (default: cpu-fast)")
+    add_size_argument(classify, "cpu-fast", "the preset to start from")
     classify.add_argument("--pretrain-steps", type=int, default=4000, help="generative pre-training steps (0: none, the labels-alone control)")
     classify.add_argument("--finetune-steps", type=positive_int, default=12000, help="fine-tuning steps (L_GEN + L_CLF)")
     add_set_argument(classify, "change the preset's config for both stages, e.g. data.n_px=16 model.norm=rms")
@@ -836,26 +929,33 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--finetune-set", dest="finetune_overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
                           help="change the fine-tuning stage's config only, e.g. optim.lr=1e-3 data.augment=[crop]")
     classify.add_argument("--probe", action="store_true", help="also fit linear probes on the pre-trained model (own minutes)")
-    classify.add_argument("--budget-minutes", type=positive_float, help="stop at a checkpoint before this many minutes; run again to go on")
+    add_budget_argument(classify, "stop at a checkpoint before they have passed; run again to go on")
     classify.add_argument("--run-dir", help="the run folder (default: runs/classify-NAME)")
     classify.add_argument("--out", default="report/bench", help="where the JSON goes (default: report/bench)")
     classify.add_argument("--cnn", action="store_true", help="the convolutional control instead of the transformer")
     classify.add_argument("--epochs", type=positive_int, default=12, help="with --cnn: training epochs (default: 12)")
     classify.set_defaults(run=run_bench_classify)
+
+    parser.epilog = command_listing(groups)
     return parser
 
 
-# What a user's input or the machine's state can cause: one line, exit status 2. Anything else is
-# a bug: one line and exit status 1, with the traceback behind --debug.
-USER_ERRORS = (DataError, PaletteError, ConfigError, CheckpointError, ImageLoadError, OSError, ValueError,
-               MisconfigurationException)
+def user_error(error: Exception) -> bool:
+    """Whether a user's input or the machine's state caused `error`. igptlib's own errors about
+    inputs (ConfigError, CheckpointError, PaletteError, ImageLoadError...) are ValueErrors; two
+    others are not, and each is looked for only once its module is loaded, as a command that never
+    loaded it cannot have raised it (importing torch or Lightning here would cost every command seconds)."""
+    if isinstance(error, (OSError, ValueError)):
+        return True
+    others = {"igptlib.datasets": "DataError", "lightning.fabric.utilities.exceptions": "MisconfigurationException"}
+    return any(module in sys.modules and isinstance(error, getattr(sys.modules[module], name))
+               for module, name in others.items())
 
 
 def out_of_memory(error: Exception) -> bool:
     """Python's MemoryError, or torch's: a GPU's OutOfMemoryError, or a CPU allocation refused."""
-    import torch
-
-    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+    torch = sys.modules.get("torch")  # a command that never loaded torch ran out of memory in Python's hands
+    return isinstance(error, MemoryError) or (torch is not None and isinstance(error, torch.OutOfMemoryError)) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
@@ -867,18 +967,17 @@ def main(argv: list[str] | None = None) -> int:
     args.invocation = ["igpt", *argv]  # the command line, which records keep as provenance
     try:
         args.run(args)
-    except USER_ERRORS as error:
-        if args.debug:
-            raise
-        print(f"igpt {args.command}: error: {clip(error, 1000)}", file=sys.stderr)  # one line, whatever it says
-        return 2
     except Exception as error:
         if args.debug:
             raise
+        if user_error(error):  # one line, whatever it says; exit status 2
+            print(f"igpt {args.command}: error: {clip(error, 1000)}", file=sys.stderr)
+            return 2
         if out_of_memory(error):
             print(f"igpt {args.command}: error: out of memory ({clip(error, 200)}); expected smaller inputs, "
                   "sizes or counts for this machine", file=sys.stderr)
             return 2
+        # Anything else is a bug: one line and exit status 1, with the traceback behind --debug.
         print(f"igpt {args.command}: internal error (a bug; --debug shows the traceback): "
               f"{type(error).__name__}: {clip(error, 1000)}", file=sys.stderr)
         return 1

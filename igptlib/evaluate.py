@@ -9,7 +9,7 @@ From a model and a PixelDataModule, evaluate_model computes
                     completions that the judge (igptlib.judge) labels as the original's class, and
                     how many completed pixels agree with the original's
 
-`igpt evaluate --checkpoint C` (evaluate_and_write) writes all of it as evaluation.json in the run folder.
+`igpt evaluate --model M` (evaluate_and_write) writes all of it as evaluation.json in the run folder.
 Given a budget, it stops between batches once the budget is spent, keeping each pass over a split
 it finished in a folder beside the JSON (evaluation.passes/): the same command goes on from there.
 """
@@ -166,16 +166,16 @@ def checkpoint_to_evaluate(checkpoint, dataset: str = "mnist") -> tuple:
     return module, data, run_dir, {"checkpoint": str(checkpoint), "global_step": step, "finetuned": module.optim_config.finetune}
 
 
-def model_to_evaluate(checkpoint=None, model: str | None = None, dataset: str = "mnist", out=None) -> tuple:
-    """checkpoint_to_evaluate for a checkpoint, or for a `model` a shipped model (its record's
-    folder, or the folder of `out`)."""
-    if model is None:
-        return checkpoint_to_evaluate(checkpoint, dataset)
+def model_to_evaluate(model: str, dataset: str = "mnist", out=None) -> tuple:
+    """checkpoint_to_evaluate for a checkpoint; for a shipped model's name or a .safetensors file, the
+    same of the model file, whose folder is its record's (or the folder of `out`)."""
     from igptlib.records import made_by_finetuning, shipped_record
     from igptlib.model_files import read_notes
     from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
 
-    module = load_model(model)  # a name or a file; anything else is refused here
+    if model not in shipped_models() and Path(model).suffix != ".safetensors":  # what load_model reads as a checkpoint
+        return checkpoint_to_evaluate(model, dataset)
+    module = load_model(model)
     path = MODELS_DIR / f"{model}.safetensors" if model in shipped_models() else Path(model)
     data = data_config_for(module.model_config, dataset=model_dataset(path) or dataset)
     folder = Path(out).parent if out else shipped_record(path.stem)

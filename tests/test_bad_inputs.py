@@ -286,7 +286,7 @@ EXPORT = [
     ("a folder as --out", ["--out", "{folder}"], "a directory; expected the path of a .safetensors file"),
     ("--out without .safetensors", ["--out", "{folder}/model.bin"], "expected a path ending in .safetensors"),
     ("an existing --out", ["--out", "{folder}/taken.safetensors"], "taken.safetensors exists"),
-    ("no such checkpoint", ["--checkpoint", "{folder}/absent.ckpt", "--out", "{folder}/new.safetensors"], "no such checkpoint"),
+    ("no such checkpoint", ["--model", "{folder}/absent.ckpt", "--out", "{folder}/new.safetensors"], "no such checkpoint"),
     ("a --note without =", ["--out", "{folder}/new.safetensors", "--note", "oops"], "--note 'oops': expected KEY=VALUE"),
 ]
 
@@ -298,8 +298,8 @@ def test_export_refuses_and_overwrites_nothing(capsys, tiny_checkpoint, tmp_path
     (tmp_path / "taken.safetensors").write_bytes(b"someone's model")
     names = {"shipped": shipped[0], "folder": str(tmp_path)}
     arguments = fill(arguments, names)
-    if "--checkpoint" not in arguments:
-        arguments += ["--checkpoint", str(tiny_checkpoint)]
+    if "--model" not in arguments:
+        arguments += ["--model", str(tiny_checkpoint)]
     refused(capsys, ["export", *arguments], expected, tmp_path, MODELS_DIR)
     assert not list(tmp_path.glob("*.partial")) and not list(MODELS_DIR.glob("*.partial"))
     assert not (tmp_path / "new.safetensors").exists()
@@ -309,13 +309,13 @@ def test_export_follows_the_umask_and_replaces_only_with_force(capsys, tiny_chec
     out = tmp_path / "mine.safetensors"
     previous = os.umask(0o022)
     try:
-        assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+        assert main(["export", "--model", str(tiny_checkpoint), "--out", str(out)]) == 0
     finally:
         os.umask(previous)
     assert out.stat().st_mode & 0o777 == 0o644  # safetensors' own save_file makes 0600 whatever the umask
     first = out.read_bytes()
-    refused(capsys, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "a=b"], "exists", tmp_path)
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "a=b", "--force"]) == 0
+    refused(capsys, ["export", "--model", str(tiny_checkpoint), "--out", str(out), "--note", "a=b"], "exists", tmp_path)
+    assert main(["export", "--model", str(tiny_checkpoint), "--out", str(out), "--note", "a=b", "--force"]) == 0
     assert out.read_bytes() != first
 
 
@@ -326,13 +326,13 @@ OTHERS = [
     (["augment", "--root", "{root}", "--per-label", "0", "--grid", "{folder}/g.png"], "argument --per-label: expected a positive integer, got 0"),
     (["augment", "--root", "{root}", "--copies", "0", "--out", "{folder}/a.npz"], "argument --copies"),
     (["augment", "--root", "{root}", "--augment", "twirl", "--grid", "{folder}/g.png"], "argument --augment: invalid choice: 'twirl'"),
-    (["evaluate", "--checkpoint", "{checkpoint}", "--probe-train", "0"], "argument --probe-train: expected a positive integer, got 0"),
-    (["evaluate", "--checkpoint", "{checkpoint}", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
-    (["evaluate", "--checkpoint", "{folder}/absent.ckpt"], "no such checkpoint"),
-    (["evaluate", "--checkpoint", "{checkpoint}", "--limit-test", "0"], "DataConfig.limit_test: expected a positive integer or null, got 0"),
-    (["evaluate", "--checkpoint", "{checkpoint}", "--dataset", "svhn"], "argument --dataset: invalid choice: 'svhn'"),
-    (["finetune-sweep", "--from", "{folder}/absent.ckpt"], "no such checkpoint"),
-    (["finetune-sweep", "--from", "{checkpoint}", "--steps", "0"], "argument --steps: expected a positive integer, got 0"),
+    (["evaluate", "--model", "{checkpoint}", "--probe-train", "0"], "argument --probe-train: expected a positive integer, got 0"),
+    (["evaluate", "--model", "{checkpoint}", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["evaluate", "--model", "{folder}/absent.ckpt"], "no such checkpoint"),
+    (["evaluate", "--model", "{checkpoint}", "--limit-test", "0"], "DataConfig.limit_test: expected a positive integer or null, got 0"),
+    (["evaluate", "--model", "{checkpoint}", "--dataset", "svhn"], "argument --dataset: invalid choice: 'svhn'"),
+    (["finetune-sweep", "--model", "{folder}/absent.ckpt"], "no such checkpoint"),
+    (["finetune-sweep", "--model", "{checkpoint}", "--steps", "0"], "argument --steps: expected a positive integer, got 0"),
     (["bench", "train", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
     (["bench", "train", "--steps", "0"], "argument --steps"),
     (["bench", "sample", "--repeats", "0"], "argument --repeats: expected a positive integer, got 0"),
@@ -341,7 +341,7 @@ OTHERS = [
     (["augment", "--root", "{root}", "--copies", "1000000", "--out", "{folder}/a.npz"],
      "--copies 1000000: 1,000,000 augmented copies of 54,000 images need 42,336.0 GB in memory, over half"),
     (["centroids", "--root", "{root}", "--out", "{text.npy}"], "text.npy: not a .npy array (the file is not in numpy's .npy format)"),
-    (["evaluate", "--checkpoint", "{checkpoint}", "--budget-minutes", "nan"],
+    (["evaluate", "--model", "{checkpoint}", "--budget-minutes", "nan"],
      "argument --budget-minutes: expected 0 or a finite positive number, got nan"),
     (["robustness", "--budget-minutes", "inf"], "argument --budget-minutes: expected 0 or a finite positive number, got inf"),
     (["ladder", "--reserve-minutes", "nan"], "argument --reserve-minutes: expected 0 or a finite positive number, got nan"),
@@ -437,8 +437,8 @@ def test_complete_replaces_a_link_at_out_and_never_writes_through_it(capsys, tin
 def test_export_with_force_replaces_a_link_and_never_writes_through_it(capsys, tiny_checkpoint, tmp_path):
     out = tmp_path / "model.safetensors"
     victim = links_to_a_victim(tmp_path, out)
-    refused(capsys, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)], "exists", tmp_path)
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--force"]) == 0
+    refused(capsys, ["export", "--model", str(tiny_checkpoint), "--out", str(out)], "exists", tmp_path)
+    assert main(["export", "--model", str(tiny_checkpoint), "--out", str(out), "--force"]) == 0
     assert victim.read_text() == "someone else's file" and not out.is_symlink()
     load_file(str(out))
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial") and not path.is_symlink()]
@@ -474,7 +474,7 @@ def test_a_truncated_kept_pass_is_measured_again(capsys, tiny_checkpoint, tmp_pa
     passes.mkdir()
     np.savez(passes / "test.npz", labels=np.arange(1000), meta=np.array("{}"))
     (passes / "test.npz").write_bytes((passes / "test.npz").read_bytes()[:300])  # a write cut short
-    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--no-probes", "--completions", "0",
+    assert main(["evaluate", "--model", str(tiny_checkpoint), "--out", str(out), "--no-probes", "--completions", "0",
                  "--no-figures", "--limit-test", "32"]) == 0
     err = capsys.readouterr().err
     assert "test.npz: a kept pass that cannot be read (BadZipFile: " in err and "measuring it again" in err
@@ -486,7 +486,7 @@ def test_damaged_records_are_named_not_tracebacks(capsys, tiny_run, tmp_path):
     from igptlib.robustness import SETTINGS, measure_into
 
     (tiny_run / "metrics.json").write_text("[1, 2]")
-    refused(capsys, ["record", str(tiny_run), "--records", str(tmp_path / "records")],
+    refused(capsys, ["record", "--model", str(tiny_run), "--records", str(tmp_path / "records")],
             "metrics.json: holds a JSON list, [1, 2]; expected a JSON object", tiny_run)
     assert not (tmp_path / "records").exists() or not list((tmp_path / "records").iterdir())
     table = tmp_path / "robustness.json"
@@ -516,16 +516,16 @@ def test_a_digit_drawn_on_transparency_is_read_whatever_its_ink(tmp_path, digit,
 # -- names that would be paths ------------------------------------------------------------------------
 
 NAMES = [
-    (["record", "{run}", "--name", ".."], "--name '..': expected a plain record name"),
-    (["record", "{run}", "--name", "{repository}/report"], "expected a plain record name"),
-    (["record", "{run}", "--name", "a/b/c"], "--name 'a/b/c': expected a plain record name"),
-    (["record", "{run}", "--name", ""], "--name '': expected a plain record name"),
-    (["record", "{run}", "--name", "robustness-mnist"], "robustness-mnist exists and is not a run record (no record.json"),
-    (["record", "report/runs/ladder-cpu-s"], "ladder-cpu-s: a run record, not a run folder"),
+    (["record", "--model", "{run}", "--name", ".."], "--name '..': expected a plain record name"),
+    (["record", "--model", "{run}", "--name", "{repository}/report"], "expected a plain record name"),
+    (["record", "--model", "{run}", "--name", "a/b/c"], "--name 'a/b/c': expected a plain record name"),
+    (["record", "--model", "{run}", "--name", ""], "--name '': expected a plain record name"),
+    (["record", "--model", "{run}", "--name", "robustness-mnist"], "robustness-mnist exists and is not a run record (no record.json"),
+    (["record", "--model", "report/runs/ladder-cpu-s"], "ladder-cpu-s: a run record, not a run folder"),
     (["bench", "converge", "--name", "../x", "--minutes", "0.01"], "--name '../x': expected a plain recipe name"),
     (["bench", "converge", "--name", "x", "--branch-from", "../y"], "--branch-from '../y': expected a plain recipe name"),
-    (["card", "--name", "../models/mnist", "--run", "{run}"], "--name '../models/mnist': expected a plain model name"),
-    (["export", "--checkpoint", "{checkpoint}", "--name", "../models/mnist"], "expected a plain model name"),
+    (["card", "--model", "../models/mnist", "--run-dir", "{run}"], "--model '../models/mnist': expected a plain shipped model's name"),
+    (["export", "--model", "{checkpoint}", "--name", "../models/mnist"], "expected a plain model name"),
 ]
 
 
@@ -540,7 +540,7 @@ def test_a_record_replaces_only_its_own_folder(capsys, monkeypatch, repository, 
     monkeypatch.chdir(repository)
     before = snapshot(repository)
     for _ in range(2):  # the second replaces the first whole
-        assert main(["record", str(tiny_run), "--name", "bad-input-check"]) == 0
+        assert main(["record", "--model", str(tiny_run), "--name", "bad-input-check"]) == 0
     record = repository / "report" / "runs" / "bad-input-check"
     try:
         assert (record / "record.json").is_file() and (record / "metrics.json").is_file()

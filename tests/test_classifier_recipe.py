@@ -43,9 +43,9 @@ def test_the_recipe_sweeps_fine_tunes_tests_and_records_resumably(tiny_checkpoin
 
 
 def test_the_command_refuses_a_bad_checkpoint_and_bad_passes(tmp_path, tiny_checkpoint, capsys):
-    assert main(["classifier", "--from", str(tmp_path / "absent.ckpt"), "--runs", str(tmp_path / "runs")]) == 2
+    assert main(["classifier", "--model", str(tmp_path / "absent.ckpt"), "--runs", str(tmp_path / "runs")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err and not (tmp_path / "runs").exists()
     with pytest.raises(SystemExit) as exit:
-        main(["classifier", "--from", str(tiny_checkpoint), "--passes", "0"])
+        main(["classifier", "--model", str(tiny_checkpoint), "--passes", "0"])
     assert exit.value.code == 2
     assert "argument --passes: expected a finite positive number, got 0" in capsys.readouterr().err

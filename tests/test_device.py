@@ -46,7 +46,7 @@ def test_sampling_on_the_cpu_runs_without_autocast():
 @no_gpu
 @pytest.mark.parametrize("command", [
     ["complete", "--image", "digit.png", "--device", "cuda"],
-    ["evaluate", "--checkpoint", "best.ckpt", "--device", "cuda"],
+    ["evaluate", "--model", "best.ckpt", "--device", "cuda"],
     ["train", "--size", "xs", "--device", "cuda", "--run-dir", "RUN"],
     ["sweep", "--sizes", "xs", "--smoke", "--device", "cuda", "--runs", "RUNS"],
 ])

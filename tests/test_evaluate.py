@@ -389,7 +389,7 @@ def test_an_evaluation_stopped_by_its_deadline_goes_on_from_the_passes_it_kept(d
 
 def test_igpt_evaluate_with_a_budget_stops_and_the_same_command_goes_on(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "evaluation.json"
-    command = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--probe-layers", "0", "1",
+    command = ["evaluate", "--model", str(tiny_checkpoint), "--out", str(out), "--probe-layers", "0", "1",
                "--probe-train", "32", "--completions", "0", "--no-figures"]
     assert main([*command, "--budget-minutes", "0"]) == 0
     said = capsys.readouterr().out
@@ -410,7 +410,7 @@ def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, cla
                                    "log_every": 1})
     run = tmp_path / "run"
     train(config, run)
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--probe-layers", "0", "4",
+    assert main(["evaluate", "--model", str(run / "checkpoints" / "last.ckpt"), "--probe-layers", "0", "4",
                  "--probe-train", "64", "--completions", "2", "--samples", "2"]) == 0
     saved = json.loads((run / "evaluation.json").read_text())
     assert saved["global_step"] == 2 and saved["finetuned"] is False
@@ -418,7 +418,7 @@ def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, cla
     assert saved["test_images"] == 32 and set(saved["probes"]["test_accuracy"]) == {"0", "4"}
     assert (run / "figures" / "completions.png").exists()
     # bfloat16 autocast: the same measures, written to another file, nearly the same likelihood
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--no-probes", "--completions", "0",
+    assert main(["evaluate", "--model", str(run / "checkpoints" / "last.ckpt"), "--no-probes", "--completions", "0",
                  "--precision", "bf16", "--out", str(run / "bf16.json"), "--no-figures"]) == 0
     fast = json.loads((run / "bf16.json").read_text())
     assert fast["precision"] == "bf16" and saved["precision"] == "32"

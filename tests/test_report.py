@@ -49,14 +49,14 @@ def evaluated_run(tiny_checkpoint, mnist_root, tmp_path_factory) -> Path:
     """A run folder with a fine-tuning run in finetune/, both evaluated with `igpt evaluate`."""
     run = tmp_path_factory.mktemp("runs") / "tiny"
     shutil.copytree(tiny_checkpoint.parent.parent, run)
-    assert main(["train", "--size", "xs", "--finetune-from", str(run / "checkpoints" / "last.ckpt"),
+    assert main(["train", "--size", "xs", "--model", str(run / "checkpoints" / "last.ckpt"),
                  "--run-dir", str(run / "finetune"), "--root", str(mnist_root), "--limit-train", "64",
                  "--limit-val", "32", "--batch-size", "16", "--steps", "2", "--val-every", "2", "--save-every", "2",
                  "--checkpoint-steps", "--no-test", "--no-progress-bar"]) == 0
     # No completions: their judge, a CNN trained on all of MNIST, would cost more than everything else here.
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), *SMALL, "--probe-train", "64",
+    assert main(["evaluate", "--model", str(run / "checkpoints" / "last.ckpt"), *SMALL, "--probe-train", "64",
                  "--completions", "0"]) == 0
-    assert main(["evaluate", "--checkpoint", str(run / "finetune" / "checkpoints" / "last.ckpt"), *SMALL,
+    assert main(["evaluate", "--model", str(run / "finetune" / "checkpoints" / "last.ckpt"), *SMALL,
                  "--no-probes", "--completions", "0"]) == 0
     return run
 
@@ -127,10 +127,10 @@ def test_a_local_run_refreshes_its_own_record_and_leaves_the_others(evaluated_ru
 
 
 def test_igpt_record_copies_a_run_folder_under_the_name_given(evaluated_run, tmp_path, capsys):
-    assert main(["record", str(evaluated_run), "--name", "renamed", "--records", str(tmp_path)]) == 0
+    assert main(["record", "--model", str(evaluated_run), "--name", "renamed", "--records", str(tmp_path)]) == 0
     assert (tmp_path / "renamed" / "finetune" / "metrics.json").exists()
     assert json.loads((tmp_path / "renamed" / "record.json").read_text())["source"] == str(evaluated_run)
-    assert main(["record", str(tmp_path / "nothing"), "--records", str(tmp_path)]) == 2
+    assert main(["record", "--model", str(tmp_path / "nothing"), "--records", str(tmp_path)]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
 
 
@@ -183,7 +183,7 @@ def test_a_shipped_model_is_measured_into_its_record_and_its_card_names_the_comm
 
 
 def test_igpt_card_refuses_a_model_that_is_not_shipped(evaluated_run, capsys):
-    assert main(["card", "--name", "absent", "--run", str(evaluated_run)]) == 2
+    assert main(["card", "--model", "absent", "--run-dir", str(evaluated_run)]) == 2
     assert "absent.safetensors: no such shipped model" in capsys.readouterr().err
 
 

@@ -73,12 +73,12 @@ def test_igpt_export_then_complete_with_the_exported_model(mnist_root, tiny_chec
     from igptlib.datasets import load_split
 
     out = tmp_path / "tiny.safetensors"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "data=mnist"]) == 0
+    assert main(["export", "--model", str(tiny_checkpoint), "--out", str(out), "--note", "data=mnist"]) == 0
     assert read_notes(out) == {"checkpoint": str(tiny_checkpoint), "data": "mnist"}
     Image.fromarray(load_split("mnist", mnist_root, train=False)[0][0, 0].numpy()).save(tmp_path / "digit.png")
     args = ["complete", "--model", str(out), "--image", str(tmp_path / "digit.png"), "--samples", "2",
             "--out", str(tmp_path / "fig.png")]
     assert main(args) == 0
     assert "2 completions of the bottom 14 rows" in capsys.readouterr().out
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--note", "oops"]) == 2
+    assert main(["export", "--model", str(tiny_checkpoint), "--out", str(out), "--note", "oops"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err

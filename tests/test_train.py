@@ -287,12 +287,12 @@ def test_a_run_folder_is_never_overwritten_and_resumes_only_its_own_model(data_r
 
 def test_finetuning_from_a_pretrained_run_adds_the_classifier(data_root, tmp_path):
     train(smoke_config(data_root, steps=2, checkpoint_steps=[]), tmp_path / "pre")
-    args = build_parser().parse_args(["train", "--finetune-from", str(tmp_path / "pre/checkpoints/last.ckpt"),
+    args = build_parser().parse_args(["train", "--model", str(tmp_path / "pre/checkpoints/last.ckpt"),
                                       "--run-dir", str(tmp_path / "ft"), "--config", str(tmp_path / "pre/config.yaml"),
                                       "--steps", "2", "--val-every", "2"])
     config, run_dir = train_config(args)
     assert config.optim.finetune and config.train.init_from.endswith("last.ckpt")
-    without_run_dir = build_parser().parse_args(["train", "--finetune-from", str(tmp_path / "pre/checkpoints/last.ckpt")])
+    without_run_dir = build_parser().parse_args(["train", "--model", str(tmp_path / "pre/checkpoints/last.ckpt")])
     tuned, tuned_dir = train_config(without_run_dir)
     assert tuned_dir == tmp_path / "pre/finetune"  # where the notebooks and records look
     assert tuned.data == RunConfig.load_yaml(tmp_path / "pre/config.yaml").data  # what the model was trained on
