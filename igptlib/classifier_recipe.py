@@ -1,6 +1,6 @@
 """A classifier at the seed's level: the fine-tuning recipe as one resumable command.
 
-`igpt classifier --from CHECKPOINT` fine-tunes a pre-trained run (or a model file, a shipped one by
+`igpt classifier --model MODEL` fine-tunes a pre-trained run (or a model file, a shipped one by
 its name) with L_GEN + L_CLF in three stages:
 
     sweep      `igpt finetune-sweep`: one short fine-tuning per learning rate, the rate chosen by

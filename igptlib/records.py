@@ -15,7 +15,7 @@ needs from one, in the same layout, so that a fresh clone rebuilds the same repo
         figures/*.png                the evaluation's figures
         finetune/...                 the same files of the fine-tuning run
 
-`igpt record RUN_DIR [--name NAME]` writes one; `igpt sweep` and `igpt report` record the run folders
+`igpt record --model RUN_DIR [--name NAME]` writes one; `igpt sweep` and `igpt report` record the run folders
 they find. A shipped model's record is report/runs/shipped-<model>/: `igpt evaluate --model <model>`
 writes its evaluation.json and figures there; its training files are there only if they were kept.
 """

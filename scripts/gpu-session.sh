@@ -58,28 +58,28 @@ igpt train --size $SIZE --device $DEVICE --run-dir $RUN --steps "$PRETRAIN_STEPS
     "train.checkpoint_steps=[]" train.progress_bar=false
 
 step "choose the fine-tuning rate on the validation split"
-igpt finetune-sweep --from $RUN/checkpoints/last.ckpt --lr 3e-4 1e-3 3e-3 --steps $SWEEP_STEPS --runs runs/finetune-sweep \
+igpt finetune-sweep --model $RUN/checkpoints/last.ckpt --lr 3e-4 1e-3 3e-3 --steps $SWEEP_STEPS --runs runs/finetune-sweep \
     --out runs/finetune-sweep-record --budget-minutes 1.6
 LR=$(python3 -c "import json; print(json.load(open('runs/finetune-sweep-record/finetune_sweep.json'))['chosen_lr'])" 2>/dev/null || echo 1e-3)
 echo "fine-tuning rate: $LR"
 
 step "fine-tune at lr $LR: crops, cosine, at most ${FINETUNE_STEPS} steps, early stopping after 5 validations"
-igpt train --finetune-from $RUN/checkpoints/last.ckpt --device $DEVICE --lr "$LR" --steps "$FINETUNE_STEPS" --early-stop 5 \
+igpt train --model $RUN/checkpoints/last.ckpt --device $DEVICE --lr "$LR" --steps "$FINETUNE_STEPS" --early-stop 5 \
     --budget-minutes 2.0 --set "data.augment=[crop]" optim.schedule=cosine optim.warmup_steps=50 \
     train.val_every=$((FINETUNE_STEPS / 20)) train.save_every=$((FINETUNE_STEPS / 4)) train.progress_bar=false
 
 step "evaluate the fine-tuned model's classification on the test split"
-timeout 60 python3 -m igptlib.cli evaluate --checkpoint $RUN/finetune/checkpoints/best.ckpt --device $DEVICE --precision bf16 \
+timeout 60 python3 -m igptlib.cli evaluate --model $RUN/finetune/checkpoints/best.ckpt --device $DEVICE --precision bf16 \
     --no-probes --completions 0
 
 step "export both models"
 mkdir -p runs/export
-igpt export --checkpoint $RUN/checkpoints/last.ckpt --out runs/export/mnist-gpu.safetensors
-igpt export --checkpoint $RUN/finetune/checkpoints/best.ckpt --out runs/export/mnist-gpu-classifier.safetensors
+igpt export --model $RUN/checkpoints/last.ckpt --out runs/export/mnist-gpu.safetensors
+igpt export --model $RUN/finetune/checkpoints/best.ckpt --out runs/export/mnist-gpu-classifier.safetensors
 tar -cf - -C runs/export . | split -b 15M - "$OUT/models.tar.part-"
 
 step "evaluate the pre-trained model: likelihood, probes per layer, completions (until $(left) s are spent)"
-timeout "$(left)" python3 -m igptlib.cli evaluate --checkpoint $RUN/checkpoints/last.ckpt --device $DEVICE --precision bf16 --completions 8
+timeout "$(left)" python3 -m igptlib.cli evaluate --model $RUN/checkpoints/last.ckpt --device $DEVICE --precision bf16 --completions 8
 
 step "pack the run folders, without checkpoints"
 tar -czf "$OUT/runs.tar.gz" --exclude='*.ckpt' runs
