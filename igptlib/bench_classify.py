@@ -18,6 +18,7 @@ A benchmark, not a test: it writes report/bench/classify-<name>.json.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -76,7 +77,19 @@ def machine() -> dict:
     from igptlib.records import describe_hardware
 
     return {"hardware": describe_hardware(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "nice": os.nice(0), "load_average_before": os.getloadavg()}
+            "nice": os.nice(0), "autogroup_nice": autogroup_nice(), "load_average_before": os.getloadavg()}
+
+
+def autogroup_nice() -> int | None:
+    """The nice value of this process's Linux scheduler autogroup (None where there is none). Where
+    autogroups are on, the CPU is shared between sessions before a process's own nice counts, so a
+    benchmark is given priority by its autogroup's nice, which os.nice(0) does not show."""
+    try:
+        text = Path("/proc/self/autogroup").read_text()  # "/autogroup-24 nice -10"
+    except OSError:
+        return None
+    found = re.search(r"nice (-?\d+)", text)
+    return int(found.group(1)) if found else None
 
 
 def stage_configs(size: str, pretrain_steps: int, finetune_steps: int, overrides: list[str],

@@ -1,5 +1,8 @@
 """`igpt bench classify`: a recipe stopped by its budget goes on from its checkpoint with its clock, and is tested once."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +80,13 @@ def test_the_command_refuses_a_budget_that_is_not_a_positive_number(capsys):
 def test_a_recipe_name_is_never_a_path(name, capsys):
     assert main(["bench", "classify", "--name", name, "--cnn"]) == 2
     assert "expected a plain recipe name" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no Linux scheduler autogroups here")
+def test_the_machine_record_gives_the_autogroup_priority_a_benchmark_ran_at():
+    # A new session is a new autogroup; lowering its priority needs no privilege.
+    script = ("from pathlib import Path; Path('/proc/self/autogroup').write_text('7');"
+              "from igptlib.bench_classify import machine; print(machine()['autogroup_nice'])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "7"
