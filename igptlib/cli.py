@@ -24,7 +24,6 @@ import textwrap
 import time
 import tokenize
 import typing
-from importlib.metadata import version
 from pathlib import Path
 
 import yaml
@@ -642,6 +641,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Version(argparse.Action):
+    """--version: the installed distribution's version, read (importlib.metadata) only when asked for."""
+
+    def __init__(self, option_strings, dest, **keywords):
+        super().__init__(option_strings, dest, nargs=0, **keywords)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+
+        print(f"igpt {version('igptlib')}")
+        parser.exit()
+
+
 COURSE = "the course's commands"
 MAINTENANCE = "commands that maintain the report and the benchmarks"
 
@@ -663,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="igpt", usage="%(prog)s [-h] [--version] [--debug] COMMAND ...",
                      description="ImageGPT on MNIST-sized images: data, palette, training, completion, evaluation.",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('igptlib')}")
+    parser.add_argument("--version", action=_Version, help="show the installed igpt's version and exit")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     # The commands are listed by group below the options (the epilog; argparse lists them in one group).
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS, prog="igpt")
