@@ -630,9 +630,9 @@ def run_bench_classify(args) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line (the usage is a --help away), and no abbreviated flags (a
-    flag's old spelling, such as card's --run, is refused rather than read as a longer flag it begins);
-    subcommands' parsers are of this class too."""
+    """argparse, with its errors on one line (the usage is a --help away), and no abbreviated flags: a
+    flag that is the beginning of another (--run of --run-dir) is an unknown flag, never read as the
+    longer one. Subcommands' parsers are of this class too."""
 
     def __init__(self, *args, **keywords):
         super().__init__(*args, allow_abbrev=False, **keywords)
