@@ -13,6 +13,8 @@ needs from one, in the same layout, so that a fresh clone rebuilds the same repo
                                      minutes), and the time each logged step was reached
         logs/csv/version_*/metrics.csv   the logged curves
         figures/*.png                the evaluation's figures
+        notebooks/*.ipynb            the course notebooks as papermill executed them (outputs kept), for
+                                     a reader who wants to see the run without running it
         finetune/...                 the same files of the fine-tuning run
 
 `igpt record --model RUN_DIR [--name NAME]` writes one; `igpt sweep` and `igpt report` record the run folders
@@ -157,6 +159,9 @@ def _copy_stage(source: Path, target: Path) -> None:
         destination = target / csv.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(csv, destination)
+    for notebook in sorted(source.glob("notebooks/*.ipynb")):
+        (target / "notebooks").mkdir(exist_ok=True)
+        shutil.copyfile(notebook, target / "notebooks" / notebook.name)
     for name in FIGURES:
         if (source / "figures" / name).exists():
             (target / "figures").mkdir(exist_ok=True)

@@ -35,6 +35,10 @@ def test_sweep_runs_the_notebooks_into_run_folders_and_the_report_reads_them(mni
     # The report's numbers are the run folder's own, through its record.
     entry = json.loads((tmp_path / "report" / "results.json").read_text())[0]
     assert entry["name"] == "mnist-xs" and (tmp_path / "report" / "runs" / "mnist-xs" / "evaluation.json").exists()
+    recorded = tmp_path / "report" / "runs" / "mnist-xs" / "notebooks"
+    for notebook in ("05_training", "07_evaluation"):  # executed, outputs kept: a reader sees the run
+        executed = json.loads((recorded / f"{notebook}.ipynb").read_text())
+        assert any(cell.get("outputs") for cell in executed["cells"])
     assert entry["nats_per_pixel"] == evaluation["likelihood"]["nats_per_pixel"]
     assert f"| <code>mnist-xs</code> | mnist | 64 | bfloat16 | {evaluation['likelihood']['nats_per_pixel']:.4f} |" in text
     assert entry["steps"] == metrics["global_step"]
