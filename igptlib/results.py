@@ -374,6 +374,16 @@ def record_images(record: dict, base: str, only: tuple[str, ...] | None = None) 
     return shown
 
 
+def executed_notebooks(record: dict, base: str) -> Markdown | None:
+    """Links to the course notebooks as papermill executed them for this record's run (outputs kept),
+    or None where the record keeps none; `base` as for record_images."""
+    notebooks = sorted((record["folder"] / "notebooks").glob("*.ipynb"))
+    if not notebooks:
+        return None
+    links = ", ".join(f"[{path.stem}]({base}runs/{record['name']}/notebooks/{path.name})" for path in notebooks)
+    return Markdown(f"The course notebooks as this run executed them, with their outputs: {links}.")
+
+
 def comparison_runs(records: list[dict], dataset: str, stage: str, metric: str, ar_only: bool) -> dict[str, Path]:
     """{record name: folder} of the records on `dataset` whose `stage` logged `metric`. A BERT run's
     nats per pixel are over its masked pixels only, no likelihood: ar_only leaves those out."""
@@ -591,9 +601,44 @@ def classify_table(records: list[dict]) -> Markdown:
                   "test kappa", "machine, training precision", "load average before"], rows)
 
 
+def classifier_family(record: dict) -> str:
+    """Which of the benchmark's three kinds of classifier a record trained: the CNN control, the
+    transformer on labels alone (no pre-training, no generative loss), or the pre-trained transformer."""
+    if record.get("kind") == "cnn":
+        return "the convolutional control"
+    stages = record.get("stages") or {}
+    gen_weight = ((record.get("settings") or {}).get("finetune") or {}).get("optim", {}).get("gen_weight", 1.0)
+    if not (stages.get("pretrain") or {}).get("steps") and gen_weight == 0:
+        return "the transformer on labels alone"
+    return "the pre-trained transformer"
+
+
+def pretraining_pays(records: list[dict]) -> Markdown:
+    """Whether generative pre-training pays on this benchmark: per kind of classifier its best test
+    accuracy and the minutes that bought it, and which kind is ahead."""
+    best = {}
+    for record in records:
+        accuracy = record["test"].get("accuracy")
+        family = classifier_family(record)
+        if accuracy is not None and (family not in best or accuracy > best[family]["test"]["accuracy"]):
+            best[family] = record
+    if len(best) < 2:
+        return Markdown("Pre-training against its controls: one kind of classifier recorded so far; "
+                        "`igpt bench classify --cnn` and `--pretrain-steps 0 --finetune-set optim.gen_weight=0` record the controls.")
+    ranked = sorted(best.items(), key=lambda item: -item[1]["test"]["accuracy"])
+    said = [f"{family} ({code(r['name'])}): test accuracy {number(r['test']['accuracy'])} after "
+            f"{number((r.get('training') or {}).get('minutes'), 1)} wall minutes" for family, r in ranked]
+    return Markdown(f"Best of each kind, most accurate first: {'; '.join(said)}.")
+
+
 def recipe_words(record: dict) -> str:
     """What a classification benchmark trained: its kind, and per stage the preset, image size, steps and minutes."""
     settings, words = record.get("settings") or {}, [record.get("kind", "kind not recorded")]
+    if record.get("kind") == "cnn":  # one stage, counted in epochs
+        pixels = settings.get("n_px")
+        shape = [settings.get("network"), f"{pixels}x{pixels} pixels" if pixels else None,
+                 f"{settings.get('epochs')} epochs in {number((record.get('training') or {}).get('minutes'), 1)} min"]
+        words.append(", ".join(filter(None, shape)))
     for stage, name in (("pretrain", "pre-training"), ("finetune", "fine-tuning")):
         done = (record.get("stages") or {}).get(stage)
         if done:

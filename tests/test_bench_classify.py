@@ -90,3 +90,22 @@ def test_the_machine_record_gives_the_autogroup_priority_a_benchmark_ran_at():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, start_new_session=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "7"
+
+
+def test_the_report_says_which_kind_of_classifier_is_ahead_from_the_records():
+    from igptlib.results import classifier_family, pretraining_pays
+
+    def record(name, kind, accuracy, minutes, pretrain_steps=0, gen_weight=1.0):
+        stages = {"finetune": {"steps": 10}, **({"pretrain": {"steps": pretrain_steps}} if pretrain_steps else {})}
+        return {"name": name, "kind": kind, "test": {"accuracy": accuracy}, "training": {"minutes": minutes},
+                "stages": stages, "settings": {"finetune": {"optim": {"gen_weight": gen_weight}}}}
+
+    pretrained = record("r1", "transformer", 0.9876, 81.7, pretrain_steps=3000)
+    alone = record("alone", "transformer", 0.9512, 60.0, gen_weight=0.0)
+    cnn = record("cnn", "cnn", 0.9891, 3.7)
+    assert [classifier_family(r) for r in (pretrained, alone, cnn)] == [
+        "the pre-trained transformer", "the transformer on labels alone", "the convolutional control"]
+    said = str(pretraining_pays([alone, pretrained, cnn]))
+    assert said.index("convolutional") < said.index("pre-trained") < said.index("labels alone")
+    assert "0.9512 after 60.0 wall minutes" in said
+    assert "one kind of classifier" in str(pretraining_pays([pretrained]))
