@@ -380,8 +380,13 @@ def executed_notebooks(record: dict, base: str) -> Markdown | None:
     notebooks = sorted((record["folder"] / "notebooks").glob("*.ipynb"))
     if not notebooks:
         return None
-    links = ", ".join(f"[{path.stem}]({base}runs/{record['name']}/notebooks/{path.name})" for path in notebooks)
-    return Markdown(f"The course notebooks as this run executed them, with their outputs: {links}.")
+    minutes = {path: _read_json(path).get("metadata", {}).get("papermill", {}).get("duration") for path in notebooks}
+    links = ", ".join(f"[{path.stem}]({base}runs/{record['name']}/notebooks/{path.name})"
+                      + (f" ({number(seconds / 60, 1)} min)" if isinstance(seconds, (int, float)) else "")
+                      for path, seconds in minutes.items())
+    timed = [seconds for seconds in minutes.values() if isinstance(seconds, (int, float))]
+    total = f" Papermill's clock: {number(sum(timed) / 60, 1)} minutes in all." if len(timed) == len(notebooks) else ""
+    return Markdown(f"The course notebooks as this run executed them, with their outputs: {links}.{total}")
 
 
 def comparison_runs(records: list[dict], dataset: str, stage: str, metric: str, ar_only: bool) -> dict[str, Path]:

@@ -403,3 +403,17 @@ def test_a_broken_metrics_json_is_named_in_the_error(tmp_path):
     (run / "metrics.json").write_text('{"global_step": 3,')  # cut off mid-write
     with pytest.raises(ConfigError, match=r"run/metrics.json: not valid JSON"):
         record_run(run, records=tmp_path / "records")
+
+
+def test_a_record_links_its_executed_notebooks_with_papermills_minutes(tmp_path):
+    from igptlib.results import executed_notebooks, read_record
+
+    record = tmp_path / "runs" / "mnist-course"
+    assert executed_notebooks(read_record(record), "") is None  # a record that keeps none says nothing
+    (record / "notebooks").mkdir(parents=True)
+    for name, seconds in (("05_training", 1332.8), ("07_evaluation", 423.4)):
+        notebook = {"cells": [], "metadata": {"papermill": {"duration": seconds}}, "nbformat": 4, "nbformat_minor": 5}
+        (record / "notebooks" / f"{name}.ipynb").write_text(json.dumps(notebook))
+    said = str(executed_notebooks(read_record(record), "../"))
+    assert "[05_training](../runs/mnist-course/notebooks/05_training.ipynb) (22.2 min)" in said
+    assert "(7.1 min)" in said and "29.3 minutes in all" in said
