@@ -3,7 +3,8 @@
 One module serves both stages of the paper:
   pre-training   loss = L_AR or L_BERT (ModelConfig.objective)
   fine-tuning    loss = L_GEN + L_CLF  (OptimConfig.finetune), usually started from a pre-trained
-                 checkpoint with ImageGPT.from_pretrained.
+                 checkpoint with ImageGPT.from_pretrained; both from one pass, over inputs
+                 masked as in pre-training for BERT.
 Metrics are logged as nats per pixel and bits per pixel (for BERT: over the masked pixels), plus
 classification loss and accuracy when fine-tuning.
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from igptlib.config import ModelConfig, OptimConfig
-from igptlib.model import GPT, ar_loss
+from igptlib.model import GPT
 from igptlib.model_files import (CheckpointError, check_palette_fits, check_same_palette, check_same_shapes, check_weights,
                                  compare_checkpoint, read_checkpoint, read_model_file)
 
@@ -98,12 +99,10 @@ class ImageGPT(L.LightningModule):
         finetune = self.optim_config.finetune
         on_step = stage == "train"
         log = dict(on_step=on_step, on_epoch=not on_step, batch_size=len(tokens), sync_dist=not on_step)
-        if finetune and self.model.causal:
-            logits, class_logits = self.model.forward_with_classes(tokens)  # one pass for both losses
-            gen_loss = ar_loss(logits, tokens)
+        if finetune:  # one pass for both losses; a BERT model's inputs masked as in pre-training
+            gen_loss, class_logits = self.model.loss_and_classes(tokens, generator)
         else:
-            gen_loss = self.model.generative_loss(tokens, generator)
-            class_logits = self.model.classify(tokens) if finetune else None  # BERT classifies unmasked images
+            gen_loss, class_logits = self.model.generative_loss(tokens, generator), None
         loss = gen_loss
         self.log(f"{stage}/nats_per_pixel", gen_loss, prog_bar=stage != "test", **log)
         self.log(f"{stage}/bits_per_pixel", gen_loss / math.log(2), **log)

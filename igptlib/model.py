@@ -19,8 +19,10 @@ Public API (the sampler and the evaluation build on it):
       .decoder()                   a Decoder: one token per sequence after a cache, the sampler's step
       .features(tokens, layer)     normed, average-pooled features of a layer (linear probes)
       .classify(tokens)            class logits from the average-pooled final features
-      .forward_with_classes(tokens) (logits, class logits) from one pass, for fine-tuning
+      .forward_with_classes(tokens) (logits, class logits) from one pass
+      .mask(tokens, generator)     BERT's corruption at the model's mask rate: (masked tokens, mask)
       .generative_loss(tokens)     L_AR or L_BERT in nats per pixel
+      .loss_and_classes(tokens)    (L_AR or L_BERT, class logits) from one pass, for fine-tuning
     mask_tokens, ar_loss, bert_loss  the objectives as plain functions
 """
 from __future__ import annotations
@@ -389,11 +391,12 @@ class GPT(nn.Module):
 
         layer 0 is the input embeddings and layer k the output of block k (k = n_layer: the last).
         Each position's vector is layer-normalised without learned scale, so layers compare on an
-        equal footing, then averaged over the sequence. Tokens are read whole, never masked.
+        equal footing, then averaged over the sequence. Tokens are read as given: a BERT model's
+        may hold the mask token (a masked reading, see mask and igptlib.metrics.split_pass).
         Only the first `layer` blocks run; forward_all reads several layers from one whole pass.
         """
         self._check_layers([layer])
-        self._check_tokens(tokens)
+        self._check_tokens(tokens, allow_mask=not self.causal)
         return pool(self._blocks(self._whole_input(tokens), layers=layer))
 
     def forward_all(self, tokens: torch.Tensor, layers=()) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
@@ -423,12 +426,31 @@ class GPT(nn.Module):
         """Class logits [B, num_classes] from the average-pooled final features (ln_f applied)."""
         return self.forward_with_classes(tokens)[1]
 
+    def mask(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked tokens, mask) as a BERT model is trained on them: mask_tokens at the model's mask_prob."""
+        if self.causal:
+            raise ValueError("masked inputs are for a model with objective 'bert'; an 'ar' model reads whole images")
+        return mask_tokens(tokens, self.config.mask_prob, self.config.mask_token, generator)
+
     def generative_loss(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """L_AR (all pixels) or L_BERT (masked pixels only), mean cross-entropy in nats per pixel."""
         if self.causal:
             return ar_loss(self(tokens), tokens)
-        masked, mask = mask_tokens(tokens, self.config.mask_prob, self.config.mask_token, generator)
+        masked, mask = self.mask(tokens, generator)
         return bert_loss(self(masked), tokens, mask)
+
+    def loss_and_classes(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_AR or L_BERT, class logits [B, num_classes]) from one pass: what fine-tuning trains on.
+
+        A BERT model reads its tokens masked as in pre-training for both, so that the classifier
+        learns on the inputs the model knows (and an evaluation's masked reading matches it).
+        """
+        if self.causal:
+            logits, class_logits = self.forward_with_classes(tokens)
+            return ar_loss(logits, tokens), class_logits
+        masked, mask = self.mask(tokens, generator)
+        logits, class_logits = self.forward_with_classes(masked)
+        return bert_loss(logits, tokens, mask), class_logits
 
 
 def pool(h: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from igptlib.config import ConfigError, ModelConfig, OptimConfig
 from igptlib.model_files import CheckpointError, read_checkpoint
 from igptlib.lightning_module import ImageGPT, load_checkpoint, lr_factor
+from igptlib.model import bert_loss
 
 MODEL = dict(vocab_size=8, n_px=6, n_embd=32, n_layer=2, n_head=4)
 
@@ -91,6 +93,19 @@ def test_bert_validation_masks_are_the_same_every_time():
     with torch.no_grad():
         losses = [module.model.generative_loss(batch[0], module._generator("val", 0)) for _ in range(2)]
     assert losses[0] == losses[1]
+
+
+def test_bert_finetuning_classifies_the_masked_images_its_generative_loss_reads():
+    module = ImageGPT({**MODEL, "objective": "bert"}, {"finetune": True}).eval()
+    tokens, labels = next(iter(RandomTokens().val_dataloader()))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a Trainer says so, and logs nothing
+        loss = module._shared_step((tokens, labels), 0, "val")
+        masked, mask = module.model.mask(tokens, module._generator("val", 0))  # the step's masks
+        expected = bert_loss(module.model(masked), tokens, mask) + F.cross_entropy(module.model.classify(masked), labels)
+        unmasked = bert_loss(module.model(masked), tokens, mask) + F.cross_entropy(module.model.classify(tokens), labels)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.isclose(loss, unmasked)
 
 
 def test_finetuning_starts_from_the_pretrained_weights_and_adds_the_classifier_loss(tmp_path):

@@ -189,6 +189,64 @@ def test_bert_model_reads_the_mask_token_and_masks_with_its_rate():
         GPT(tiny())(tokens.masked_fill(tokens == 0, 8))  # the mask id is no valid AR input
 
 
+def test_mask_corrupts_at_the_models_rate_with_its_mask_token_and_is_for_bert_only():
+    model = GPT(tiny(objective="bert", mask_prob=0.3))
+    tokens = random_tokens(model.config, batch=200)
+    masked, mask = model.mask(tokens, torch.Generator().manual_seed(0))
+    assert abs(mask.float().mean().item() - 0.3) < 0.01
+    assert (masked[mask] == model.config.mask_token).all() and torch.equal(masked[~mask], tokens[~mask])
+    again, _ = model.mask(tokens, torch.Generator().manual_seed(0))
+    assert torch.equal(again, masked)  # a seeded generator gives the same masks
+    with pytest.raises(ValueError, match="objective 'bert'"):
+        GPT(tiny()).mask(tokens)
+
+
+def test_a_bert_model_learns_to_fill_pixels_that_only_later_pixels_determine():
+    """A task with a known answer: the second half of each sequence mirrors the first, so a masked
+    first half can only be read off the later pixels (causal attention would leave pixel 0 at chance,
+    1/8). A few seconds of BERT training fill it in: the objective, the mask token and the
+    bidirectional attention work together."""
+    torch.manual_seed(0)
+    model = GPT(tiny(n_px=4, mask_prob=0.5, objective="bert"))  # 16 pixels: 8 free, 8 mirrored
+    generator = torch.Generator().manual_seed(0)
+
+    def mirrored(batch: int) -> torch.Tensor:
+        half = torch.randint(0, 8, (batch, 8), generator=generator)
+        return torch.cat([half, half.flip(1)], dim=1)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model.generative_loss(mirrored(64), generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tokens = mirrored(256)
+    first_half_masked = tokens.clone()
+    first_half_masked[:, :8] = model.config.mask_token
+    with torch.no_grad():
+        filled = model.eval()(first_half_masked)[:, :8].argmax(dim=-1)
+    assert (filled == tokens[:, :8]).float().mean() > 0.95
+    assert (filled[:, 0] == tokens[:, 0]).float().mean() > 0.95
+
+
+def test_the_finetuning_pass_masks_bert_inputs_and_leaves_ar_as_it_was():
+    torch.manual_seed(0)
+    ar = GPT(tiny()).eval()
+    tokens = random_tokens(ar.config)
+    with torch.no_grad():
+        loss, classes = ar.loss_and_classes(tokens)
+        torch.testing.assert_close(loss, ar_loss(ar(tokens), tokens))
+        torch.testing.assert_close(classes, ar.classify(tokens))
+
+        bert = GPT(tiny(objective="bert")).eval()
+        loss, classes = bert.loss_and_classes(tokens, torch.Generator().manual_seed(3))
+        masked, mask = bert.mask(tokens, torch.Generator().manual_seed(3))  # the same masks
+        assert mask.any()
+        torch.testing.assert_close(loss, bert_loss(bert(masked), tokens, mask))
+        torch.testing.assert_close(classes, bert.classify(masked))  # classified from the masked images
+        assert not torch.allclose(classes, bert.classify(tokens))
+
+
 @pytest.mark.parametrize("objective", ["ar", "bert"])
 def test_a_tiny_model_overfits_one_batch(objective):
     torch.manual_seed(0)
