@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from igptlib.config import (CHOICES, CLASSIFIER_PASSES, DERIVED_FROM_DATA, DEVICES, EVALUATION_PRECISIONS,
+from igptlib.config import (CHOICES, CLASSIFIER_PASSES, DERIVED_FROM_DATA, DEVICES, EVALUATION_MASKS, EVALUATION_PRECISIONS,
                             FINETUNE_LEARNING_RATES, FINETUNE_SWEEP_STEPS, MAX_PIXELS, PRESETS, DataConfig, ModelConfig,
                             RunConfig, apply_overrides, check_name, clip, excerpt, run_config, write_json)
 from igptlib.records import RECORDS
@@ -471,7 +471,8 @@ def run_evaluate(args) -> None:
             probes=args.probes, probe_layers=args.probe_layers, probe_train=args.probe_train,
             classification=source["finetuned"] if args.classification is None else args.classification,
             completions=args.completions, samples=args.samples, keep_rows=args.keep_rows, temperature=args.temperature,
-            seed=args.seed, figures=run_dir / "figures" if args.figures else None, precision=args.precision,
+            seed=args.seed, masks=args.masks, figures=run_dir / "figures" if args.figures else None,
+            precision=args.precision,
         )
     except OutOfTime as stopped:
         print(f"{stopped}; the passes finished so far are kept in {passes_folder(out)}: the same command goes on from them")
@@ -771,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--keep-rows", type=int, help="rows kept of each image (default: half)")
     evaluate.add_argument("--temperature", type=float, default=1.0)
     add_seed_argument(evaluate)
+    evaluate.add_argument("--masks", type=number(int), default=EVALUATION_MASKS,
+                          help="a BERT model is read a second time from masked inputs, as in pre-training: masks "
+                               f"averaged per image, seeded by --seed (0: the unmasked reading only; default {EVALUATION_MASKS})")
     evaluate.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     add_budget_argument(evaluate, "stop between two batches once they have passed, keeping every finished pass over "
                                   "a split; the same command goes on")

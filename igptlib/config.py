@@ -519,6 +519,7 @@ PRECISION_WORDS = {"32-true": "float32", "bf16-mixed": "bfloat16 autocast", "16-
                    "bf16-true": "bfloat16", "64-true": "float64"}
 PAPER_CHECKPOINT_STEPS = [131000, 262000, 524000]
 EVALUATION_PRECISIONS = ("32", "bf16")  # of igpt evaluate's passes: float32, or bfloat16 autocast
+EVALUATION_MASKS = 4  # a BERT model's masked readings that igpt evaluate averages per image (a pass each)
 MAX_PIXELS = 25_000_000  # a user's image made square: a 5000x5000 square holds a 12-megapixel phone photo
 
 

@@ -8,6 +8,9 @@ From a model and a PixelDataModule, evaluate_model computes
   completion        keep the top half of test images, sample the rest; then the share of
                     completions that the judge (igptlib.judge) labels as the original's class, and
                     how many completed pixels agree with the original's
+  masked reading    (BERT) the probes and classification again, from inputs masked as in
+                    pre-training and averaged over several independent masks: a BERT model never
+                    saw a whole image, so the paper reads it masked; both readings are recorded
 
 `igpt evaluate --model M` (evaluate_and_write) writes all of it as evaluation.json in the run folder.
 Given a budget, it stops between batches once the budget is spent, keeping each pass over a split
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from igptlib import plots
 from igptlib.completion import complete_tokens
-from igptlib.config import EVALUATION_PRECISIONS, RunConfig, data_config_for, write_json
+from igptlib.config import EVALUATION_MASKS, EVALUATION_PRECISIONS, RunConfig, data_config_for, write_json
 from igptlib.data import PixelDataModule, encode_all
 from igptlib.judge import completion_quality, digit_classifier
 from igptlib.metrics import all_layers, classification_metrics, load_pass, probes_from_features, save_pass, split_pass
@@ -59,16 +62,19 @@ def unaugmented_train_loader(datamodule, limit: int | None = None):
 def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list[int] | None = None,
                    probe_train: int | None = None, classification: bool = True, completions: int = 16,
                    samples: int = 4, keep_rows: int | None = None, temperature: float = 1.0, seed: int = 0,
-                   figures: str | Path | None = None, precision: str = "32", progress: bool = True,
-                   passes: str | Path | None = None, deadline: float | None = None) -> dict:
+                   masks: int = EVALUATION_MASKS, figures: str | Path | None = None, precision: str = "32",
+                   progress: bool = True, passes: str | Path | None = None, deadline: float | None = None) -> dict:
     """Every metric of this module for a GPT on a PixelDataModule's test split, as a JSON-ready dict.
 
     probes: linear probes on `probe_layers` (default all), fitted on the first `probe_train`
     training images (default all). classification: the classification head's metrics.
     completions: how many test images to complete (0: none), `samples` each, keeping the top
     `keep_rows` rows (default half). Likelihood and completion need an AR model; a BERT model
-    skips them. figures: a folder to save the confusion matrix, actual-vs-predicted, probe and
-    completion figures into. precision: "32", or "bf16" for bfloat16 autocast in the passes over
+    skips them, and with `masks` > 0 reads the probes and classification a second time, from
+    inputs masked as in pre-training and averaged over `masks` masks (seeded by `seed`), into
+    results["masked"] beside the unmasked reading (0: the unmasked reading only; each mask costs
+    a pass over each split). figures: a folder to save the confusion matrix, actual-vs-predicted,
+    probe and completion figures into. precision: "32", or "bf16" for bfloat16 autocast in the passes over
     whole splits (likelihood, classes, probe features); completion sampling stays float32.
     passes: a folder that keeps each finished pass over a split (test, train, validation) and
     serves it again to an evaluation of the same weights and settings. deadline: a
@@ -85,6 +91,9 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
         raise ValueError(f"the model reads {config.n_px}x{config.n_px} images over {config.vocab_size} colours, "
                          f"the data is {datamodule.config.n_px}x{datamodule.config.n_px} over {datamodule.vocab_size}")
     ar = config.objective == "ar"
+    if isinstance(masks, bool) or not isinstance(masks, int) or masks < 0:
+        raise ValueError(f"masks must be a whole number of masked readings, 0 or more, got {masks!r}")
+    masked = 0 if ar else masks  # an AR model reads whole images only
     if keep_rows is not None and not 0 <= keep_rows < config.n_px:
         raise ValueError(f"keep_rows must lie in 0..{config.n_px - 1} (some rows must be left to complete), got {keep_rows}")
     test_loader = datamodule.test_dataloader()
@@ -120,6 +129,18 @@ def evaluate_model(model, datamodule, *, probes: bool = True, probe_layers: list
             train = one_pass("train", unaugmented_train_loader(datamodule, probe_train))
             val = one_pass("validation", datamodule.val_dataloader())
             results["probes"] = probes_from_features(train, val, test, seed=seed, progress=progress)
+        if masked and (probes or classification):
+            reading = dict(masks=masked, mask_seed=seed)
+            results["masked"] = {"masks": masked, "mask_prob": config.mask_prob, "mask_seed": seed}
+            test_masked = one_pass("test-masked", test_loader, classes=classification, **reading)
+            if probes:
+                train_masked = one_pass("train-masked", unaugmented_train_loader(datamodule, probe_train), **reading)
+                val_masked = one_pass("validation-masked", datamodule.val_dataloader(), **reading)
+                results["masked"]["probes"] = probes_from_features(train_masked, val_masked, test_masked, seed=seed,
+                                                                   progress=progress)
+            if classification:
+                results["masked"]["classification"] = classification_metrics(test_masked.labels, test_masked.predicted,
+                                                                             config.num_classes)
     if classification:
         results["classification"] = classification_metrics(test.labels, test.predicted, config.num_classes)
     if ar and completions > 0:
@@ -235,6 +256,16 @@ def summary(results: dict) -> str:
     if "classification" in results:
         clf = results["classification"]
         lines.append(f"  classification: accuracy {clf['accuracy']:.4f}, kappa {clf['kappa']:.4f}")
+    if "masked" in results:
+        masked = results["masked"]
+        lines.append(f"  masked inputs (mask rate {masked['mask_prob']:g}, averaged over {masked['masks']} masks):")
+        if "probes" in masked:
+            probes = masked["probes"]
+            lines.append(f"    linear probe: {probes['best_test_accuracy']:.4f} test accuracy at layer {probes['best_layer']} "
+                         f"(C = {probes['inverse_l2'][probes['best_layer']]:g}, chosen on validation)")
+        if "classification" in masked:
+            clf = masked["classification"]
+            lines.append(f"    classification: accuracy {clf['accuracy']:.4f}, kappa {clf['kappa']:.4f}")
     if "completion" in results:
         done = results["completion"]
         lines.append(f"  completion: class agreement {done['class_agreement']:.3f} (originals {done['original_accuracy']:.3f}), "

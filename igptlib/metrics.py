@@ -1,6 +1,7 @@
 """Metrics of a model on a split: likelihood, linear probes per layer, classification.
 
-    split_pass        one forward pass over a split: likelihood, class predictions and layer features;
+    split_pass        one forward pass over a split: likelihood, class predictions and layer features,
+                      from whole images or (BERT) averaged over several masked readings of each;
                       save_pass/load_pass keep a finished one, so that a stopped evaluation goes on
     likelihood        mean next-pixel cross-entropy, nats and bits per pixel (AR); nats_per_image per image
     linear probes     per layer: average-pooled normed features, standardised, logistic regression;
@@ -65,19 +66,45 @@ class OutOfTime(Exception):
     """A pass over a split stopped between two batches because its deadline had passed."""
 
 
+def mask_generators(masks: int, mask_seed: int) -> list[torch.Generator]:
+    """One generator per masked reading: reading j draws its masks, batch after batch, from
+    mask_seed + j, so that a pass's masks are reproducible and reading j of a pass with several
+    masks is the one reading of a pass with masks=1 and mask_seed + j."""
+    return [torch.Generator().manual_seed(mask_seed + j) for j in range(masks)]
+
+
+def masked_reading(model, tokens: torch.Tensor, layers, generators) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """A BERT model's reading of tokens [B, T] masked as in pre-training, once per generator, then
+    averaged: (class probabilities [B, num_classes], {layer: features [B, n_embd]}). Averaging the
+    features before a probe and the probabilities before the argmax is the paper's ensemble over masks."""
+    readings = [model.forward_all(model.mask(tokens, generator)[0], layers)[1:] for generator in generators]
+    probabilities = torch.stack([class_logits.float().softmax(dim=-1) for class_logits, _ in readings]).mean(dim=0)
+    return probabilities, {layer: torch.stack([pooled[layer].float() for _, pooled in readings]).mean(dim=0)
+                           for layer in layers}
+
+
 @torch.inference_mode()
-def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False, layers=(),
-               progress: bool = False, desc: str = "pass", deadline: float | None = None) -> SplitPass:
+def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False, layers=(), masks: int = 0,
+               mask_seed: int = 0, progress: bool = False, desc: str = "pass",
+               deadline: float | None = None) -> SplitPass:
     """Likelihood, class predictions and layer features (GPT.forward_all) of every image the loader
     yields, from one forward pass per batch: an evaluation that wants all three of the test split
     pays for one pass.
 
     likelihood: mean next-pixel cross-entropy over every pixel, and over each image's pixels; the
-    model must be autoregressive. deadline: a time.perf_counter() value; a batch due to start after
-    it raises OutOfTime instead.
+    model must be autoregressive. masks: 0 reads each image whole; k > 0 (a BERT model, whose
+    pre-training never showed it a whole image) reads it k times, masked as in pre-training, and
+    averages the readings (masked_reading; the masks from mask_generators(k, mask_seed)), which
+    costs k passes. deadline: a time.perf_counter() value; a batch due to start after it raises
+    OutOfTime instead.
     """
     if likelihood and model.config.objective != "ar":
         raise ValueError("likelihood needs an autoregressive model (objective 'ar'); a BERT model has no next-pixel density")
+    if isinstance(masks, bool) or not isinstance(masks, int) or masks < 0:
+        raise ValueError(f"masks must be a whole number of masked readings, 0 or more, got {masks!r}")
+    if masks and model.config.objective != "bert":
+        raise ValueError(f"masked readings are for a model with objective 'bert'; this one is {model.config.objective!r}")
+    generators = mask_generators(masks, mask_seed)
     layers = list(layers)
     model.eval()
     device = _device(model)
@@ -88,12 +115,16 @@ def split_pass(model, loader, *, likelihood: bool = False, classes: bool = False
         if deadline is not None and time.perf_counter() > deadline:
             raise OutOfTime(f"{desc}: stopped after {len(labels)} of {len(loader)} batches as the budget ran out")
         tokens = tokens.to(device)
-        logits, class_logits, pooled = model.forward_all(tokens, layers)
+        # Class scores: the logits of a whole reading, the averaged probabilities of masked ones.
+        if masks:
+            scores, pooled = masked_reading(model, tokens, layers, generators)
+        else:
+            logits, scores, pooled = model.forward_all(tokens, layers)
         if likelihood:  # reduced in float32 even if the model runs in lower precision
             nats.append(F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none").mean(dim=1).cpu())
             pixels += tokens.numel()
         if classes:
-            predicted.append(class_logits.argmax(dim=-1).cpu())
+            predicted.append(scores.argmax(dim=-1).cpu())
         for layer in layers:
             features[layer].append(pooled[layer].float().cpu())
         labels.append(batch_labels)

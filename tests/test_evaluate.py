@@ -30,8 +30,9 @@ from igptlib.metrics import (
     predict_classes,
     probe_accuracy,
     probes_from_features,
+    split_pass,
 )
-from igptlib.model import GPT, ar_loss
+from igptlib.model import GPT, ar_loss, mask_tokens
 
 
 def tiny(**changes) -> GPT:
@@ -346,6 +347,55 @@ def test_evaluate_model_skips_what_a_bert_model_cannot_do(datamodule):
     assert "classification" in results and "likelihood" not in results and "completion" not in results
 
 
+# -- a BERT model's masked reading -----------------------------------------------------------------
+
+
+def test_a_masked_reading_averages_readings_of_seeded_masks_at_the_pretraining_rate():
+    model = tiny(objective="bert", mask_prob=0.3).eval()
+    loader = token_loader(model)  # batches of 3, 3 and 1
+    averaged = split_pass(model, loader, classes=True, layers=[0, 2], masks=3, mask_seed=5)
+
+    # The same masks drawn by hand: mask_prob 0.3 and the mask token, reading j from seed 5 + j.
+    generators = [torch.Generator().manual_seed(5 + j) for j in range(3)]
+    probabilities, features = [], []
+    with torch.no_grad():
+        for tokens, _ in loader:
+            masked = [mask_tokens(tokens, 0.3, model.config.mask_token, generator)[0] for generator in generators]
+            probabilities.append(torch.stack([model.classify(m).softmax(dim=-1) for m in masked]).mean(dim=0))
+            features.append(torch.stack([model.features(m, 2) for m in masked]).mean(dim=0))
+    # Features averaged before the probe, probabilities averaged before the argmax.
+    np.testing.assert_allclose(averaged.features[2], torch.cat(features).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(averaged.predicted, torch.cat(probabilities).argmax(dim=-1).numpy())
+
+    # Averaging over masks is the mean of the single-mask readings, and a seed gives the same masks again.
+    singles = [split_pass(model, loader, layers=[0, 2], masks=1, mask_seed=5 + j) for j in range(3)]
+    for layer in (0, 2):
+        np.testing.assert_allclose(averaged.features[layer], np.mean([one.features[layer] for one in singles], axis=0),
+                                   rtol=1e-5, atol=1e-6)
+    again = split_pass(model, loader, layers=[2], masks=3, mask_seed=5)
+    np.testing.assert_array_equal(again.features[2], averaged.features[2])
+    for other in (split_pass(model, loader, layers=[2], masks=3, mask_seed=6), split_pass(model, loader, layers=[2])):
+        assert not np.allclose(other.features[2], averaged.features[2])  # other masks, or none
+
+
+def test_masked_readings_are_refused_for_an_ar_model_and_bad_counts():
+    bert = tiny(objective="bert")
+    with pytest.raises(ValueError, match="masked readings are for a model with objective 'bert'; this one is 'ar'"):
+        split_pass(tiny(), token_loader(bert), masks=2)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="masks must be a whole number of masked readings"):
+            split_pass(bert, token_loader(bert), masks=bad)
+
+
+def test_an_ar_evaluation_reads_whole_images_only(datamodule):
+    torch.manual_seed(0)
+    model = GPT(model_config("xs", vocab_size=16, n_px=28))
+    results = evaluate_model(model, datamodule, probes=False, completions=0, masks=4, progress=False)
+    assert "masked" not in results and list(results["pass_seconds"]) == ["test"]
+    with pytest.raises(ValueError, match="masks must be a whole number of masked readings, 0 or more, got -1"):
+        evaluate_model(model, datamodule, probes=False, completions=0, masks=-1, progress=False)
+
+
 def test_evaluate_model_refuses_data_of_another_shape(datamodule):
     with pytest.raises(ValueError, match="14x14 images over 16 colours"):
         evaluate_model(GPT(model_config("xs", vocab_size=16, n_px=14)), datamodule, progress=False)
@@ -398,6 +448,38 @@ def test_igpt_evaluate_with_a_budget_stops_and_the_same_command_goes_on(tiny_che
     assert main(command) == 0
     assert json.loads(out.read_text())["probes"]["train_examples"] == 32
     assert not (tmp_path / "evaluation.passes").exists()  # kept only until the evaluation is written
+
+
+def test_a_bert_checkpoint_is_evaluated_unmasked_and_masked_side_by_side(mnist_root, tmp_path, capsys):
+    from igptlib.config import run_config
+    from igptlib.evaluate import evaluate_checkpoint, summary
+    from igptlib.train import train
+
+    config = run_config("xs", objective="bert", root=str(mnist_root), limit_train=64, limit_val=32, limit_test=32,
+                        batch_size=16)
+    config = config.replace(train={**config.train.to_dict(), "steps": 2, "val_every": 2, "save_every": 2,
+                                   "checkpoint_steps": [], "test": False, "progress_bar": False, "precision": "32-true",
+                                   "log_every": 1})
+    run = tmp_path / "run"
+    train(config, run)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    results = evaluate_checkpoint(checkpoint, probe_layers=[0, 4], probe_train=64, classification=True, masks=2,
+                                  progress=False)
+    saved = json.loads((run / "evaluation.json").read_text())
+    assert saved["objective"] == "bert" and "likelihood" not in saved
+    masked = saved["masked"]
+    assert (masked["masks"], masked["mask_prob"], masked["mask_seed"]) == (2, 0.15, 0)
+    for reading in (saved, masked):  # the unmasked reading and the masked one, side by side
+        assert set(reading["probes"]["test_accuracy"]) == {"0", "4"} and reading["probes"]["train_examples"] == 64
+        assert sum(map(sum, reading["classification"]["confusion_matrix"])) == 32
+    assert set(saved["pass_seconds"]) == {"test", "train", "validation", "test-masked", "train-masked",
+                                          "validation-masked"}
+    assert "masked inputs (mask rate 0.15, averaged over 2 masks)" in summary(results)
+    # igpt evaluate --masks 0: the unmasked reading alone
+    assert main(["evaluate", "--model", str(checkpoint), "--no-probes", "--classification", "--masks", "0",
+                 "--no-figures", "--out", str(run / "unmasked.json")]) == 0
+    unmasked = json.loads((run / "unmasked.json").read_text())
+    assert "masked" not in unmasked and unmasked["classification"] == saved["classification"]
 
 
 def test_igpt_evaluate_writes_json_into_the_run_folder(mnist_root, tmp_path, classifier):
