@@ -86,8 +86,8 @@ def test_a_run_is_recorded_and_the_report_notebook_reads_only_the_record(evaluat
     assert entry["kappa"] == finetuned["classification"]["kappa"]
     assert entry["steps"] == metrics["global_step"] and entry["finetune_steps"] == 2
     assert entry["hardware"] == metrics["hardware"] and "torch threads" in entry["hardware"]
-    assert any(c.startswith("igpt train --size xs --finetune-from") for c in entry["commands"])
-    assert any(c.startswith("igpt evaluate --checkpoint") for c in entry["commands"])
+    assert any(c.startswith("igpt train --size xs --model") for c in entry["commands"])
+    assert any(c.startswith("igpt evaluate --model") for c in entry["commands"])
 
     # The notebook's tables, exported, carry the record's numbers; the per-class table is computed
     # from the recorded confusion matrix.
