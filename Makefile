@@ -70,6 +70,8 @@ pipeline: data
 	$(IGPT) sweep --sizes course --dataset $(DATASET) --notebooks $(COURSE)
 
 # The S/M/L sweep (sized for a GPU): training, completion and evaluation notebooks per size.
+# The long CPU experiments are named parameter sets of the same notebooks: `igpt experiment --list`,
+# then e.g. `igpt experiment ladder-cpu-s --budget-minutes 150` (runs/ladder-cpu-s, report/runs/ladder-cpu-s).
 sweep: data
 	$(IGPT) sweep --sizes $(SIZES) --dataset $(DATASET) --preset-schedule
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from igptlib.config import (CHOICES, CLASSIFIER_PASSES, DERIVED_FROM_DATA, DEVICES, EVALUATION_MASKS, EVALUATION_PRECISIONS,
+from igptlib.config import (CHOICES, DERIVED_FROM_DATA, DEVICES, EVALUATION_MASKS, EVALUATION_PRECISIONS,
                             FINETUNE_LEARNING_RATES, FINETUNE_SWEEP_STEPS, MAX_PIXELS, PRESETS, DataConfig, ModelConfig,
                             RunConfig, apply_overrides, check_name, clip, excerpt, run_config, write_json)
 from igptlib.records import RECORDS
@@ -378,28 +378,16 @@ def run_complete(args) -> None:
 
 
 def run_robustness(args) -> None:
-    from igptlib.datasets import load_split
-    from igptlib.judge import digit_classifier
-    from igptlib.model_files import weights_digest
-    from igptlib.robustness import measure_into
-    from igptlib.shipped import has_trained_classifier, load_model, model_dataset, model_name
+    from igptlib.robustness import measure_models
+    from igptlib.shipped import has_trained_classifier, model_name
 
-    generator, classifier = load_model(args.model), load_model(args.classifier)
     if not has_trained_classifier(args.classifier):  # its accuracy would be a number that measures nothing
         raise ValueError(f"--classifier {args.classifier}: its classification head was never trained (it is not a "
                          "fine-tuned model); expected a fine-tuned classifier, such as mnist-classifier")
-    dataset = model_dataset(args.model) or "mnist"
-    root = data_config(args).root
-    images, labels = load_split(dataset, root, train=False)
-    judge, judge_info = digit_classifier(root, dataset, progress=True)
-    record = {"model": model_name(args.model), "classifier": model_name(args.classifier),
-              "model_weights": weights_digest(generator.model), "classifier_weights": weights_digest(classifier.model),
-              "dataset": dataset,
-              "images": min(args.images, len(images)), "samples": args.samples, "seed": args.seed, "judge": judge_info,
-              "command": " ".join(args.invocation)}
-    out = Path(args.out or f"report/runs/robustness-{record['model']}/robustness.json")
+    out = Path(args.out or f"report/runs/robustness-{model_name(args.model)}/robustness.json")
     budget = None if args.budget_minutes is None else args.budget_minutes * 60
-    record = measure_into(out, record, generator, classifier, judge, images[: args.images], labels[: args.images], budget)
+    record = measure_models(out, args.model, args.classifier, data_config(args).root, args.images, args.samples,
+                            args.seed, budget, command=" ".join(args.invocation))
     for row in record["rows"]:
         print(f"{row['transform']:>12} handling {'on ' if row['handling'] else 'off'}: completion class agreement "
               f"{row['class_agreement']:.3f}, pixel agreement {row['pixel_agreement']:.3f}, "
@@ -496,6 +484,24 @@ def run_sweep(args) -> None:
           preset_schedule=args.preset_schedule)
 
 
+def run_experiment(args) -> None:
+    import logging
+
+    from igptlib import experiments
+
+    if args.list or args.name is None:
+        for experiment in experiments.EXPERIMENTS.values():
+            print(f"{experiment.name:<22}{experiment.about} ({', '.join(experiment.notebooks)})")
+        return
+    experiments.experiment(args.name)  # an unknown name: an error before papermill starts
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("papermill").setLevel(logging.INFO)  # each cell as it starts, and its output
+    done = experiments.run(args.name, seed=args.seed, budget_minutes=args.budget_minutes, runs=args.runs,
+                           records=None if args.smoke else args.records, smoke=args.smoke, command=args.invocation)
+    if not done:
+        print(f"{args.name}: unfinished; the same command goes on from where it stopped")
+
+
 def run_folder_of(model: str) -> Path:
     """The run folder that --model names: a run folder itself, or the one holding a checkpoint."""
     if Path(model).suffix != ".ckpt":
@@ -527,13 +533,6 @@ def run_card(args) -> None:
     print(f"model card: {shipped_model_card(name=args.model, run_dir=args.run_dir, out=args.out)}")
 
 
-def run_ladder(args) -> None:
-    from igptlib.ladder import ladder
-
-    ladder(runs=Path(args.runs), budget_minutes=args.budget_minutes, reserve_minutes=args.reserve_minutes,
-           records=Path(args.records), overrides=args.overrides)
-
-
 def run_finetune_sweep(args) -> None:
     from igptlib.finetune_sweep import finetune_sweep
     from igptlib.shipped import model_name
@@ -542,16 +541,6 @@ def run_finetune_sweep(args) -> None:
     finetune_sweep(args.model, runs=Path(args.runs or f"runs/finetune-sweep-{pretrained}"),
                    out=Path(args.out or f"report/runs/finetune-sweep-{pretrained}"), lrs=args.lr, steps=args.steps,
                    budget_minutes=args.budget_minutes, command=args.invocation)
-
-
-def run_classifier(args) -> None:
-    from igptlib.classifier_recipe import classifier
-    from igptlib.shipped import model_name
-
-    pretrained = model_name(args.model)
-    classifier(args.model, runs=Path(args.runs or f"runs/classifier-{pretrained}"), records=Path(args.records),
-               passes=args.passes, lrs=args.lr, sweep_steps=args.sweep_steps, budget_minutes=args.budget_minutes,
-               reserve_minutes=args.reserve_minutes, command=args.invocation)
 
 
 def run_bench_train(args) -> None:
@@ -812,6 +801,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(sweep)
     sweep.set_defaults(run=run_sweep)
 
+    experiment = command("experiment", COURSE, "run a named experiment: the course's notebooks with its parameters (papermill)")
+    experiment.add_argument("name", nargs="?", metavar="NAME", help="the experiment (igpt experiment --list shows them)")
+    experiment.add_argument("--list", action="store_true", help="list the experiments and exit")
+    add_seed_argument(experiment)
+    add_budget_argument(experiment, "training stops at a checkpoint once they have passed; the same command goes on")
+    experiment.add_argument("--runs", default="runs", help="where the run folder goes: runs/NAME, or runs/NAME-seedK (default: runs)")
+    experiment.add_argument("--records", default="report/runs", help="record each finished stage here (default: report/runs)")
+    experiment.add_argument("--smoke", action="store_true", help="tiny data and steps, recorded nowhere: a check that it runs")
+    experiment.set_defaults(run=run_experiment)
+
     record = command("record", MAINTENANCE, "copy a finished run folder's small files into report/runs/<name> (committed)")
     add_model_argument(record, "the finished run folder, or a checkpoint in it (its finetune/ folder comes along)",
                        required=True)
@@ -850,17 +849,6 @@ def build_parser() -> argparse.ArgumentParser:
                                           "shipped model's or the checkpoint's run folder's)")
     robustness.set_defaults(run=run_robustness)
 
-    ladder = command("ladder", MAINTENANCE, "the CPU ladder: S, M and L trained, evaluated and fine-tuned alike, resumably")
-    ladder.add_argument("--runs", default="runs", help="where the ladder's run folders live (default: runs)")
-    add_budget_argument(ladder, "stop cleanly at a checkpoint before they have passed")
-    ladder.add_argument("--reserve-minutes", type=minutes, default=20.0,
-                        help="kept for what follows an evaluation's passes over the splits (probe fits, completions, "
-                             "figures), which cannot stop part way: an evaluation starts only with more than this "
-                             "much of the budget left, and its passes stop this long before the budget ends (default: 20)")
-    ladder.add_argument("--records", default="report/runs", help="record each run here after each stage it finishes (default: report/runs)")
-    add_set_argument(ladder, "change every run's config alike, e.g. train.val_batches=16")
-    ladder.set_defaults(run=run_ladder)
-
     sweep_lr = command("finetune-sweep", MAINTENANCE, "choose the fine-tuning learning rate on the validation split, resumably")
     add_model_argument(sweep_lr, f"the pre-trained model: {MODEL_FORMS} (e.g. runs/ladder-cpu-l/checkpoints/last.ckpt "
                                  "or mnist)", required=True)
@@ -871,24 +859,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_lr.add_argument("--out", help="the record: JSON and figure (default: report/runs/finetune-sweep-<pre-trained run>)")
     add_budget_argument(sweep_lr, "stop cleanly at a checkpoint before they have passed")
     sweep_lr.set_defaults(run=run_finetune_sweep)
-
-    recipe = command("classifier", MAINTENANCE, "fine-tune a classifier by the recipe: the rate chosen on validation, "
-                                                "several passes, early stopping, then the test split; resumably")
-    add_model_argument(recipe, f"the pre-trained model: {MODEL_FORMS} (e.g. runs/ladder-cpu-m/checkpoints/last.ckpt "
-                               "or mnist)", required=True)
-    recipe.add_argument("--passes", type=positive_float, default=CLASSIFIER_PASSES,
-                        help=f"passes over the training split at most; validation stops it sooner (default: {CLASSIFIER_PASSES:g})")
-    add_learning_rates_argument(recipe)
-    recipe.add_argument("--sweep-steps", type=positive_int, default=FINETUNE_SWEEP_STEPS,
-                        help=f"the sweep's fine-tuning steps per rate (default: {FINETUNE_SWEEP_STEPS})")
-    recipe.add_argument("--runs", help="where the runs go (default: runs/classifier-<pre-trained run>)")
-    recipe.add_argument("--records", default="report/runs", help="the sweep's and the classifier's records (default: report/runs)")
-    add_budget_argument(recipe, "stop cleanly at a checkpoint before they have passed")
-    recipe.add_argument("--reserve-minutes", type=minutes, default=10.0,
-                        help="kept for what follows the test classification's pass (metrics, figures): it starts "
-                             "only with more than this much of the budget left, and its pass stops this long before "
-                             "the budget ends (default: 10)")
-    recipe.set_defaults(run=run_classifier)
 
     bench = command("bench", MAINTENANCE, "benchmarks (they print figures; they are not tests)")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")

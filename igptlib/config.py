@@ -450,7 +450,7 @@ PRESETS: dict[str, dict] = {
     # weights with n_layer * n_embd^2, so three wider layers learn more per minute than four narrow ones.
     "cpu-fast": dict(n_embd=192, n_layer=3, n_head=3),
     "course": dict(n_embd=192, n_layer=3, n_head=3),  # the course's default run: cpu-fast's shape on 16x16 images
-    # The CPU ladder (igptlib.ladder): about 3x the parameters from one size to the next, heads of 64.
+    # The CPU ladder (igptlib.experiments): about 3x the parameters from one size to the next, heads of 64.
     "cpu-s": dict(n_embd=192, n_layer=3, n_head=3),  # 1.5M
     "cpu-m": dict(n_embd=256, n_layer=6, n_head=4),  # 5.0M
     "cpu-l": dict(n_embd=448, n_layer=6, n_head=7),  # 14.9M
@@ -686,12 +686,10 @@ FINETUNE_PRESETS: dict[str, dict] = {
 }
 
 
-# The fine-tuning recipe's defaults (igpt finetune-sweep and igpt classifier): the learning rates the
-# sweep tries on validation, its steps per rate, and the long fine-tuning's passes over the training
-# split (the shipped classifier's; 1.5 passes were still improving at their end).
+# The fine-tuning learning-rate sweep's defaults (igpt finetune-sweep): the learning rates it tries on
+# validation and its steps per rate.
 FINETUNE_LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 FINETUNE_SWEEP_STEPS = 300
-CLASSIFIER_PASSES = 4.0
 
 
 def finetune_run_config(size: str, pretrained: RunConfig, init_from: str) -> RunConfig | None:

@@ -1,11 +1,10 @@
 """The fine-tuning learning rate, chosen on the validation split.
 
 One short fine-tuning per learning rate, all from the same pre-trained checkpoint with the same
-data, steps and schedule (the ladder's fine-tuning recipe, igptlib.ladder.finetune_config, with
-only the rate changed). The best validation accuracy picks the rate; the test set is never read.
-Like the ladder, `igpt finetune-sweep` goes on from wherever it stopped (a finished rate is
-skipped, a started one resumes from its last checkpoint) and stops cleanly at a checkpoint before
-its time budget runs out. Once every rate is done it writes finetune_sweep.json (a row per rate,
+data, steps and schedule (finetune_config, with only the rate changed). The best validation
+accuracy picks the rate; the test set is never read. `igpt finetune-sweep` goes on from wherever
+it stopped (a finished rate is skipped, a started one resumes from its last checkpoint) and stops
+cleanly at a checkpoint before its time budget runs out. Once every rate is done it writes finetune_sweep.json (a row per rate,
 the rate chosen, the base config and the command) and a figure of the validation accuracy per
 rate into `out`, a record to commit under report/runs/.
 """
@@ -13,15 +12,28 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from pathlib import Path
 
 from igptlib import plots
 from igptlib.config import FINETUNE_LEARNING_RATES, FINETUNE_SWEEP_STEPS, RunConfig, read_json, write_json
-from igptlib.ladder import finetune_config, run_stages, training
+from igptlib.course import Unfinished, train_once
 from igptlib.records import training_seconds
 from igptlib.shipped import training_config
 
 LABEL = "finetune-sweep"
+
+
+def finetune_config(pretrained: RunConfig, init_from: Path, steps: int) -> RunConfig:
+    """The sweep's fine-tuning recipe (the CPU ladder's, igptlib.experiments), from a pre-trained
+    run's config and checkpoint: crops, a 50-step warm-up and a cosine decay, validated every 100 steps."""
+    return pretrained.replace(
+        data=pretrained.data.replace(augment=["crop"]).to_dict(),
+        optim=pretrained.optim.replace(finetune=True, lr=5e-4, warmup_steps=50, schedule="cosine").to_dict(),
+        # test=False: the test split is read once, by the classifier's evaluation, never while choosing
+        train=pretrained.train.replace(steps=steps, checkpoint_steps=[], val_every=min(100, steps),
+                                       init_from=str(init_from), test=False).to_dict(),
+    )
 
 
 def sweep_configs(source: str | os.PathLike, lrs=FINETUNE_LEARNING_RATES,
@@ -45,10 +57,15 @@ def finetune_sweep(checkpoint: str | Path, runs: str | Path, out: str | Path, lr
     """Fine-tune from `checkpoint` at each rate into `runs`/lr-<rate>; once all are done, write the
     sweep's JSON and figure into `out` and return the JSON. None when the budget stopped it first."""
     configs = sweep_configs(checkpoint, lrs, steps)
-    stages = [training(f"fine-tune at lr {lr:g}", config, run_folder(runs, lr), label=LABEL)
-              for lr, config in configs.items()]
-    if not run_stages(stages, budget_minutes, reserve_minutes=0, label=LABEL):
-        return None
+    deadline = None if budget_minutes is None else time.monotonic() + budget_minutes * 60
+    for lr, config in configs.items():
+        print(f"{LABEL}: fine-tuning at lr {lr:g} in {run_folder(runs, lr)}", flush=True)
+        try:
+            train_once(config, run_folder(runs, lr), deadline)
+        except Unfinished as stopped:
+            print(f"{LABEL}: {stopped}; the same command goes on", flush=True)
+            return None
+    print(f"{LABEL}: every rate is trained", flush=True)
     rows = []
     for lr in configs:
         metrics = read_json(run_folder(runs, lr) / "metrics.json")

@@ -8,7 +8,8 @@ needs from one, in the same layout, so that a fresh clone rebuilds the same repo
         commands.txt                 the igpt commands that wrote into the run folder, one a line
         config.yaml  metrics.json  evaluation.json
         machines.json                per training process the step it began at, its hardware and precision
-        evaluation-step-<N>.json     evaluations of earlier named checkpoints (the CPU ladder's)
+        evaluation-step-<N>.json     evaluations of earlier named checkpoints (an experiment's evaluate_steps)
+        robustness.json              inverted and rotated digits, where 07_evaluation measured them
         timing.json                  per training process its first and last logged time (training
                                      minutes), and the time each logged step was reached
         logs/csv/version_*/metrics.csv   the logged curves
@@ -35,7 +36,7 @@ from igptlib.config import check_name, read_json
 
 RECORDS = Path("report/runs")
 SHIPPED_PREFIX = "shipped-"
-FILES = ("config.yaml", "metrics.json", "evaluation.json", "commands.txt", "machines.json")
+FILES = ("config.yaml", "metrics.json", "evaluation.json", "commands.txt", "machines.json", "robustness.json")
 FIGURES = ("completions.png", "linear_probes.png", "confusion_matrix.png", "actual_vs_predicted.png", "predictions.png")
 STAGES = ("", "finetune")  # pre-training in the folder itself, fine-tuning in finetune/
 

@@ -179,3 +179,27 @@ def measure_into(out: Path, record: dict, generator, classifier, judge, images: 
             break
     record["complete"] = len(record["rows"]) == len(PLAN)
     return record
+
+
+def measure_models(out: str | Path, model, classifier, root: str | Path = "data", images: int = 200, samples: int = 2,
+                   seed: int = 0, budget_seconds: float | None = None, command: str | None = None) -> dict:
+    """The table for a model that completes and a fine-tuned model that classifies (each a shipped
+    model's name, a .safetensors or a .ckpt), on the first `images` test images, measured into the
+    JSON `out` as measure_into does (resumably, within the budget)."""
+    from igptlib.datasets import load_split
+    from igptlib.judge import digit_classifier
+    from igptlib.model_files import weights_digest
+    from igptlib.shipped import has_trained_classifier, load_model, model_dataset, model_name
+
+    generator, judged = load_model(model), load_model(classifier)
+    if not has_trained_classifier(classifier):  # its accuracy would be a number that measures nothing
+        raise ValueError(f"classifier {classifier}: its classification head was never trained (it is not a "
+                         "fine-tuned model); expected a fine-tuned classifier, such as mnist-classifier")
+    dataset = model_dataset(model) or "mnist"
+    test_images, labels = load_split(dataset, root, train=False)
+    judge, judge_info = digit_classifier(root, dataset, progress=True)
+    record = {"model": model_name(model), "classifier": model_name(classifier),
+              "model_weights": weights_digest(generator.model), "classifier_weights": weights_digest(judged.model),
+              "dataset": dataset, "images": min(images, len(test_images)), "samples": samples, "seed": seed,
+              "judge": judge_info, "command": command}
+    return measure_into(Path(out), record, generator, judged, judge, test_images[:images], labels[:images], budget_seconds)

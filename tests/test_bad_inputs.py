@@ -344,7 +344,7 @@ OTHERS = [
     (["evaluate", "--model", "{checkpoint}", "--budget-minutes", "nan"],
      "argument --budget-minutes: expected 0 or a finite positive number, got nan"),
     (["robustness", "--budget-minutes", "inf"], "argument --budget-minutes: expected 0 or a finite positive number, got inf"),
-    (["ladder", "--reserve-minutes", "nan"], "argument --reserve-minutes: expected 0 or a finite positive number, got nan"),
+    (["experiment", "ladder-cpu-s", "--budget-minutes", "nan"], "argument --budget-minutes: expected 0 or a finite positive number, got nan"),
     (["bench", "converge", "--name", "x", "--minutes", "nan"], "argument --minutes: expected a finite positive number"),
     (["robustness", "--model", "{checkpoint}", "--classifier", "{checkpoint}", "--out", "{folder}/r.json"],
      "last.ckpt: its classification head was never trained (it is not a fine-tuned model)"),

@@ -153,14 +153,14 @@ def test_every_config_field_has_a_help_text():
 # Every command that takes a model, with what it needs besides: each names the model by --model.
 MODEL_COMMANDS = [
     ["train"], ["complete", "--image", "digit.png"], ["evaluate"], ["export"], ["record"],
-    ["card", "--run-dir", "runs/x"], ["robustness"], ["finetune-sweep"], ["classifier"],
+    ["card", "--run-dir", "runs/x"], ["robustness"], ["finetune-sweep"],
 ]
 # The spellings that --model (and card's --run-dir, bench sample's --size) replaced, on command lines
 # that are otherwise whole: argparse refuses each as it refuses any unknown flag.
 OLD_SPELLINGS = [
     ["train", "--finetune-from", "x.ckpt"], ["complete", "--image", "digit.png", "--checkpoint", "x.ckpt"],
     ["evaluate", "--model", "m", "--checkpoint", "x.ckpt"], ["export", "--model", "m", "--checkpoint", "x.ckpt"],
-    ["classifier", "--model", "m", "--from", "x.ckpt"], ["finetune-sweep", "--model", "m", "--from", "x.ckpt"],
+    ["finetune-sweep", "--model", "m", "--from", "x.ckpt"],
     ["card", "--model", "mnist", "--run-dir", "runs/x", "--run", "runs/x"],
     ["card", "--model", "mnist", "--run-dir", "runs/x", "--name", "mnist"],
     ["record", "--model", "runs/x", "runs/x"], ["bench", "sample", "--preset", "xs"],
@@ -214,8 +214,8 @@ def test_the_help_lists_the_course_commands_apart_from_those_that_maintain_the_r
     shown = capsys.readouterr().out
     course, maintenance = shown.split("the course's commands:")[1].split("commands that maintain the report and the benchmarks:")
     listed = lambda text: {line.split()[0] for line in text.splitlines() if line.startswith("  ") and line[2] != " "}
-    assert {"data", "train", "complete", "evaluate", "export", "sweep"} <= listed(course)
-    assert {"record", "report", "card", "ladder", "bench"} <= listed(maintenance)
+    assert {"data", "train", "complete", "evaluate", "export", "sweep", "experiment"} <= listed(course)
+    assert {"record", "report", "card", "finetune-sweep", "bench"} <= listed(maintenance)
     assert not listed(course) & listed(maintenance)
 
 

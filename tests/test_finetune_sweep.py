@@ -15,7 +15,7 @@ def test_the_sweep_stops_on_budget_resumes_and_picks_the_best_validation_accurac
     runs, out = tmp_path / "runs", tmp_path / "record"
     assert finetune_sweep(tiny_checkpoint, runs, out, lrs=[3e-3, 1e-4], steps=2, budget_minutes=0.001) is None
     assert torch.load(runs / "lr-0.0001/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1
-    assert "stopped at a checkpoint" in capsys.readouterr().out and not out.exists()
+    assert "UNFINISHED, stopped at step 1 of 2" in capsys.readouterr().out and not out.exists()
 
     result = finetune_sweep(tiny_checkpoint, runs, out, lrs=[3e-3, 1e-4], steps=2, command=["igpt", "finetune-sweep"])
     assert [row["lr"] for row in result["rows"]] == [1e-4, 3e-3] and all(row["steps"] == 2 for row in result["rows"])
@@ -30,7 +30,7 @@ def test_the_sweep_stops_on_budget_resumes_and_picks_the_best_validation_accurac
 
     capsys.readouterr()
     assert finetune_sweep(tiny_checkpoint, runs, out, lrs=[3e-3, 1e-4], steps=2) is not None  # nothing left to train
-    assert "every stage is done" in capsys.readouterr().out
+    assert "already holds this run, finished" in capsys.readouterr().out
 
     # The report reads the record alone.
     records = tmp_path / "records"

@@ -19,7 +19,7 @@ TYPES = {field.name: field.type for field in dataclasses.fields(CourseParameters
 
 def as_written_in_the_cell(type_name: str) -> str:
     """CourseParameters' "int | None" is "Optional[int]" in a cell (the form papermill parses)."""
-    return re.sub(r"^(\w+) \| None$", r"Optional[\1]", type_name)
+    return re.sub(r"^(.+) \| None$", r"Optional[\1]", type_name)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
@@ -37,5 +37,6 @@ def test_papermill_help_notebook_shows_a_type_for_every_parameter():
     assert "Unknown type" not in shown.stdout
     listed = dict(re.findall(r"^  (\w+): (\S+) \(default", shown.stdout, re.M))
     assert listed == {name: as_written_in_the_cell(TYPES[name]) for name in
-                      ("dataset", "size", "steps", "finetune_steps", "batch_size", "seed", "run_dir", "smoke", "device",
-                       "show_tensorboard")}
+                      ("dataset", "size", "objective", "augment", "steps", "finetune_steps", "batch_size", "overrides",
+                       "finetune_overrides", "evaluate_steps", "finetune_from", "budget_minutes", "seed", "run_dir",
+                       "figures_dir", "smoke", "device", "show_tensorboard")}
