@@ -72,6 +72,7 @@ def positive_int(text: str) -> int:
     return value
 
 
+@functools.cache  # one parser per kind, so that flags of one kind compare equal wherever they are declared
 def number(kind: type):
     """An argparse type for int or float whose refusal shows a bounded excerpt of the text given (argparse's
     own shows all of it: a 5000-digit number fills the screen)."""
@@ -205,8 +206,8 @@ def add_size_argument(parser: argparse.ArgumentParser, default: str, what: str =
                         help=f"{what}: {', '.join(PRESETS)} (default: {default})")
 
 
-def add_seed_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="the seed of the sampling (default: 0)")
+def add_seed_argument(parser: argparse.ArgumentParser, what: str = "the seed of the sampling") -> None:
+    parser.add_argument("--seed", type=number(int), default=0, metavar="SEED", help=f"{what} (default: 0)")
 
 
 def add_learning_rates_argument(parser: argparse.ArgumentParser) -> None:
@@ -804,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = command("experiment", COURSE, "run a named experiment: the course's notebooks with its parameters (papermill)")
     experiment.add_argument("name", nargs="?", metavar="NAME", help="the experiment (igpt experiment --list shows them)")
     experiment.add_argument("--list", action="store_true", help="list the experiments and exit")
-    add_seed_argument(experiment)
+    add_seed_argument(experiment, "the run's seed (the notebooks' seed parameter, data.seed): runs/NAME-seedK for K > 0")
     add_budget_argument(experiment, "training stops at a checkpoint once they have passed; the same command goes on")
     experiment.add_argument("--runs", default="runs", help="where the run folder goes: runs/NAME, or runs/NAME-seedK (default: runs)")
     experiment.add_argument("--records", default="report/runs", help="record each finished stage here (default: report/runs)")

@@ -192,9 +192,11 @@ def model_to_evaluate(model: str, dataset: str = "mnist", out=None) -> tuple:
     same of the model file, whose folder is its record's (or the folder of `out`)."""
     from igptlib.records import made_by_finetuning, shipped_record
     from igptlib.model_files import read_notes
-    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models
+    from igptlib.shipped import MODELS_DIR, load_model, model_dataset, shipped_models, unknown_model
 
     if model not in shipped_models() and Path(model).suffix != ".safetensors":  # what load_model reads as a checkpoint
+        if Path(model).suffix != ".ckpt" and not Path(model).exists():
+            raise unknown_model(model)
         return checkpoint_to_evaluate(model, dataset)
     module = load_model(model)
     path = MODELS_DIR / f"{model}.safetensors" if model in shipped_models() else Path(model)

@@ -127,8 +127,13 @@ def load_model(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS
         return _load_model_file(path)
     if path.suffix == ".ckpt" or path.exists():
         return load_checkpoint(path)
-    raise CheckpointError(f"{source!r} is neither a shipped model ({', '.join(shipped_models(models_dir)) or 'none yet'}) "
-                          "nor a .safetensors or .ckpt file")
+    raise unknown_model(source, models_dir)
+
+
+def unknown_model(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> CheckpointError:
+    """The error for a model named by something that is none of the three ways to name one."""
+    return CheckpointError(f"{str(source)!r} is neither a shipped model ({', '.join(shipped_models(models_dir)) or 'none yet'}) "
+                           "nor a .safetensors or .ckpt file")
 
 
 def training_config(source: str | os.PathLike, models_dir: str | os.PathLike = MODELS_DIR) -> tuple[RunConfig, Path]:
