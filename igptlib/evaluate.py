@@ -245,29 +245,30 @@ def evaluate_checkpoint(checkpoint, out=None, device="cpu", data_changes: dict |
                               figures=out.parent / "figures", **options)
 
 
+def _classifier_lines(reading: dict, indent: str) -> list[str]:
+    """The probe's and the classification head's lines of one reading (whole or masked inputs)."""
+    lines = []
+    if "probes" in reading:
+        probes = reading["probes"]
+        lines.append(f"{indent}linear probe: {probes['best_test_accuracy']:.4f} test accuracy at layer {probes['best_layer']} "
+                     f"(C = {probes['inverse_l2'][probes['best_layer']]:g}, chosen on validation)")
+    if "classification" in reading:
+        clf = reading["classification"]
+        lines.append(f"{indent}classification: accuracy {clf['accuracy']:.4f}, kappa {clf['kappa']:.4f}")
+    return lines
+
+
 def summary(results: dict) -> str:
     """A few lines for the terminal: the headline number of each part of an evaluation."""
     lines = [f"evaluated on {results['test_images']} test images in {results['seconds']} s"]
     if "likelihood" in results:
         nll = results["likelihood"]
         lines.append(f"  likelihood: {nll['nats_per_pixel']:.4f} nats/pixel, {nll['bits_per_pixel']:.4f} bits/pixel")
-    if "probes" in results:
-        probes = results["probes"]
-        lines.append(f"  linear probe: {probes['best_test_accuracy']:.4f} test accuracy at layer {probes['best_layer']} "
-                     f"(C = {probes['inverse_l2'][probes['best_layer']]:g}, chosen on validation)")
-    if "classification" in results:
-        clf = results["classification"]
-        lines.append(f"  classification: accuracy {clf['accuracy']:.4f}, kappa {clf['kappa']:.4f}")
+    lines += _classifier_lines(results, "  ")
     if "masked" in results:
         masked = results["masked"]
         lines.append(f"  masked inputs (mask rate {masked['mask_prob']:g}, averaged over {masked['masks']} masks):")
-        if "probes" in masked:
-            probes = masked["probes"]
-            lines.append(f"    linear probe: {probes['best_test_accuracy']:.4f} test accuracy at layer {probes['best_layer']} "
-                         f"(C = {probes['inverse_l2'][probes['best_layer']]:g}, chosen on validation)")
-        if "classification" in masked:
-            clf = masked["classification"]
-            lines.append(f"    classification: accuracy {clf['accuracy']:.4f}, kappa {clf['kappa']:.4f}")
+        lines += _classifier_lines(masked, "    ")
     if "completion" in results:
         done = results["completion"]
         lines.append(f"  completion: class agreement {done['class_agreement']:.3f} (originals {done['original_accuracy']:.3f}), "
